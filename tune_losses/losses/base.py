@@ -1,0 +1,56 @@
+"""The common base of every loss: input checks and the (logits, target[, attention]) call."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def require(ok: bool, param: str, value, allowed: str) -> None:
+    """Raise a ValueError naming the parameter, the value given and what is allowed."""
+    if not ok:
+        raise ValueError(f"{param}={value!r} is not allowed: {param} must be {allowed}")
+
+
+class ClassificationLoss(nn.Module):
+    """A loss over logits of shape (B, C) and integer targets of shape (B,), returning the batch mean.
+
+    Subclasses implement :meth:`compute`, pure tensor math with no data-dependent Python control flow,
+    so that it also runs under ``torch.vmap`` for vectorised repeats. :meth:`forward` checks the inputs
+    first; the vectorised trainer checks its labels once and passes ``validate=False``.
+    """
+
+    needs_attention = False
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        require(isinstance(num_classes, int) and num_classes >= 2, "num_classes", num_classes, "an integer >= 2")
+        self.num_classes = num_classes
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, attention: torch.Tensor | None = None,
+                *, validate: bool = True) -> torch.Tensor:
+        if validate:
+            self.check(logits, target, attention)
+        return self.compute(logits, target, attention)
+
+    def compute(self, logits, target, attention=None):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def update(self, confusion: torch.Tensor) -> None:
+        """Called once per epoch with that epoch's training confusion matrix; most losses ignore it."""
+
+    def check(self, logits: torch.Tensor, target: torch.Tensor, attention: torch.Tensor | None) -> None:
+        require(logits.dim() == 2, "logits.shape", tuple(logits.shape), "(batch, num_classes)")
+        require(logits.shape[1] == self.num_classes, "logits.shape[1]", logits.shape[1],
+                f"num_classes={self.num_classes}")
+        require(target.shape == logits.shape[:1], "target.shape", tuple(target.shape), f"({logits.shape[0]},)")
+        require(not target.is_floating_point(), "target.dtype", target.dtype, "an integer dtype")
+        if target.numel():
+            lo, hi = int(target.min()), int(target.max())
+            require(lo >= 0 and hi < self.num_classes, "target", f"values in [{lo}, {hi}]",
+                    f"class indices in [0, {self.num_classes - 1}]")
+        if self.needs_attention:
+            require(attention is not None, "attention", None,
+                    "the channel-attention vectors (B, channels) of a model with CAM")
+            require(attention.dim() == 2 and attention.shape[0] == logits.shape[0], "attention.shape",
+                    tuple(attention.shape), f"({logits.shape[0]}, channels)")

@@ -1,0 +1,35 @@
+"""Multi-class focal loss (Lin et al., 2017).
+
+    FL_i = -alpha_{y_i} (1 - p_t)^gamma log p_t,      gamma >= 0, alpha optional (one weight per class).
+
+With gamma = 0 and no alpha it is exactly cross-entropy.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from .base import ClassificationLoss, require
+from .registry import register
+
+
+@register("focal")
+class FocalLoss(ClassificationLoss):
+    def __init__(self, num_classes: int, gamma: float = 2.0, alpha=None):
+        super().__init__(num_classes)
+        require(float(gamma) >= 0, "gamma", gamma, ">= 0")
+        self.gamma = float(gamma)
+        if alpha is not None:
+            alpha = torch.as_tensor(alpha, dtype=torch.float64)
+            require(alpha.shape == (num_classes,), "alpha", list(alpha.shape),
+                    f"a list of {num_classes} per-class weights")
+            require(bool((alpha >= 0).all()), "alpha", alpha.tolist(), "non-negative weights")
+        self.register_buffer("alpha", alpha)
+
+    def compute(self, logits, target, attention=None):
+        if self.gamma == 0 and self.alpha is None:
+            return F.cross_entropy(logits, target)
+        logpt = F.log_softmax(logits, dim=1).gather(1, target[:, None])[:, 0]
+        loss = -logpt if self.gamma == 0 else -(-torch.expm1(logpt)).pow(self.gamma) * logpt
+        if self.alpha is not None:
+            loss = self.alpha.to(loss.dtype)[target] * loss
+        return loss.mean()
