@@ -47,6 +47,7 @@ class ChannelCorrelationLoss(ClassificationLoss):
 
 def channel_correlation(attention: torch.Tensor, target: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     """L_CC of a batch of attention vectors (B, channels) with labels (B,); see the module docstring."""
+    attention = attention - attention.mean(dim=0)  # distances are unchanged; the Gram form loses less precision
     sq = (attention * attention).sum(dim=1)
     dist = (sq[:, None] + sq[None, :] - 2.0 * attention @ attention.T).clamp(min=0)
     same = target[:, None] == target[None, :]

@@ -1,0 +1,7 @@
+"""Training: the config schema, the one `train` function, vectorised repeats and checkpoints."""
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .loop import train
+
+__all__ = ["TrainConfig", "load_checkpoint", "save_checkpoint", "train"]
