@@ -1,0 +1,134 @@
+"""End-to-end sweeps on digits (CPU, real Ray, real MLflow SQLite store), asserting on what MLflow holds."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tune_losses import tracking
+from tune_losses.spaces import SpaceError, load_space
+from tune_losses.sweep.runner import run_sweep
+
+pytestmark = pytest.mark.slow
+
+
+def write_space(path, **over):
+    space = {"name": "t", "train": {"dataset": {"name": "digits"}, "model": {"name": "mlp"},
+                                    "loss": {"name": "dal", "params": {"a": 10.0}},
+                                    "optimizer": {"name": "sgd", "lr": 0.05}, "batch_size": 64, "epochs": 3,
+                                    "repeats": 2},
+             "params": {"loss.a": {"grid": [5.0, 15.0]}},
+             "search": {"searcher": "grid", "scheduler": {"name": "fifo"}, "max_concurrent": 2}}
+    for k, v in over.items():
+        space[k] = v if not isinstance(v, dict) or k not in space else {**space[k], **v}
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return path
+
+
+def children(uri, name):
+    c = tracking.client(uri)
+    parent = tracking.find_sweep(c, name)
+    return c, parent, tracking.trial_runs(c, parent.info.run_id, parent.info.experiment_id)
+
+
+def test_grid_sweep_records_every_trial(tmp_path, ray_local):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    space = write_space(tmp_path / "grid.yaml", name="grid_e2e")
+    result = run_sweep(space, tracking_uri=uri, storage=str(tmp_path / "ray"), verbose=0)
+    assert result.summary["trials"] == 2 and result.summary["completed"] == 2
+    assert result.summary["epochs_run"] == result.summary["epochs_full_budget"] == 6
+    assert result.summary["tracking_ms_per_epoch"] < 2.0
+    c, parent, runs = children(uri, "grid_e2e")
+    assert parent.info.status == "FINISHED" and parent.data.params["searcher"] == "grid"
+    assert {a.path for a in c.list_artifacts(parent.info.run_id, "space")} == {"space/grid.yaml",
+                                                                                 "space/resolved_space.json"}
+    assert sorted(r.info.run_name for r in runs) == ["dal a=15", "dal a=5"]
+    for r in runs:
+        assert r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert r.data.tags["status"] == "completed" and r.data.tags["stopped_early"] == "false"
+        assert r.data.tags["ray_trial_id"]
+        assert r.data.params["loss.params.a"] in ("5.0", "15.0") and r.data.params["repeats"] == "2"
+        assert "val_acc" not in r.data.params and "loss.params.a" not in r.data.metrics
+        history = c.get_metric_history(r.info.run_id, "val_acc")
+        assert sorted(m.step for m in history) == [1, 2, 3]
+        for key in ("val_acc_r0", "val_acc_r1", "val_acc_std", "test_acc_min", "test_nmi", "train_loss"):
+            assert key in r.data.metrics
+        arts = {a.path for a in c.list_artifacts(r.info.run_id)}
+        assert {"confusion_matrix.json", "confusion_matrix.png", "learning_curves.png"} <= arts
+        confusion = json.loads(open(c.download_artifacts(r.info.run_id, "confusion_matrix.json",
+                                                         str(tmp_path))).read())
+        assert len(confusion) == 10 and sum(map(sum, confusion)) == 359
+
+
+def test_asha_optuna_sweep_stops_trials_early(tmp_path, ray_local):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    space = write_space(tmp_path / "asha.yaml", name="asha_e2e",
+                        train={"dataset": {"name": "digits"}, "model": {"name": "mlp"}, "epochs": 6, "repeats": 1,
+                               "loss": {"name": "dal", "params": {"a": 10.0}},
+                               "optimizer": {"name": "sgd", "lr": 0.02}, "batch_size": 64},
+                        params={"loss.a": {"uniform": [1.5, 30.0]}, "batch_size": {"choice": [32, 64]}},
+                        search={"searcher": "optuna", "num_samples": 6,
+                                "scheduler": {"name": "asha", "max_t": 6, "grace_period": 1,
+                                              "reduction_factor": 3}})
+    result = run_sweep(space, tracking_uri=uri, storage=str(tmp_path / "ray"), verbose=0)
+    s = result.summary
+    assert s["trials"] == 6 and s["stopped_early"] >= 1 and s["epochs_run"] < s["epochs_full_budget"]
+    c, parent, runs = children(uri, "asha_e2e")
+    assert len(runs) == 6 and parent.data.params["scheduler"] == "asha"
+    stopped = [r for r in runs if r.data.tags["stopped_early"] == "true"]
+    assert len(stopped) == s["stopped_early"]
+    for r in stopped:
+        epochs = [m.step for m in c.get_metric_history(r.info.run_id, "val_acc")]
+        assert max(epochs) == int(r.data.tags["stopped_at_epoch"]) < 6
+    for r in runs:
+        assert r.info.run_name.startswith("dal a=") and " bs=" in r.info.run_name
+        assert 1.5 <= float(r.data.params["swept.loss.a"]) <= 30
+
+
+BAD = {
+    "a_le_1": ({"params": {"loss.a": {"grid": [0.5, 5]}}}, "params.loss.a: a=0.5 is not allowed"),
+    "batch_0": ({"params": {"batch_size": {"grid": [0, 8]}}}, "params.batch_size: value 0"),
+    "unknown_key": ({"serch": {}}, "serch: unknown field"),
+    "unknown_loss": ({"train": {"loss": {"name": "nope"}}}, "train.loss.name: unknown loss 'nope'"),
+    "grace_gt_max_t": ({"search": {"scheduler": {"name": "asha", "max_t": 2, "grace_period": 5}}},
+                       "search.scheduler.grace_period"),
+    "empty_grid": ({"params": {"loss.a": {"grid": []}}}, "params.loss.a.grid"),
+    "gpu_on_cpu_machine": ({"resources": {"cpu": 1, "gpu": 0.5}}, "resources.gpu"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_invalid_space_fails_before_anything_starts(tmp_path, case):
+    over, expected = BAD[case]
+    space = write_space(tmp_path / "bad.yaml", **over)
+    db = tmp_path / "mlflow.db"
+    code = ("import sys, ray; from tune_losses.cli import main; rc = main(sys.argv[1:]); "
+            "print('RAY', ray.is_initialized()); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, "sweep", str(space), "--tracking-uri", f"sqlite:///{db}",
+                           "--storage", str(tmp_path / "ray")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert str(space) in proc.stderr and expected in proc.stderr
+    assert "RAY False" in proc.stdout
+    assert not db.exists() and not (tmp_path / "ray").exists()
+
+
+def test_bundled_spaces_validate_and_reproduce_the_papers_grids():
+    assert load_space("dal_a_table2")[0].params["loss.a"].grid == [5.0, 8.0, 10.0, 11.0, 13.0, 15.0, 16.0, 20.0]
+    assert load_space("dal_a_table2")[0].train.repeats == 60
+    assert load_space("cc_lambda")[0].params["loss.lambda"].grid == [0.0, 0.5, 1.0, 1.5, 2.0]
+    assert load_space("cc_batch")[0].params["batch_size"].grid == [8, 16, 32, 64, 128]
+    pairs = load_space("beta_gamma_grid")[0].params["loss.beta,loss.gamma"].grid
+    assert [p for p in pairs if p[1] == 3] == [[2, 3], [3, 3], [4, 3], [5, 3], [7, 3], [10, 3]]
+    assert [p[1] for p in pairs if p[0] == 4] == [3, 5, 10]
+    with pytest.raises(SpaceError, match="no such search space"):
+        load_space("nope")
+
+
+def test_spaces_command_lists_bundled_spaces():
+    out = subprocess.run([sys.executable, "-m", "tune_losses.cli", "spaces"], capture_output=True, text=True,
+                         timeout=120).stdout
+    for name in ("quickstart", "dal_a_table2", "dal_a_search", "beta_gamma_grid", "beta_gamma_search",
+                 "cc_lambda", "cc_batch", "cc_search"):
+        assert name in out

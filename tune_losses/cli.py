@@ -1,0 +1,144 @@
+"""The `tune-losses` command: spaces, sweep, train, features, ui."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def _overrides(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--set {pair!r} is not allowed: use --set path=value (e.g. train.epochs=3)")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def cmd_spaces(args) -> int:
+    from tune_losses.spaces import describe_bundled
+
+    rows = describe_bundled()
+    width = max(len(n) for n, _ in rows)
+    for name, desc in rows:
+        print(f"{name:<{width}}  {desc}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from tune_losses.spaces import load_space
+    from tune_losses.sweep.runner import print_summary, run_sweep
+
+    overrides = _overrides(args.set)
+    if args.dataset:
+        overrides["train.dataset"] = {"name": args.dataset}
+    space, _, _ = load_space(args.space, overrides)  # validate before anything starts
+    result = run_sweep(args.space, name=args.name, address=args.address, tracking_uri=args.tracking_uri,
+                       storage=args.storage, resume=args.resume, overrides=overrides)
+    print_summary(result, space.search.metric)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from tune_losses.training.config import TrainConfig
+    from tune_losses.training.run import train_and_record
+
+    path = Path(args.config)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such config file")
+    data = yaml.safe_load(path.read_text()) or {}
+    data = data.get("train", data)
+    for key, value in _overrides(args.set).items():
+        from tune_losses.spaces import set_path
+
+        set_path(data, tuple(key.removeprefix("train.").split(".")), value)
+    try:
+        cfg = TrainConfig.model_validate(data)
+    except Exception as exc:
+        raise ValueError(f"{path}: invalid training config:\n{exc}") from None
+    result = train_and_record(cfg, tracking_uri=args.tracking_uri, name=args.name or path.stem)
+    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, list)}, indent=2))
+    return 0 if result.get("status") == "completed" else 1
+
+
+def cmd_features(args) -> int:
+    from tune_losses.data.features import compute_features
+
+    path = compute_features(args.dataset, backbone=args.backbone, weights=args.weights,
+                            random_init=args.random_init, image_size=args.image_size, root=args.root,
+                            cache_dir=args.cache_dir)
+    print(path)
+    return 0
+
+
+def cmd_ui(args) -> int:
+    import subprocess
+
+    from tune_losses import tracking
+
+    uri = args.tracking_uri or tracking.default_tracking_uri()
+    print(f"MLflow UI for {tracking.redact(uri)} at http://{args.host}:{args.port}", flush=True)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+           "--port", str(args.port), "--workers", "1"]
+    return subprocess.call(cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tune-losses", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("spaces", help="list the bundled search spaces")
+    s.set_defaults(func=cmd_spaces)
+
+    s = sub.add_parser("sweep", help="run a sweep over a search space (a bundled name or a YAML path)")
+    s.add_argument("space")
+    s.add_argument("--name", help="the sweep's name (default: the space's)")
+    s.add_argument("--address", help="join an existing Ray cluster (default: RAY_ADDRESS, else start locally)")
+    s.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else runs/mlflow.db)")
+    s.add_argument("--storage", help="where Ray Tune keeps trial checkpoints (reachable from every node)")
+    s.add_argument("--resume", action="store_true", help="continue an interrupted sweep of this name")
+    s.add_argument("--dataset", help="run the study on another data set (e.g. digits, fashion_mnist)")
+    s.add_argument("--set", action="append", metavar="PATH=VALUE", help="override a field, e.g. train.epochs=3")
+    s.set_defaults(func=cmd_sweep)
+
+    s = sub.add_parser("train", help="one training run from a config (e.g. exported by `best`)")
+    s.add_argument("config")
+    s.add_argument("--name")
+    s.add_argument("--tracking-uri")
+    s.add_argument("--set", action="append", metavar="PATH=VALUE")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("features", help="compute and cache a frozen backbone's features as Parquet")
+    s.add_argument("dataset")
+    s.add_argument("--backbone", default="vgg16", choices=["vgg16", "resnet18", "googlenet"])
+    s.add_argument("--weights", help="a local .pth state dict, or 'imagenet' (downloads)")
+    s.add_argument("--random-init", action="store_true", help="use a randomly initialised backbone, explicitly")
+    s.add_argument("--image-size", type=int, default=256)
+    s.add_argument("--root")
+    s.add_argument("--cache-dir")
+    s.set_defaults(func=cmd_features)
+
+    s = sub.add_parser("ui", help="start the MLflow UI for the project's store on 127.0.0.1")
+    s.add_argument("--tracking-uri")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=5000)
+    s.set_defaults(func=cmd_ui)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as exc:  # SpaceError included: file, field, what is allowed
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sweeps: the Ray Tune runner and the trial function."""

@@ -1,0 +1,216 @@
+"""`tune-losses sweep`: a Ray Tune Tuner over `train`, ASHA and Optuna, every trial recorded in MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tune_losses import tracking
+from tune_losses.spaces import Space, SpaceError, load_space
+
+from .domains import grid_size, to_tune
+
+
+@dataclass
+class SweepResult:
+    name: str
+    parent_run_id: str
+    tracking_uri: str
+    best_config: dict | None
+    best_metric: float | None
+    summary: dict = field(default_factory=dict)
+    results: object = None  # ray.tune.ResultGrid
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _check_resources(space: Space, address: str | None, source: str) -> None:
+    if space.resources.gpu <= 0:
+        return
+    if address:
+        import ray
+
+        gpus = ray.cluster_resources().get("GPU", 0)
+    else:
+        gpus = _local_gpus()
+    if space.resources.gpu > max(gpus, 0) or gpus == 0:
+        raise SpaceError(f"{source}: resources.gpu: {space.resources.gpu} GPU per trial is more than the "
+                         f"{'cluster' if address else 'machine'} has ({gpus:g}); allowed: 0"
+                         + (f" to {gpus:g}" if gpus else " (no GPU found)"))
+
+
+def _local_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _scheduler(space: Space):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    s = space.search.scheduler
+    if s.name == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="epoch", max_t=s.max_t or space.train.epochs, grace_period=s.grace_period,
+                         reduction_factor=s.reduction_factor)
+
+
+def _searcher(space: Space):
+    if space.search.searcher != "optuna":
+        return None  # Ray's BasicVariantGenerator: grids are expanded, ranges sampled at random
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch(seed=space.train.seed)
+
+
+def _start_parent(client, exp_id: str, space: Space, path: Path, text: str, name: str, uri: str):
+    tags = {"tune_losses.sweep": name, "tune_losses.role": "sweep", "mlflow.runName": name,
+            "git_commit": git_commit(), "space_file": str(path), "study": space.study or ""}
+    run = client.create_run(exp_id, run_name=name, tags=tags)
+    rid = run.info.run_id
+    s = space.search
+    params = {"searcher": s.searcher, "scheduler": s.scheduler.name, "num_samples": s.num_samples,
+              "metric": s.metric, "mode": s.mode, "max_concurrent": s.max_concurrent,
+              "swept": ",".join(space.params), "loss": space.train.loss.name, "dataset": space.train.dataset.name,
+              "model": space.train.model.name, "repeats": space.train.repeats, "epochs": space.train.epochs,
+              "tracking_uri": tracking.redact(uri)}
+    if s.scheduler.name == "asha":
+        params.update({"asha.max_t": s.scheduler.max_t or space.train.epochs,
+                       "asha.grace_period": s.scheduler.grace_period,
+                       "asha.reduction_factor": s.scheduler.reduction_factor})
+    for k, v in params.items():
+        client.log_param(rid, k, v)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / path.name).write_text(text)
+        (Path(tmp) / "resolved_space.json").write_text(json.dumps(space.model_dump(), indent=2, default=str))
+        client.log_artifact(rid, str(Path(tmp) / path.name), "space")
+        client.log_artifact(rid, str(Path(tmp) / "resolved_space.json"), "space")
+    return rid
+
+
+def summarize(results, space: Space) -> dict:
+    completed = stopped = failed = diverged = epochs_run = 0
+    for r in results:
+        m = r.metrics or {}
+        epoch = int(m.get("epoch", 0) or 0)
+        epochs_run += epoch
+        if r.error is not None:
+            failed += 1
+        elif m.get("trial_status") == "diverged":
+            diverged += 1
+        elif epoch < space.train.epochs:
+            stopped += 1
+        else:
+            completed += 1
+    n = len(results)
+    return {"trials": n, "completed": completed, "stopped_early": stopped, "failed": failed, "diverged": diverged,
+            "epochs_run": epochs_run, "epochs_full_budget": n * space.train.epochs}
+
+
+def run_sweep(space_or_path, name: str | None = None, address: str | None = None, tracking_uri: str | None = None,
+              storage: str | None = None, resume: bool = False, dataset: str | None = None,
+              overrides: dict | None = None, verbose: int = 1, num_cpus: int | None = None) -> SweepResult:
+    """Validate the space, start (or join) Ray, run the Tuner, record everything in MLflow, return a summary."""
+    overrides = dict(overrides or {})
+    if dataset:
+        overrides["train.dataset"] = {"name": dataset}
+    if isinstance(space_or_path, Space):
+        space, path, text = space_or_path, Path(f"{space_or_path.name}.yaml"), json.dumps(space_or_path.model_dump())
+    else:
+        space, path, text = load_space(space_or_path, overrides)
+    name = name or space.name
+    uri = tracking_uri or tracking.default_tracking_uri()
+    storage_path = str(Path(storage).resolve()) if storage and "://" not in storage else (
+        storage or str(tracking.run_dir() / "ray"))
+    experiment_dir = Path(storage_path) / name if "://" not in storage_path else None
+    if not address:
+        _check_resources(space, None, str(path))
+    client = tracking.client(uri)
+    parent = tracking.find_sweep(client, name) if resume else None
+    if resume and parent is None:
+        raise SpaceError(f"--resume: no sweep named {name!r} in the tracking store {tracking.redact(uri)}")
+    if resume and experiment_dir is not None and not experiment_dir.is_dir():
+        raise SpaceError(f"--resume: no Ray Tune state for sweep {name!r} under {storage_path}")
+
+    import ray
+    from ray import tune
+
+    if not ray.is_initialized():
+        ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
+                 log_to_driver=verbose > 1, configure_logging=verbose > 1)
+    if address:
+        _check_resources(space, address, str(path))
+
+    from .trial import run_trial
+
+    exp_id = tracking.experiment_id(client)
+    parent_id = parent.info.run_id if resume else _start_parent(client, exp_id, space, path, text, name, uri)
+    if resume:
+        client.update_run(parent_id, status="RUNNING")
+    space_json = space.model_dump(mode="json")
+    logger = tracking.callback.MlflowTrialLogger(uri, exp_id, parent_id, space_json)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, space_json=space_json),
+                                    {"cpu": space.resources.cpu, "gpu": space.resources.gpu})
+    param_space = {"params": {p: to_tune(d) for p, d in space.params.items()}}
+    if resume:
+        tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True, resume_errored=True,
+                                   param_space=param_space)
+        tuner._local_tuner._run_config.callbacks = [logger]  # the logger is made anew for this driver
+    else:
+        s = space.search
+        tuner = tune.Tuner(
+            trainable, param_space=param_space,
+            tune_config=tune.TuneConfig(metric=s.metric, mode=s.mode, scheduler=_scheduler(space),
+                                        search_alg=_searcher(space), num_samples=s.num_samples,
+                                        max_concurrent_trials=s.max_concurrent, reuse_actors=True),
+            run_config=tune.RunConfig(name=name, storage_path=storage_path, callbacks=[logger], verbose=verbose,
+                                      failure_config=tune.FailureConfig(max_failures=s.max_failures),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+    try:
+        results = tuner.fit()
+    except BaseException:
+        client.set_tag(parent_id, "status", "interrupted")
+        raise
+    finally:
+        logger.close()
+    summary = summarize(results, space)
+    summary["grid_points"] = grid_size(space)
+    summary["tracking_ms_per_epoch"] = 1000 * (sum(logger.enqueue_seconds) / max(len(logger.enqueue_seconds), 1))
+    best_config = best_metric = None
+    try:
+        best = results.get_best_result(metric=space.search.metric, mode=space.search.mode, scope="last")
+        best_config, best_metric = best.config.get("params", {}), best.metrics.get(space.search.metric)
+    except RuntimeError:
+        pass
+    for k, v in summary.items():
+        client.log_metric(parent_id, f"sweep.{k}", float(v))
+    if best_metric is not None:
+        client.log_metric(parent_id, f"best_{space.search.metric}", float(best_metric))
+        client.set_tag(parent_id, "best_config", json.dumps(best_config))
+    client.set_tag(parent_id, "status", "completed")
+    client.set_terminated(parent_id, "FINISHED")
+    return SweepResult(name, parent_id, uri, best_config, best_metric, summary, results)
+
+
+def print_summary(result: SweepResult, metric: str) -> None:
+    s = result.summary
+    print(f"\nSweep {result.name!r}: {s['trials']} trials: {s['completed']} completed, {s['stopped_early']} stopped "
+          f"early by ASHA, {s['diverged']} diverged, {s['failed']} failed")
+    print(f"Epochs run: {s['epochs_run']} of a full budget of {s['epochs_full_budget']} "
+          f"({100 * s['epochs_run'] / max(s['epochs_full_budget'], 1):.0f}%)")
+    print(f"Best {metric}: {result.best_metric} with {result.best_config}")
+    print(f"MLflow: {tracking.redact(result.tracking_uri)}, parent run {result.parent_run_id} "
+          f"(browse with `tune-losses ui`)")
+    if os.environ.get("TUNE_LOSSES_DEBUG"):
+        print(f"tracking cost on the driver: {s['tracking_ms_per_epoch']:.3f} ms per reported epoch")

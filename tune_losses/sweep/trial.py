@@ -1,0 +1,39 @@
+"""The function each Ray Tune trial runs: the one `train`, with checkpoints and results through Ray."""
+
+from __future__ import annotations
+
+import tempfile
+
+from ray import tune
+
+from tune_losses.spaces import Space, trial_config
+from tune_losses.training import save_checkpoint, train
+
+
+def run_trial(config: dict, space_json: dict) -> None:
+    space = Space.model_validate(space_json)
+    cfg = trial_config(space, config.get("params", {}))
+    last: dict = {}
+
+    def report(metrics: dict, state: dict) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            save_checkpoint(state, tmp)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        last.clear()
+        last.update(metrics)
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            result = train(cfg, report=report, resume_from=directory)
+    else:
+        result = train(cfg, report=report)
+    if result.get("status") == "diverged":
+        # Stop with a status and a reason, not NaN metrics: the metric keeps its last finite value (or the worst
+        # possible one when the first epoch diverged) so schedulers and searchers can rank the trial.
+        metric, mode = space.search.metric, space.search.mode
+        worst = float("-inf") if mode == "max" else float("inf")
+        final = {k: v for k, v in last.items() if k != "test_confusion"}
+        final.update({metric: last.get(metric, worst), "epoch": result["epoch"], "trial_status": "diverged",
+                      "reason": result["reason"]})
+        tune.report(final)

@@ -1,0 +1,37 @@
+"""`tune-losses train`: one full training run recorded in MLflow as its own run."""
+
+from __future__ import annotations
+
+import time
+
+from mlflow.entities import Metric, Param
+
+from tune_losses import tracking
+from tune_losses.tracking.callback import flatten
+
+from .config import TrainConfig
+from .loop import train
+
+
+def train_and_record(cfg: TrainConfig, tracking_uri: str | None = None, name: str = "train",
+                     sweep_run_id: str | None = None) -> dict:
+    client = tracking.client(tracking_uri)
+    exp_id = tracking.experiment_id(client)
+    tags = {"tune_losses.role": "train", "mlflow.runName": name}
+    if sweep_run_id:
+        tags["tune_losses.from_sweep"] = sweep_run_id
+    run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in flatten(cfg.model_dump()).items()])
+
+    def report(metrics, state):
+        ts = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, float(v), ts, metrics["epoch"]) for k, v in metrics.items()
+                                          if isinstance(v, (int, float)) and k != "epoch"])
+
+    result = train(cfg, report=report)
+    client.set_tag(run_id, "status", result["status"])
+    if result.get("reason"):
+        client.set_tag(run_id, "reason", result["reason"])
+    client.set_terminated(run_id, "FINISHED" if result["status"] == "completed" else "FAILED")
+    result["mlflow_run_id"] = run_id
+    return result
