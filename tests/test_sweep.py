@@ -132,3 +132,51 @@ def test_spaces_command_lists_bundled_spaces():
     for name in ("quickstart", "dal_a_table2", "dal_a_search", "beta_gamma_grid", "beta_gamma_search",
                  "cc_lambda", "cc_batch", "cc_search"):
         assert name in out
+
+
+def test_driver_killed_mid_sweep_resumes_with_one_run_per_trial(tmp_path):
+    """SIGKILL the driver process once some epochs are in MLflow, then --resume: one finished run per trial,
+    metric histories without gaps or repeats, none left RUNNING."""
+    import os
+    import signal
+    import time
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    space = write_space(tmp_path / "resume.yaml", name="resume_e2e",
+                        train={"dataset": {"name": "digits"}, "model": {"name": "small_cnn"}, "epochs": 8,
+                               "repeats": 1, "loss": {"name": "dal", "params": {"a": 10.0}},
+                               "optimizer": {"name": "sgd", "lr": 0.05}, "batch_size": 16},
+                        params={"loss.a": {"grid": [5.0, 10.0, 15.0, 20.0]}},
+                        search={"searcher": "grid", "max_concurrent": 2, "scheduler": {"name": "fifo"}})
+    cmd = [sys.executable, "-m", "tune_losses.cli", "sweep", str(space), "--tracking-uri", uri,
+           "--storage", str(tmp_path / "ray")]
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                              start_new_session=True)
+    deadline = time.time() + 240
+    logged = 0
+    while time.time() < deadline and driver.poll() is None:
+        time.sleep(1)
+        try:
+            c, parent, runs = children(uri, "resume_e2e")
+            logged = sum(len(c.get_metric_history(r.info.run_id, "val_acc")) for r in runs)
+        except Exception:
+            continue
+        if logged >= 3:
+            break
+    assert driver.poll() is None, "the sweep finished before it could be interrupted"
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    driver.wait()
+    time.sleep(2)
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    c, parent, runs = children(uri, "resume_e2e")
+    assert len(runs) == 4 and sorted(r.info.run_name for r in runs) == ["dal a=10", "dal a=15", "dal a=20",
+                                                                        "dal a=5"]
+    assert len({r.data.tags["ray_trial_id"] for r in runs}) == 4
+    for r in runs:
+        r = c.get_run(r.info.run_id)
+        assert r.info.status == "FINISHED" and r.data.tags["status"] == "completed"
+        steps = sorted(m.step for m in c.get_metric_history(r.info.run_id, "val_acc"))
+        assert steps == list(range(1, 9))
+    assert c.get_run(parent.info.run_id).info.status == "FINISHED"
