@@ -17,10 +17,10 @@ from tune_losses.sweep.runner import run_sweep
 from tune_losses.training import train
 
 
-def space(name, trials, epochs, scheduler):
+def space(name, trials, epochs, scheduler, width=64):
     return parse_space({
         "name": name,
-        "train": {"dataset": {"name": "digits"}, "model": {"name": "small_cnn", "params": {"width": 24}},
+        "train": {"dataset": {"name": "digits"}, "model": {"name": "small_cnn", "params": {"width": width}},
                   "loss": {"name": "dal", "params": {"a": 10.0}}, "optimizer": {"name": "sgd", "lr": 0.03},
                   "batch_size": 16, "epochs": epochs},
         "params": {"loss.a": {"grid": [float(a) for a in range(4, 4 + 3 * trials, 3)]}},
@@ -49,6 +49,10 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{tmp}/mlflow.db"
         import ray
+
+        from tune_losses import tracking
+
+        tracking.experiment_id(tracking.client(uri))  # the store's one-time schema creation, outside the timing
 
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
         start = time.perf_counter()
