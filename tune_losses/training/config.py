@@ -2,57 +2,47 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+_REGISTRY_MODULES = {"dataset": "tune_losses.data", "model": "tune_losses.models", "loss": "tune_losses.losses"}
+
+
+def _registered(kind: str):
+    """A str type that must name a registered dataset / model / loss (the registries load lazily)."""
+
+    def check(value: str) -> str:
+        import importlib
+
+        names = importlib.import_module(_REGISTRY_MODULES[kind]).names()
+        if value not in names:
+            raise ValueError(f"unknown {kind} {value!r}; allowed: {names}")
+        return value
+
+    return Annotated[str, AfterValidator(check)]
+
+
 class DatasetConfig(Strict):
-    name: str = "digits"
+    name: _registered("dataset") = "digits"
     root: str | None = None
     download: bool = False
     options: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("name")
-    @classmethod
-    def known(cls, v):
-        from tune_losses.data import names
-
-        if v not in names():
-            raise ValueError(f"unknown dataset {v!r}; allowed: {names()}")
-        return v
-
 
 class ModelConfig(Strict):
-    name: str = "small_cnn"
+    name: _registered("model") = "small_cnn"
     params: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("name")
-    @classmethod
-    def known(cls, v):
-        from tune_losses.models import names
-
-        if v not in names():
-            raise ValueError(f"unknown model {v!r}; allowed: {names()}")
-        return v
 
 
 class LossConfig(Strict):
-    name: str = "ce"
+    name: _registered("loss") = "ce"
     params: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("name")
-    @classmethod
-    def known(cls, v):
-        from tune_losses.losses import names
-
-        if v not in names():
-            raise ValueError(f"unknown loss {v!r}; allowed: {names()}")
-        return v
 
 
 class OptimizerConfig(Strict):
