@@ -10,6 +10,8 @@ def ray_local():
     """One local Ray runtime (2 CPUs) shared by the sweep tests."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    from tune_losses.sweep.workers import init_ray
+
+    init_ray(num_cpus=2, verbose=0)
     yield ray
     ray.shutdown()

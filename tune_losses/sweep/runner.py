@@ -143,12 +143,11 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
     if resume and experiment_dir is not None and not experiment_dir.is_dir():
         raise SpaceError(f"--resume: no Ray Tune state for sweep {name!r} under {storage_path}")
 
-    import ray
     from ray import tune
 
-    if not ray.is_initialized():
-        ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
-                 log_to_driver=verbose > 1, configure_logging=verbose > 1)
+    from .workers import init_ray
+
+    init_ray(address, num_cpus, verbose)
     if address:
         _check_resources(space, address, str(path))
 
