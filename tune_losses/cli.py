@@ -37,6 +37,8 @@ def cmd_sweep(args) -> int:
     overrides = _overrides(args.set)
     if args.dataset:
         overrides["train.dataset"] = {"name": args.dataset}
+    if "train.dataset" in overrides:
+        overrides["paper_dataset"] = None
     space, _, _ = load_space(args.space, overrides)  # validate before anything starts
     result = run_sweep(args.space, name=args.name, address=args.address, tracking_uri=args.tracking_uri,
                        storage=args.storage, resume=args.resume, overrides=overrides)
@@ -51,8 +53,8 @@ def cmd_train(args) -> int:
     path = Path(args.config)
     if not path.is_file():
         raise ValueError(f"{path}: no such config file")
-    data = yaml.safe_load(path.read_text()) or {}
-    data = data.get("train", data)
+    doc = yaml.safe_load(path.read_text()) or {}
+    data = doc.get("train", doc)
     for key, value in _overrides(args.set).items():
         from tune_losses.spaces import set_path
 
@@ -61,9 +63,31 @@ def cmd_train(args) -> int:
         cfg = TrainConfig.model_validate(data)
     except Exception as exc:
         raise ValueError(f"{path}: invalid training config:\n{exc}") from None
-    result = train_and_record(cfg, tracking_uri=args.tracking_uri, name=args.name or path.stem)
+    result = train_and_record(cfg, tracking_uri=args.tracking_uri, name=args.name or path.stem,
+                              sweep_run_id=doc.get("from_sweep"), register=args.register)
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, list)}, indent=2))
     return 0 if result.get("status") == "completed" else 1
+
+
+def cmd_report(args) -> int:
+    from tune_losses.reports.build import build_report
+
+    report = build_report(args.sweep, tracking_uri=args.tracking_uri, out_dir=args.out)
+    print(report.markdown)
+    print(f"\nWritten to {report.directory} and logged to the sweep's parent run under report/")
+    return 0
+
+
+def cmd_best(args) -> int:
+    from tune_losses.reports.best import best_trial, export
+
+    best = best_trial(args.sweep, tracking_uri=args.tracking_uri)
+    print(f"best trial of {best['sweep']}: {best['trial']}  {best['metric']} = {best['value']:.4f} "
+          f"(run {best['trial_run_id']})")
+    print(yaml.safe_dump(best["train"], sort_keys=False))
+    if args.export:
+        print(f"exported to {export(best, args.export)}")
+    return 0
 
 
 def cmd_features(args) -> int:
@@ -110,8 +134,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config")
     s.add_argument("--name")
     s.add_argument("--tracking-uri")
-    s.add_argument("--set", action="append", metavar="PATH=VALUE")
+    s.add_argument("--set", action="append", metavar="PATH=VALUE", help="e.g. epochs=300, dataset.name=mnist_5k")
+    s.add_argument("--register", metavar="NAME", help="also register the trained model under this name")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("report", help="rebuild the papers' tables of a sweep from MLflow (also after each sweep)")
+    s.add_argument("sweep", help="the sweep's name or its parent run id")
+    s.add_argument("--tracking-uri")
+    s.add_argument("--out", help="directory for the Markdown / CSV / Parquet / PNG files")
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("best", help="the best config of a sweep, optionally exported for `train`")
+    s.add_argument("sweep")
+    s.add_argument("--tracking-uri")
+    s.add_argument("--export", metavar="PATH", help="write a config that `tune-losses train PATH` runs")
+    s.set_defaults(func=cmd_best)
 
     s = sub.add_parser("features", help="compute and cache a frozen backbone's features as Parquet")
     s.add_argument("dataset")

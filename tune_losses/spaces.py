@@ -3,6 +3,7 @@
     name: dal_a_table2
     description: one line for `tune-losses spaces`
     study: dal_a                 # which published table a report sets beside it (optional)
+    paper_dataset: LabelMe       # only when the trials run on the paper's own data set
     train:                       # the fixed training config (tune_losses.training.TrainConfig)
       dataset: {name: digits}
       loss: {name: dal}
@@ -106,7 +107,8 @@ class Resources(Strict):
 class Space(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
-    study: str | None = None
+    study: Literal["dal_a", "cc_lambda", "cc_batch", "beta_gamma"] | None = None
+    paper_dataset: str | None = None  # set when `train` runs the study on the paper's own data set
     train: TrainConfig = Field(default_factory=TrainConfig)
     params: dict[str, Domain] = Field(default_factory=dict)
     search: Search = Field(default_factory=Search)

@@ -1,0 +1,1 @@
+"""Reports: the papers' sensitivity tables rebuilt from MLflow, figures, significance, the best config."""

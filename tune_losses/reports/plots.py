@@ -36,3 +36,67 @@ def curves_png(history: list[dict], path, keys=("train_loss", "val_acc", "test_a
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def boxplot_png(df, param: str, metric: str, path, title: str) -> None:
+    values = sorted(df[param].dropna().unique())
+    data = [df[df[param] == v][metric].dropna().to_numpy() for v in values]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.boxplot(data, tick_labels=[f"{v:g}" if isinstance(v, float) else str(v) for v in values])
+    ax.set_xlabel(param)
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def errorbar_png(table, param: str, path, title: str, ylabel: str) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.errorbar(table[param], table["mean"], yerr=table["std"], marker="o", capsize=4)
+    ax.set_xlabel(param)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def heatmap_png(pivot, path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(5, 4))
+    im = ax.imshow(pivot.to_numpy(dtype=float), cmap="viridis", aspect="auto")
+    ax.set_xticks(range(pivot.shape[1]), [f"{c:g}" for c in pivot.columns])
+    ax.set_yticks(range(pivot.shape[0]), [f"{r:g}" for r in pivot.index])
+    ax.set_xlabel(pivot.columns.name)
+    ax.set_ylabel(pivot.index.name)
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def slice_png(df, params, metric: str, path) -> None:
+    fig, axes = plt.subplots(1, len(params), figsize=(4 * len(params), 3.2), squeeze=False)
+    for ax, p in zip(axes[0], params):
+        ax.scatter(df[p], df[metric], s=14)
+        ax.set_xlabel(p)
+        ax.set_ylabel(metric)
+    fig.suptitle(f"{metric} against each parameter")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def curves_compare_png(curves: dict, path, key: str = "val_acc") -> None:
+    """curves: label -> DataFrame indexed by epoch."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, frame in curves.items():
+        ax.plot(frame.index, frame[key], marker="o", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(key)
+    ax.set_title("learning curves of the best and worst configs")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

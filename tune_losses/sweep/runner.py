@@ -24,6 +24,7 @@ class SweepResult:
     best_metric: float | None
     summary: dict = field(default_factory=dict)
     results: object = None  # ray.tune.ResultGrid
+    report: object = None  # tune_losses.reports.build.Report
 
 
 def git_commit() -> str:
@@ -120,11 +121,14 @@ def summarize(results, space: Space) -> dict:
 
 def run_sweep(space_or_path, name: str | None = None, address: str | None = None, tracking_uri: str | None = None,
               storage: str | None = None, resume: bool = False, dataset: str | None = None,
-              overrides: dict | None = None, verbose: int = 1, num_cpus: int | None = None) -> SweepResult:
+              overrides: dict | None = None, verbose: int = 1, num_cpus: int | None = None,
+              make_report: bool = True) -> SweepResult:
     """Validate the space, start (or join) Ray, run the Tuner, record everything in MLflow, return a summary."""
     overrides = dict(overrides or {})
     if dataset:
         overrides["train.dataset"] = {"name": dataset}
+    if "train.dataset" in overrides:
+        overrides["paper_dataset"] = None  # another data set: a report must not compare with the paper
     if isinstance(space_or_path, Space):
         space, path, text = space_or_path, Path(f"{space_or_path.name}.yaml"), json.dumps(space_or_path.model_dump())
     else:
@@ -199,7 +203,17 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
         client.set_tag(parent_id, "best_config", json.dumps(best_config))
     client.set_tag(parent_id, "status", "completed")
     client.set_terminated(parent_id, "FINISHED")
-    return SweepResult(name, parent_id, uri, best_config, best_metric, summary, results)
+    report = None
+    if make_report:
+        from tune_losses.reports.build import build_report
+
+        try:
+            report = build_report(parent_id, tracking_uri=uri, out_dir=tracking.run_dir() / "reports" / name)
+        except Exception as exc:  # a report must never cost the sweep's results
+            client.set_tag(parent_id, "report_error", str(exc)[:1000])
+    out = SweepResult(name, parent_id, uri, best_config, best_metric, summary, results)
+    out.report = report
+    return out
 
 
 def print_summary(result: SweepResult, metric: str) -> None:
@@ -211,5 +225,7 @@ def print_summary(result: SweepResult, metric: str) -> None:
     print(f"Best {metric}: {result.best_metric} with {result.best_config}")
     print(f"MLflow: {tracking.redact(result.tracking_uri)}, parent run {result.parent_run_id} "
           f"(browse with `tune-losses ui`)")
+    if result.report is not None:
+        print(f"Report: {result.report.directory / 'report.md'} (also in the parent run's report/ artifacts)")
     if os.environ.get("TUNE_LOSSES_DEBUG"):
         print(f"tracking cost on the driver: {s['tracking_ms_per_epoch']:.3f} ms per reported epoch")

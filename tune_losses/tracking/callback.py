@@ -153,7 +153,8 @@ class MlflowTrialLogger(Callback):
         self.last_step[trial_id] = 0
         params = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
                   for k, v in flatten(cfg).items()]
-        params += [Param(f"swept.{k}", str(v)) for k, v in values.items()]
+        params += [Param(f"swept.{k}", json.dumps(v)) for k, v in values.items()]
+        self.client.log_dict(run.info.run_id, cfg, "config.json")
         for i in range(0, len(params), 100):
             self.client.log_batch(run.info.run_id, params=params[i:i + 100])
 

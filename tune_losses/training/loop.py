@@ -62,7 +62,8 @@ def evaluate(replicas, splits, num_classes: int) -> tuple[dict, np.ndarray]:
     return out, confusion
 
 
-def train(config: dict | TrainConfig, report: Report | None = None, resume_from=None) -> dict:
+def train(config: dict | TrainConfig, report: Report | None = None, resume_from=None,
+          return_model: bool = False) -> dict:
     """Train ``repeats`` replicas for ``epochs`` epochs; after each epoch call ``report(metrics, state)``.
 
     ``metrics`` holds the epoch, the mean training loss and validation / test accuracy, macro-F1 and NMI (mean
@@ -70,7 +71,8 @@ def train(config: dict | TrainConfig, report: Report | None = None, resume_from=
     (of replica 0); ``state`` is the checkpoint to save. DAL's ``update`` gets each replica's training
     confusion matrix after every epoch. ``resume_from`` (a checkpoint directory) continues exactly where that
     checkpoint stopped. Returns the last metrics, or ``{"status": "diverged", "reason": ...}`` when the
-    training loss becomes NaN or inf (nothing is reported for that epoch).
+    training loss becomes NaN or inf (nothing is reported for that epoch). With ``return_model`` the result
+    also holds replica 0's trained model under ``"model"`` and two training inputs under ``"input_example"``.
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.model_validate(config)
     device = pick_device(cfg.device)
@@ -107,4 +109,7 @@ def train(config: dict | TrainConfig, report: Report | None = None, resume_from=
             report(metrics, state)
     metrics["status"] = "completed"
     metrics["replicas"] = type(replicas).__name__
+    if return_model:
+        metrics["model"] = replicas.module(0).cpu().eval()
+        metrics["input_example"] = splits.train.batch(slice(0, 2))[0].numpy()
     return metrics

@@ -42,7 +42,7 @@ class Replicas:
             self.models.append(build_model().to(device))
             self.losses.append(build_loss().to(device))
         self.generators = [torch.Generator().manual_seed(seed) for seed in self.seeds]
-        self.optimizer_cfg = optimizer_cfg
+        self.optimizer_cfg, self.build_model = optimizer_cfg, build_model
 
     @property
     def k(self) -> int:
@@ -94,6 +94,9 @@ class LoopReplicas(Replicas):
             values.append(value.detach())
             preds.append(logits.detach().argmax(dim=1))
         return torch.stack(values), torch.stack(preds)
+
+    def module(self, k: int = 0) -> nn.Module:
+        return self.models[k]
 
     def predict_batch(self, x):
         preds = []
@@ -156,6 +159,13 @@ class VectorReplicas(Replicas):
     def update_losses(self, confusions):
         super().update_losses(confusions)
         self._stack_loss_buffers()
+
+    def module(self, k: int = 0) -> nn.Module:
+        """Replica k as a plain module (e.g. to log or export it)."""
+        model = self.build_model().to(self.device)
+        state = {n: v[k].detach() for n, v in {**self.params, **self.buffers}.items()}
+        model.load_state_dict(state)
+        return model
 
     def predict_batch(self, x):
         xk = x.expand(self.k, *x.shape)

@@ -14,7 +14,9 @@ from .loop import train
 
 
 def train_and_record(cfg: TrainConfig, tracking_uri: str | None = None, name: str = "train",
-                     sweep_run_id: str | None = None) -> dict:
+                     sweep_run_id: str | None = None, register: str | None = None) -> dict:
+    """Train, log params / per-epoch metrics / the trained model (``mlflow.pytorch``) as one MLflow run, tagged
+    with the sweep it came from; ``register`` also registers the model under that name."""
     client = tracking.client(tracking_uri)
     exp_id = tracking.experiment_id(client)
     tags = {"tune_losses.role": "train", "mlflow.runName": name}
@@ -28,7 +30,15 @@ def train_and_record(cfg: TrainConfig, tracking_uri: str | None = None, name: st
         client.log_batch(run_id, metrics=[Metric(k, float(v), ts, metrics["epoch"]) for k, v in metrics.items()
                                           if isinstance(v, (int, float)) and k != "epoch"])
 
-    result = train(cfg, report=report)
+    result = train(cfg, report=report, return_model=True)
+    model, example = result.pop("model", None), result.pop("input_example", None)
+    if model is not None:
+        import mlflow
+        import mlflow.pytorch
+
+        with mlflow.start_run(run_id=run_id):
+            mlflow.pytorch.log_model(model, name="model", registered_model_name=register,
+                                     input_example=example, pip_requirements=["torch", "tune_losses"])
     client.set_tag(run_id, "status", result["status"])
     if result.get("reason"):
         client.set_tag(run_id, "reason", result["reason"])

@@ -1,0 +1,143 @@
+"""Reports rebuilt from MLflow: tables against the metric histories, figures, significance, best -> train."""
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from tune_losses import tracking
+from tune_losses.reports.best import best_trial, export
+from tune_losses.reports.build import build_report
+from tune_losses.reports.stats import versus_best
+from tune_losses.sweep.runner import run_sweep
+
+pytestmark = pytest.mark.slow
+A_VALUES = [3.0, 8.0, 20.0]
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, ray_local):
+    tmp = tmp_path_factory.mktemp("report")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    space = tmp / "rep.yaml"
+    space.write_text(yaml.safe_dump({
+        "name": "report_e2e", "study": "dal_a",
+        "train": {"dataset": {"name": "digits"}, "model": {"name": "mlp"}, "loss": {"name": "dal"},
+                  "optimizer": {"name": "sgd", "lr": 0.05}, "batch_size": 64, "epochs": 3, "repeats": 3},
+        "params": {"loss.a": {"grid": A_VALUES}},
+        "search": {"searcher": "grid", "scheduler": {"name": "fifo"}, "max_concurrent": 2}}, sort_keys=False))
+    result = run_sweep(space, tracking_uri=uri, storage=str(tmp / "ray"), verbose=0)
+    return tmp, uri, result
+
+
+def test_tables_equal_the_numbers_in_the_metric_histories(swept):
+    tmp, uri, result = swept
+    report = result.report
+    assert report is not None and (report.directory / "report.md").is_file()
+    table = report.tables["a_test_acc"]
+    c = tracking.client(uri)
+    parent = tracking.find_sweep(c, "report_e2e")
+    for run in tracking.trial_runs(c, parent.info.run_id, parent.info.experiment_id):
+        a = float(run.data.params["loss.params.a"])
+        finals = [c.get_metric_history(run.info.run_id, f"test_acc_r{k}")[-1].value for k in range(3)]
+        row = table[table["loss.a"] == a].iloc[0]
+        assert row["mean_%"] == pytest.approx(100 * np.mean(finals))
+        assert row["std_%"] == pytest.approx(100 * np.std(finals, ddof=1))
+        assert row["min_%"] == pytest.approx(100 * min(finals)) and row["max_%"] == pytest.approx(100 * max(finals))
+        assert row["n"] == 3
+    assert list(table["loss.a"]) == A_VALUES and table["is_best"].sum() == 1
+    # The same table as CSV and Parquet, and every file logged to the parent run under report/.
+    assert pd.read_parquet(report.directory / "a_test_acc.parquet").shape == table.shape
+    logged = {a.path for a in c.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.md", "report/a_test_acc.csv", "report/a_test_acc.parquet"} <= logged
+    assert "not the paper's data set" in report.markdown  # digits, not LabelMe: no published column
+
+
+def test_figures_are_valid_pngs(swept):
+    report = swept[2].report
+    names = {f.name for f in report.figures}
+    assert {"a_test_acc_box.png", "a_test_acc_errorbar.png", "learning_curves_best_worst.png"} <= names
+    for f in report.figures:
+        with Image.open(f) as img:
+            img.verify()
+            assert img.format == "PNG" and img.size[0] > 200
+
+
+def test_significance_flags_on_constructed_data():
+    rng = np.random.default_rng(0)
+    same = rng.normal(0.8, 0.01, 30)
+    table = versus_best({"best": same + 0.0001, "same": same, "far": rng.normal(0.5, 0.01, 30)}).set_index("value")
+    assert bool(table.loc["best", "is_best"]) and table.loc["best", "distinguishable"] is None
+    assert table.loc["same", "distinguishable"] == False  # noqa: E712  (identical distributions)
+    assert table.loc["far", "distinguishable"] == True  # noqa: E712
+    assert versus_best({"x": [0.5], "y": [0.6]})["distinguishable"].tolist() == [None, None]  # no repeats
+
+
+def test_paper_numbers_beside_a_reproduction():
+    from tune_losses.reports.tables import with_paper
+
+    ours = pd.DataFrame({"a": [5.0, 15.0], "mean": [0.88, 0.89], "max": [0.9, 0.91], "min": [0.86, 0.87]})
+    table, source = with_paper(ours, "a", "dal_a", "LabelMe")
+    assert source == "paper: LabelMe"
+    assert table["paper_mean_%"].tolist() == [88.8417, 88.8921]
+    assert table["diff_mean_%"].iloc[1] == pytest.approx(89 - 88.8921)
+    assert with_paper(ours, "a", "dal_a", None)[1] == ""
+
+
+def test_best_exports_a_config_that_train_runs(swept, tmp_path):
+    tmp, uri, result = swept
+    best = best_trial("report_e2e", tracking_uri=uri)
+    assert best["train"]["loss"]["params"]["a"] in A_VALUES and best["train"]["repeats"] == 3
+    path = export(best, tmp_path / "best.yaml")
+    proc = subprocess.run([sys.executable, "-m", "tune_losses.cli", "train", str(path), "--tracking-uri", uri,
+                           "--set", "epochs=2", "--set", "repeats=1", "--register", "dal_best"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    c = tracking.client(uri)
+    runs = c.search_runs([tracking.experiment_id(c)], "tags.`tune_losses.role` = 'train'")
+    assert len(runs) == 1 and runs[0].data.tags["tune_losses.from_sweep"] == best["sweep_run_id"]
+    assert runs[0].data.params["epochs"] == "2" and runs[0].info.status == "FINISHED"
+    assert len(c.get_metric_history(runs[0].info.run_id, "test_acc")) == 2
+    import mlflow.pytorch
+    import torch
+
+    model = mlflow.pytorch.load_model(f"runs:/{runs[0].info.run_id}/model")
+    assert model(torch.zeros(4, 1, 8, 8)).shape == (4, 10)
+    assert c.get_latest_versions("dal_best")[0].run_id == runs[0].info.run_id
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_report_from_a_server_uri_equals_the_local_one(swept, tmp_path):
+    tmp, uri, result = swept
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        remote = build_report("report_e2e", tracking_uri=f"http://127.0.0.1:{port}", out_dir=tmp_path / "r",
+                              log=False)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    local = build_report("report_e2e", tracking_uri=uri, out_dir=tmp_path / "l", log=False)
+    assert remote.tables.keys() == local.tables.keys()
+    for key in local.tables:
+        pd.testing.assert_frame_equal(remote.tables[key], local.tables[key])

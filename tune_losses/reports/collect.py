@@ -1,0 +1,68 @@
+"""Read a sweep back from MLflow alone (any tracking URI): one row per trial and replica, plus histories."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pandas as pd
+
+from tune_losses import tracking
+
+FINAL = ("val_acc", "test_acc", "val_f1", "test_f1", "val_nmi", "test_nmi")
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return text
+
+
+def sweep_runs(sweep: str, tracking_uri: str | None = None):
+    """(client, parent run, child runs, resolved space dict) of a sweep given by name or parent run id."""
+    c = tracking.client(tracking_uri)
+    parent = tracking.find_sweep(c, sweep)
+    if parent is None:
+        try:
+            parent = c.get_run(sweep)
+        except Exception:
+            raise ValueError(f"sweep={sweep!r}: no sweep of that name or run id in "
+                             f"{tracking.redact(c.tracking_uri)}") from None
+    runs = tracking.trial_runs(c, parent.info.run_id, parent.info.experiment_id)
+    path = c.download_artifacts(parent.info.run_id, "space/resolved_space.json")
+    with open(path) as f:
+        space = json.load(f)
+    return c, parent, runs, space
+
+
+def trial_table(runs, swept: list[str]) -> pd.DataFrame:
+    """One row per (trial, replica): swept values, final metrics of that replica, status tags."""
+    rows = []
+    for run in runs:
+        m, tags = run.data.metrics, run.data.tags
+        values = {p: _value(run.data.params.get(f"swept.{p}")) for p in swept}
+        for p in list(values):
+            if "," in p and isinstance(values[p], list):  # a joint path: one column per part
+                for part, v in zip(p.split(","), values.pop(p)):
+                    values[part] = v
+        replicas = sorted({int(x.group(1)) for k in m if (x := re.match(r"test_acc_r(\d+)$", k))}) or [None]
+        for r in replicas:
+            suffix = "" if r is None else f"_r{r}"
+            row = {"run_id": run.info.run_id, "trial": run.info.run_name, "replica": r or 0, **values,
+                   "status": tags.get("status", ""), "stopped_early": tags.get("stopped_early") == "true",
+                   "epochs": int(tags.get("stopped_at_epoch", 0)) or None, "reason": tags.get("reason", "")}
+            for key in FINAL:
+                row[key] = m.get(key + suffix, m.get(key))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def histories(client, run_ids, keys=("train_loss", "val_acc", "test_acc")) -> dict[str, pd.DataFrame]:
+    out = {}
+    for rid in run_ids:
+        cols = {}
+        for key in keys:
+            cols[key] = {h.step: h.value for h in client.get_metric_history(rid, key)}
+        out[rid] = pd.DataFrame(cols).sort_index()
+    return out
