@@ -82,18 +82,24 @@ def compute_features(dataset: str, backbone: str = "vgg16", weights=None, random
     model = build_model(backbone, num_classes=splits.num_classes, weights=weights).eval()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     trunk = model.features.to(device)
-    tables = []
-    for name in ("train", "val", "test"):
-        split = getattr(splits, name)
-        feats = _embed(trunk, split, image_size, batch_size, device)
-        dim = feats.shape[1]
-        column = pa.FixedSizeListArray.from_arrays(pa.array(feats.reshape(-1), type=pa.float32()), dim)
-        tables.append(pa.table({"split": pa.array([name] * len(split)), "label": pa.array(split.y.numpy()),
-                                "features": column}))
-    table = pa.concat_tables(tables)
+    arrays = {name: (_embed(trunk, getattr(splits, name), image_size, batch_size, device), getattr(splits, name).y)
+              for name in ("train", "val", "test")}
     meta = {"dataset": dataset, "backbone": backbone, "weights": model.weights_source, "image_size": image_size,
             "num_classes": splits.num_classes, "class_names": splits.class_names, "options": options}
-    table = table.replace_schema_metadata({"tune_losses": json.dumps(meta, default=str)})
+    write_features(path, arrays, meta)
+    return path
+
+
+def write_features(path, arrays: dict, meta: dict) -> Path:
+    """Write {split: (features (n, d) float32 array, labels)} and the metadata as one Parquet table, atomically."""
+    tables = []
+    for name, (feats, labels) in arrays.items():
+        feats = np.asarray(feats, dtype=np.float32)
+        column = pa.FixedSizeListArray.from_arrays(pa.array(feats.reshape(-1), type=pa.float32()), feats.shape[1])
+        tables.append(pa.table({"split": pa.array([name] * len(feats)), "label": pa.array(np.asarray(labels)),
+                                "features": column}))
+    table = pa.concat_tables(tables).replace_schema_metadata({"tune_losses": json.dumps(meta, default=str)})
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".part")
     pq.write_table(table, tmp)

@@ -63,6 +63,7 @@ class TrainConfig(Strict):
     seed: int = 0  # replica k trains with seed + k (initialisation and shuffling)
     data_seed: int = 0  # the train / val / test split, the same for every replica and trial
     vectorize: bool = True
+    rowspace: bool = True  # the exact row-space reduction of the DAL head, where it applies
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 

@@ -16,6 +16,8 @@ from .checkpoint import load_checkpoint
 from .config import TrainConfig, loss_params
 from .metrics import classification_metrics, confusion_matrix, summarize
 from .replicas import make_replicas
+from .rowspace import RowSpace
+from .rowspace import applies as rowspace_applies
 
 Report = Callable[[dict, dict], None]
 SUMMARY_METRICS = ("val_acc", "test_acc", "val_f1", "test_f1", "test_nmi")
@@ -78,9 +80,19 @@ def train(config: dict | TrainConfig, report: Report | None = None, resume_from=
     device = pick_device(cfg.device)
     splits = build_dataset(cfg.dataset.name, root=cfg.dataset.root, download=cfg.dataset.download,
                            seed=cfg.data_seed, **cfg.dataset.options)
+    example = splits.train.batch(slice(0, 2))[0].numpy()
     c = splits.num_classes
     mparams, lparams = model_params(cfg, splits.input_shape), loss_params(cfg)
-    replicas = make_replicas(lambda: build_model(cfg.model.name, num_classes=c, **mparams),
+
+    def full_model():
+        return build_model(cfg.model.name, num_classes=c, **mparams)
+
+    make_model, rowspace = full_model, None
+    if cfg.rowspace and rowspace_applies(cfg, splits):  # exact: see training/rowspace.py
+        rowspace = RowSpace(splits)
+        splits = rowspace.reduce(splits)
+        make_model = lambda: rowspace.reduce_model(full_model())  # noqa: E731  (same init, same seed)
+    replicas = make_replicas(make_model,
                              lambda: build_loss(cfg.loss.name, num_classes=c, **lparams),
                              [cfg.seed + i for i in range(cfg.repeats)], cfg.optimizer, c, device,
                              vectorize=cfg.vectorize)
@@ -110,6 +122,10 @@ def train(config: dict | TrainConfig, report: Report | None = None, resume_from=
     metrics["status"] = "completed"
     metrics["replicas"] = type(replicas).__name__
     if return_model:
-        metrics["model"] = replicas.module(0).cpu().eval()
-        metrics["input_example"] = splits.train.batch(slice(0, 2))[0].numpy()
+        model = replicas.module(0).cpu()
+        if rowspace is not None:
+            torch.manual_seed(replicas.seeds[0])
+            model = rowspace.expand_model(model, full_model())
+        metrics["model"] = model.eval()
+        metrics["input_example"] = example
     return metrics

@@ -1,0 +1,71 @@
+"""The exact row-space reduction of the DAL head: same training as on the full-dimension features."""
+
+import numpy as np
+import pytest
+import torch
+
+from tune_losses.data.features import write_features
+from tune_losses.training import train
+from tune_losses.training.config import TrainConfig
+from tune_losses.training.rowspace import applies
+
+
+@pytest.fixture
+def wide_table(tmp_path):
+    """A features table shaped like the DAL paper's (few rows, many ReLU'd values): 120 rows x 4096."""
+    rng = np.random.default_rng(0)
+    y = np.arange(120) % 4
+    x = np.maximum(0, 0.3 * rng.normal(size=(4, 4096))[y] + rng.normal(size=(120, 4096))).astype(np.float32)
+    arrays = {"train": (x[:60], y[:60]), "val": (x[60:80], y[60:80]), "test": (x[80:], y[80:])}
+    meta = {"dataset": "synthetic", "backbone": "none", "weights": "none", "num_classes": 4,
+            "class_names": ["a", "b", "c", "d"]}
+    return write_features(tmp_path / "wide.parquet", arrays, meta)
+
+
+def config(path, **over):
+    return {"dataset": {"name": "features", "options": {"path": str(path)}}, "model": {"name": "mlp"},
+            "loss": {"name": "dal", "params": {"a": 5.0}}, "optimizer": {"name": "sgd", "lr": 0.005},
+            "batch_size": 16, "epochs": 30, "repeats": 3, **over}
+
+
+def test_reduction_trains_exactly_like_the_full_features(wide_table):
+    reduced, full = [], []
+    a = train(config(wide_table), report=lambda m, s: reduced.append(m), return_model=True)
+    b = train(config(wide_table, rowspace=False), report=lambda m, s: full.append(m), return_model=True)
+    for m, n in zip(reduced, full):
+        for k in range(3):
+            assert m[f"train_loss_r{k}"] == pytest.approx(n[f"train_loss_r{k}"], rel=1e-4)
+        assert m["test_acc"] == pytest.approx(n["test_acc"], abs=0.02)
+    # The exported model is back in the 4096-dim input space and gives the full run's logits.
+    x = torch.as_tensor(np.asarray(a["input_example"]))
+    assert a["model"][1].in_features == 4096
+    assert torch.allclose(a["model"](x), b["model"](x), atol=1e-3)
+
+
+def test_reduction_only_where_it_is_exact_and_pays(wide_table):
+    from tune_losses.data import build_dataset
+
+    splits = build_dataset("features", path=str(wide_table))
+    assert applies(TrainConfig.model_validate(config(wide_table)), splits)
+    for over in ({"optimizer": {"name": "adam", "lr": 0.01}}, {"optimizer": {"name": "sgd", "weight_decay": 1e-4}},
+                 {"epochs": 1, "repeats": 1}):
+        assert not applies(TrainConfig.model_validate(config(wide_table, **over)), splits)
+
+
+def test_a_reduced_run_resumes_exactly(wide_table, tmp_path):
+    from tune_losses.training import save_checkpoint
+
+    cfg = config(wide_table, epochs=12)
+    straight = []
+    train(cfg, report=lambda m, s: straight.append(m))
+
+    def stop_at_five(m, state):
+        if m["epoch"] == 5:
+            save_checkpoint(state, tmp_path / "ckpt")
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, report=stop_at_five)
+    resumed = []
+    train(cfg, report=lambda m, s: resumed.append(m), resume_from=tmp_path / "ckpt")
+    assert resumed == straight[5:]
