@@ -1,6 +1,8 @@
 """End-to-end sweeps on digits (CPU, real Ray, real MLflow SQLite store), asserting on what MLflow holds."""
 
 import json
+
+import numpy as np
 import subprocess
 import sys
 
@@ -180,3 +182,32 @@ def test_driver_killed_mid_sweep_resumes_with_one_run_per_trial(tmp_path):
         steps = sorted(m.step for m in c.get_metric_history(r.info.run_id, "val_acc"))
         assert steps == list(range(1, 9))
     assert c.get_run(parent.info.run_id).info.status == "FINISHED"
+
+
+def test_a_diverging_trial_is_recorded_with_its_reason_and_the_sweep_goes_on(tmp_path, ray_local):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    space = write_space(tmp_path / "nan.yaml", name="nan_e2e",
+                        params={"optimizer.lr": {"grid": [0.05, 1.0e30]}})
+    result = run_sweep(space, tracking_uri=uri, storage=str(tmp_path / "ray"), verbose=0)
+    assert result.summary["diverged"] == 2 and result.summary["completed"] == 2  # 2 values of a x 2 lr
+    c, parent, runs = children(uri, "nan_e2e")
+    for r in runs:
+        if r.data.params["swept.optimizer.lr"] == "1e+30":
+            assert r.data.tags["status"] == "diverged" and "training loss became" in r.data.tags["reason"]
+        else:
+            assert r.data.tags["status"] == "completed"
+        assert r.info.status == "FINISHED"
+        for key in ("train_loss", "val_acc"):  # no NaN was ever logged
+            assert all(np.isfinite(m.value) for m in c.get_metric_history(r.info.run_id, key))
+    assert "diverged" in result.report.markdown and "training loss became" in result.report.markdown
+
+
+def test_unwritable_paths_fail_before_anything_starts(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    space = write_space(tmp_path / "ok.yaml")
+    with pytest.raises(SpaceError, match="--storage=.*is not writable"):
+        run_sweep(space, tracking_uri=f"sqlite:///{tmp_path}/m.db", storage=str(blocker / "ray"), verbose=0)
+    with pytest.raises(SpaceError, match="--tracking-uri=.*is not writable"):
+        run_sweep(space, tracking_uri=f"sqlite:///{blocker}/db/m.db", storage=str(tmp_path / "r"), verbose=0)
+    assert not (tmp_path / "m.db").exists() and not (tmp_path / "r").exists()

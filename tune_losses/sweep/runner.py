@@ -36,6 +36,17 @@ def git_commit() -> str:
         return "unknown"
 
 
+def _check_writable(path: Path, what: str) -> None:
+    """Fail before anything starts when a directory the sweep writes to cannot be written."""
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        why = "is a file, not a directory" if not probe.is_dir() else "has no write permission"
+        raise SpaceError(f"{what}={str(path)!r} is not writable ({probe} {why}); "
+                         f"choose a directory you can write to")
+
+
 def _check_resources(space: Space, address: str | None, source: str) -> None:
     if space.resources.gpu <= 0:
         return
@@ -138,6 +149,10 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
     storage_path = str(Path(storage).resolve()) if storage and "://" not in storage else (
         storage or str(tracking.run_dir() / "ray"))
     experiment_dir = Path(storage_path) / name if "://" not in storage_path else None
+    if experiment_dir is not None:
+        _check_writable(Path(storage_path), "--storage")
+    if uri.startswith("sqlite:///"):
+        _check_writable(Path(uri.removeprefix("sqlite:///")).parent, "--tracking-uri")
     if not address:
         _check_resources(space, None, str(path))
     client = tracking.client(uri)
