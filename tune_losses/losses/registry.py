@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-_LOSSES: dict[str, type] = {}
+from tune_losses.registry import Registry
+
+LOSSES = Registry("loss")
+names, get = LOSSES.names, LOSSES.get
 
 
 def register(name: str):
     def wrap(cls):
-        _LOSSES[name] = cls
         cls.registry_name = name
-        return cls
+        return LOSSES.register(name)(cls)
 
     return wrap
-
-
-def names() -> list[str]:
-    return sorted(_LOSSES)
-
-
-def get(name: str) -> type:
-    if name not in _LOSSES:
-        raise ValueError(f"loss={name!r} is not allowed: loss must be one of {names()}")
-    return _LOSSES[name]
 
 
 def build_loss(name: str, num_classes: int, **params):

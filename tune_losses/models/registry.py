@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-_MODELS: dict[str, object] = {}
+from tune_losses.registry import Registry
 
-
-def register(name: str):
-    def wrap(builder):
-        _MODELS[name] = builder
-        return builder
-
-    return wrap
-
-
-def names() -> list[str]:
-    return sorted(_MODELS)
+MODELS = Registry("model")
+register, names = MODELS.register, MODELS.names
 
 
 def build_model(name: str, num_classes: int, **params):
-    if name not in _MODELS:
-        raise ValueError(f"model={name!r} is not allowed: model must be one of {names()}")
+    builder = MODELS.get(name)
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes={num_classes!r} is not allowed: num_classes must be an integer >= 2")
     try:
-        return _MODELS[name](num_classes=num_classes, **params)
+        return builder(num_classes=num_classes, **params)
     except TypeError as exc:
         raise ValueError(f"bad parameters {sorted(params)} for model {name!r}: {exc}") from None
