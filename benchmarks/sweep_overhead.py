@@ -14,7 +14,7 @@ import tempfile
 import time
 
 from tune_losses.spaces import parse_space, trial_config
-from tune_losses.sweep.runner import run_sweep
+from tune_losses.tuning.runner import run_sweep
 from tune_losses.training import train
 
 
@@ -55,7 +55,7 @@ def main():
 
         tracking.experiment_id(tracking.client(uri))  # the store's one-time schema creation, outside the timing
 
-        from tune_losses.sweep.workers import init_ray
+        from tune_losses.tuning.workers import init_ray
 
         init_ray(num_cpus=2, verbose=0)
         wall_start, start = time.time(), time.perf_counter()

@@ -16,7 +16,7 @@ from tune_losses import tracking
 from tune_losses.reports.best import best_trial, export
 from tune_losses.reports.build import build_report
 from tune_losses.reports.stats import versus_best
-from tune_losses.sweep.runner import run_sweep
+from tune_losses.tuning.runner import run_sweep
 
 pytestmark = pytest.mark.slow
 A_VALUES = [3.0, 8.0, 20.0]
@@ -141,3 +141,38 @@ def test_report_from_a_server_uri_equals_the_local_one(swept, tmp_path):
     assert remote.tables.keys() == local.tables.keys()
     for key in local.tables:
         pd.testing.assert_frame_equal(remote.tables[key], local.tables[key])
+
+
+def test_continuous_sweeps_get_fanova_importance_and_a_slice_plot(tmp_path):
+    from tune_losses.reports import plots
+    from tune_losses.reports.build import importance
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"run_id": [str(i) for i in range(30)], "loss.a": rng.uniform(3, 30, 30),
+                       "batch_size": rng.uniform(8, 128, 30)})
+    df["val_acc"] = 0.5 + 0.01 * df["loss.a"] + rng.normal(0, 0.001, 30)  # only a matters
+    scores = importance(df, ["loss.a", "batch_size"], "val_acc", "max").set_index("parameter")
+    assert scores.loc["loss.a", "fanova_importance"] > 0.8 > scores.loc["batch_size", "fanova_importance"]
+    plots.slice_png(df, ["loss.a", "batch_size"], "val_acc", tmp_path / "slice.png")
+    with Image.open(tmp_path / "slice.png") as img:
+        assert img.format == "PNG"
+
+
+def test_ui_serves_the_store_on_localhost(swept):
+    tmp, uri, result = swept
+    port = free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "tune_losses.cli", "ui", "--tracking-uri", uri, "--port",
+                           str(port)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert f"http://127.0.0.1:{port}" in ui.stdout.readline()
+        for _ in range(120):
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search"
+                                              "?max_results=10", timeout=1).read().decode()
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert "tune_losses" in body
+    finally:
+        ui.terminate()
+        ui.wait(timeout=30)

@@ -11,7 +11,7 @@ import yaml
 
 from tune_losses import tracking
 from tune_losses.spaces import SpaceError, load_space
-from tune_losses.sweep.runner import run_sweep
+from tune_losses.tuning.runner import run_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,10 @@ def children(uri, name):
 def test_grid_sweep_records_every_trial(tmp_path, ray_local):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     space = write_space(tmp_path / "grid.yaml", name="grid_e2e")
-    result = run_sweep(space, tracking_uri=uri, storage=str(tmp_path / "ray"), verbose=0)
+    import tune_losses
+
+    result = tune_losses.sweep(space, tracking_uri=uri, storage=str(tmp_path / "ray"), verbose=0,
+                               **{"train.epochs": 3})  # the Python API, with a dotted override
     assert result.summary["trials"] == 2 and result.summary["completed"] == 2
     assert result.summary["epochs_run"] == result.summary["epochs_full_budget"] == 6
     assert result.summary["tracking_ms_per_epoch"] < 2.0
@@ -52,6 +55,7 @@ def test_grid_sweep_records_every_trial(tmp_path, ray_local):
         assert r.data.tags["status"] == "completed" and r.data.tags["stopped_early"] == "false"
         assert r.data.tags["ray_trial_id"]
         assert r.data.params["loss.params.a"] in ("5.0", "15.0") and r.data.params["repeats"] == "2"
+        assert r.data.params["weights"] == "none (trained from scratch)"
         assert "val_acc" not in r.data.params and "loss.params.a" not in r.data.metrics
         history = c.get_metric_history(r.info.run_id, "val_acc")
         assert sorted(m.step for m in history) == [1, 2, 3]

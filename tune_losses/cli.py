@@ -32,7 +32,7 @@ def cmd_spaces(args) -> int:
 
 def cmd_sweep(args) -> int:
     from tune_losses.spaces import load_space
-    from tune_losses.sweep.runner import print_summary, run_sweep
+    from tune_losses.tuning.runner import print_summary, run_sweep
 
     overrides = _overrides(args.set)
     if args.dataset:
@@ -101,7 +101,7 @@ def cmd_features(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    import subprocess
+    import os
 
     from tune_losses import tracking
 
@@ -109,7 +109,7 @@ def cmd_ui(args) -> int:
     print(f"MLflow UI for {tracking.redact(uri)} at http://{args.host}:{args.port}", flush=True)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
            "--port", str(args.port), "--workers", "1"]
-    return subprocess.call(cmd)
+    os.execv(sys.executable, cmd)  # become the MLflow server: stopping this process stops it
 
 
 def build_parser() -> argparse.ArgumentParser:

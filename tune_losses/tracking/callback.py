@@ -126,6 +126,7 @@ class MlflowTrialLogger(Callback):
 
     def _on_start(self, trial_id: str, config: dict):
         from tune_losses.spaces import Space, trial_config
+        from tune_losses.training.config import weights_used
 
         if trial_id in self.runs:
             self.client.update_run(self.runs[trial_id], status="RUNNING")
@@ -154,6 +155,7 @@ class MlflowTrialLogger(Callback):
         params = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
                   for k, v in flatten(cfg).items()]
         params += [Param(f"swept.{k}", json.dumps(v)) for k, v in values.items()]
+        params.append(Param("weights", weights_used(cfg)))
         self.client.log_dict(run.info.run_id, cfg, "config.json")
         for i in range(0, len(params), 100):
             self.client.log_batch(run.info.run_id, params=params[i:i + 100])

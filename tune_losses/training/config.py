@@ -73,3 +73,19 @@ def loss_params(cfg: TrainConfig) -> dict:
     if "lambda" in params:
         params["lam"] = params.pop("lambda")
     return params
+
+
+BACKBONES = ("vgg16", "resnet18", "googlenet")
+
+
+def weights_used(cfg: dict) -> str:
+    """Which pretrained weights a run uses, for its MLflow params: the backbone's, the cached features' one."""
+    model, dataset = cfg["model"], cfg["dataset"]
+    if model["name"] in BACKBONES:
+        return str(model["params"].get("weights") or "random-init")
+    if dataset["name"] == "features":
+        opts = dataset.get("options", {})
+        if opts.get("path"):
+            return f"as cached in {opts['path']}"
+        return str(opts.get("weights") or ("random-init" if opts.get("random_init") else "imagenet (hub cache)"))
+    return "none (trained from scratch)"

@@ -9,7 +9,7 @@ from mlflow.entities import Metric, Param
 from tune_losses import tracking
 from tune_losses.tracking.callback import flatten
 
-from .config import TrainConfig
+from .config import TrainConfig, weights_used
 from .loop import train
 
 
@@ -23,7 +23,8 @@ def train_and_record(cfg: TrainConfig, tracking_uri: str | None = None, name: st
     if sweep_run_id:
         tags["tune_losses.from_sweep"] = sweep_run_id
     run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
-    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in flatten(cfg.model_dump()).items()])
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in flatten(cfg.model_dump()).items()]
+                     + [Param("weights", weights_used(cfg.model_dump()))])
 
     def report(metrics, state):
         ts = int(time.time() * 1000)

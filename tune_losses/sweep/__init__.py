@@ -1,1 +1,0 @@
-"""Sweeps: the Ray Tune runner and the trial function."""

@@ -1,0 +1,1 @@
+"""Sweeps on Ray Tune: the runner, the trial function, search-space domains, starting Ray."""
