@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pandas as pd
 
 from tune_losses import tracking
 
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 FINAL = ("val_acc", "test_acc", "val_f1", "test_f1", "val_nmi", "test_nmi")
 
 

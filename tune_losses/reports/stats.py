@@ -5,6 +5,8 @@ the number of comparisons (scipy.stats.false_discovery_control), at level alpha.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from scipy import stats
@@ -20,7 +22,9 @@ def versus_best(groups: dict, mode: str = "max", alpha: float = 0.05) -> pd.Data
         if key == best or len(sample) < 2 or len(ref) < 2:
             p = np.nan
         else:
-            p = float(stats.ttest_ind(sample, ref, equal_var=False).pvalue)
+            with warnings.catch_warnings():  # nearly identical samples: scipy warns, the p-value is still usable
+                warnings.simplefilter("ignore", RuntimeWarning)
+                p = float(stats.ttest_ind(sample, ref, equal_var=False).pvalue)
             if np.isnan(p):  # both samples constant
                 p = 1.0 if np.mean(sample) == np.mean(ref) else 0.0
         rows.append(key)
