@@ -121,3 +121,17 @@ def test_fashion_mnist_end_to_end_from_debian_package(tmp_path):
            "optimizer": {"name": "adam", "lr": 0.003}, "epochs": 3, "batch_size": 32}
     result = train(cfg)
     assert result["status"] == "completed" and result["test_acc"] > 0.3 and result["test_nmi"] > 0.1
+
+
+def test_caltech101_loads_torchvision_layout_with_the_half_split(tmp_path):
+    rng = np.random.default_rng(1)
+    base = tmp_path / "caltech101" / "101_ObjectCategories"
+    for c, name in enumerate(["accordion", "airplanes", "BACKGROUND_Google"]):
+        d = base / name
+        d.mkdir(parents=True)
+        for i in range(1, 7):
+            img = rng.integers(0, 255, (30 + c, 40, 3)).astype(np.uint8)
+            Image.fromarray(img).save(d / f"image_{i:04d}.jpg")
+    s = build_dataset("caltech101", root=tmp_path, image_size=24)
+    assert s.class_names == ["accordion", "airplanes"]  # torchvision drops the background class
+    assert s.input_shape == (3, 24, 24) and len(s.test) == 6 and len(s.train) + len(s.val) == 6
