@@ -176,14 +176,12 @@ def _check_semantics(space: Space) -> list[tuple[str, str]]:
                 break
             if "loss." in path:
                 try:
-                    params = {("lam" if k == "lambda" else k): v for k, v in cfg.loss.params.items()}
-                    build_loss(cfg.loss.name, num_classes=2, **params)
+                    build_loss(cfg.loss.name, num_classes=2, **cfg.loss.params)
                 except ValueError as exc:
                     problems.append((f"params.{path}", str(exc)))
                     break
     try:
-        params = {("lam" if k == "lambda" else k): v for k, v in space.train.loss.params.items()}
-        build_loss(space.train.loss.name, num_classes=2, **params)
+        build_loss(space.train.loss.name, num_classes=2, **space.train.loss.params)
     except ValueError as exc:
         problems.append(("train.loss.params", str(exc)))
     return problems

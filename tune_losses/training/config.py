@@ -67,13 +67,6 @@ class TrainConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
-def loss_params(cfg: TrainConfig) -> dict:
-    """The loss keywords, with a search space's `lambda` spelled `lam` as the loss module takes it."""
-    params = dict(cfg.loss.params)
-    if "lambda" in params:
-        params["lam"] = params.pop("lambda")
-    return params
-
 
 BACKBONES = ("vgg16", "resnet18", "googlenet")
 

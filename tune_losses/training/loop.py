@@ -13,7 +13,7 @@ from tune_losses.losses import build_loss
 from tune_losses.models import build_model
 
 from .checkpoint import load_checkpoint
-from .config import TrainConfig, loss_params
+from .config import TrainConfig
 from .metrics import classification_metrics, confusion_matrix, summarize
 from .replicas import make_replicas
 from .rowspace import RowSpace
@@ -82,7 +82,7 @@ def train(config: dict | TrainConfig, report: Report | None = None, resume_from=
                            seed=cfg.data_seed, **cfg.dataset.options)
     example = splits.train.batch(slice(0, 2))[0].numpy()
     c = splits.num_classes
-    mparams, lparams = model_params(cfg, splits.input_shape), loss_params(cfg)
+    mparams, lparams = model_params(cfg, splits.input_shape), dict(cfg.loss.params)  # CC takes `lambda` too
 
     def full_model():
         return build_model(cfg.model.name, num_classes=c, **mparams)
