@@ -7,7 +7,7 @@ all alike). Two columns:
                beta/gamma run through the same CAM head, so the ratio is the loss's share of a real step.
 Goals (issue #2): DAL and beta/gamma within 1.1x of CE; CC-Loss within 1.5x of CE with the CAM forward.
 
-    .venv/bin/python benchmarks/losses.py [--rounds 30]
+    .venv/bin/python benchmarks/losses.py [--rounds 30] [--device cuda]
 """
 
 import argparse
@@ -35,10 +35,12 @@ class CAMHead(nn.Module):
         return self.fc(f.mean(dim=(2, 3))), w
 
 
-def timed(fn, inner):
+def timed(fn, inner, sync):
+    sync()
     start = time.perf_counter()
     for _ in range(inner):
         fn()
+    sync()
     return (time.perf_counter() - start) / inner
 
 
@@ -46,21 +48,25 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--inner", type=int, default=50)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, median of {args.rounds}")
+    dev = torch.device(args.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    print(f"torch {torch.__version__}, {where}, batch {BATCH}, median of {args.rounds}")
     print(f"{'C':>4} {'loss':>11} {'loss us':>8} {'ratio':>6} {'CAM step us':>12} {'ratio':>6}")
     for classes in (10, 100):
-        target = torch.randint(0, classes, (BATCH,))
-        logits = torch.randn(BATCH, classes, requires_grad=True)
-        attention = torch.rand(BATCH, CHANNELS, requires_grad=True)
-        feats = torch.randn(BATCH, CHANNELS, SPATIAL, SPATIAL)
-        head = CAMHead(classes)
+        target = torch.randint(0, classes, (BATCH,), device=dev)
+        logits = torch.randn(BATCH, classes, requires_grad=True, device=dev)
+        attention = torch.rand(BATCH, CHANNELS, requires_grad=True, device=dev)
+        feats = torch.randn(BATCH, CHANNELS, SPATIAL, SPATIAL, device=dev)
+        head = CAMHead(classes).to(dev)
         losses = {}
         for name, params in LOSSES:
-            loss = build_loss(name, num_classes=classes, **params)
+            loss = build_loss(name, num_classes=classes, **params).to(dev)
             if name == "dal":
-                loss.update(torch.randint(0, 50, (classes, classes)))
+                loss.update(torch.randint(0, 50, (classes, classes), device=dev))
             losses[name] = loss
 
         def loss_only(loss):
@@ -77,8 +83,8 @@ def main():
         samples = {(n, kind): [] for n in losses for kind in ("loss", "cam")}
         for _ in range(args.rounds):
             for n, loss in losses.items():
-                samples[(n, "loss")].append(timed(loss_only(loss), args.inner))
-                samples[(n, "cam")].append(timed(cam_step(loss), args.inner // 5 or 1))
+                samples[(n, "loss")].append(timed(loss_only(loss), args.inner, sync))
+                samples[(n, "cam")].append(timed(cam_step(loss), args.inner // 5 or 1, sync))
         med = {k: statistics.median(v) for k, v in samples.items()}
         for n in losses:
             lo, cam = med[(n, "loss")], med[(n, "cam")]

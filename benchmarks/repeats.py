@@ -5,7 +5,7 @@ synthetic features here), in one run:
   * vectorised:     the K replicas as one stacked model, as `train` runs repeats (the same rule).
 Goal (issue #3): vectorised >= 5x faster than the loop of K single runs on CPU, identical per-seed results.
 
-    .venv/bin/python benchmarks/repeats.py [--epochs 20] [--repeats 16]
+    .venv/bin/python benchmarks/repeats.py [--epochs 20] [--repeats 16] [--device cuda]
 """
 
 import argparse
@@ -28,7 +28,10 @@ def main():
     parser.add_argument("--repeats", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     g = torch.Generator().manual_seed(0)
     n, dim, classes = 800, 32768, 8
     y = torch.arange(n) % classes
@@ -49,10 +52,11 @@ def main():
         if reduced and applies(cfg, splits):  # what `train` does, basis included in the timing
             rs = RowSpace(splits)
             data, make_model = rs.reduce(splits), (lambda: rs.reduce_model(full()))
-        reps = cls(make_model, make_loss, seed_list, opt, classes, torch.device("cpu"))
+        reps = cls(make_model, make_loss, seed_list, opt, classes, device)
         for _ in range(args.epochs):
             losses, confusion = reps.train_epoch(data.train, args.batch_size)
             reps.update_losses(confusion)
+        sync()
         return time.perf_counter() - start, losses
 
     times = {"loop, full D": [], "loop": [], "vectorised": []}
@@ -69,8 +73,9 @@ def main():
             if not reduced:
                 full_losses = torch.stack(per_seed)
     med = {k: statistics.median(v) for k, v in times.items()}
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"K={args.repeats} DAL heads, {half} training rows of {dim} features, {classes} classes, batch "
-          f"{args.batch_size}, {args.epochs} epochs, {torch.get_num_threads()} threads, median of {args.rounds}")
+          f"{args.batch_size}, {args.epochs} epochs, {where}, median of {args.rounds}")
     for label, t in med.items():
         print(f"  {label:<13} {t:7.2f} s")
     print(f"vectorised vs loop of {args.repeats} single runs: {med['loop'] / med['vectorised']:.1f}x; "
