@@ -7,26 +7,14 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
 from tune_losses import tracking
 from tune_losses.spaces import SpaceError, load_space
 from tune_losses.tuning.runner import run_sweep
 
+from helpers import write_space
+
 pytestmark = pytest.mark.slow
-
-
-def write_space(path, **over):
-    space = {"name": "t", "train": {"dataset": {"name": "digits"}, "model": {"name": "mlp"},
-                                    "loss": {"name": "dal", "params": {"a": 10.0}},
-                                    "optimizer": {"name": "sgd", "lr": 0.05}, "batch_size": 64, "epochs": 3,
-                                    "repeats": 2},
-             "params": {"loss.a": {"grid": [5.0, 15.0]}},
-             "search": {"searcher": "grid", "scheduler": {"name": "fifo"}, "max_concurrent": 2}}
-    for k, v in over.items():
-        space[k] = v if not isinstance(v, dict) or k not in space else {**space[k], **v}
-    path.write_text(yaml.safe_dump(space, sort_keys=False))
-    return path
 
 
 def children(uri, name):
@@ -91,33 +79,6 @@ def test_asha_optuna_sweep_stops_trials_early(tmp_path, ray_local):
     for r in runs:
         assert r.info.run_name.startswith("dal a=") and " bs=" in r.info.run_name
         assert 1.5 <= float(r.data.params["swept.loss.a"]) <= 30
-
-
-BAD = {
-    "a_le_1": ({"params": {"loss.a": {"grid": [0.5, 5]}}}, "params.loss.a: a=0.5 is not allowed"),
-    "batch_0": ({"params": {"batch_size": {"grid": [0, 8]}}}, "params.batch_size: value 0"),
-    "unknown_key": ({"serch": {}}, "serch: unknown field"),
-    "unknown_loss": ({"train": {"loss": {"name": "nope"}}}, "train.loss.name: unknown loss 'nope'"),
-    "grace_gt_max_t": ({"search": {"scheduler": {"name": "asha", "max_t": 2, "grace_period": 5}}},
-                       "search.scheduler.grace_period"),
-    "empty_grid": ({"params": {"loss.a": {"grid": []}}}, "params.loss.a.grid"),
-    "gpu_on_cpu_machine": ({"resources": {"cpu": 1, "gpu": 0.5}}, "resources.gpu"),
-}
-
-
-@pytest.mark.parametrize("case", sorted(BAD))
-def test_invalid_space_fails_before_anything_starts(tmp_path, case):
-    over, expected = BAD[case]
-    space = write_space(tmp_path / "bad.yaml", **over)
-    db = tmp_path / "mlflow.db"
-    code = ("import sys, ray; from tune_losses.cli import main; rc = main(sys.argv[1:]); "
-            "print('RAY', ray.is_initialized()); sys.exit(rc)")
-    proc = subprocess.run([sys.executable, "-c", code, "sweep", str(space), "--tracking-uri", f"sqlite:///{db}",
-                           "--storage", str(tmp_path / "ray")], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2, proc.stderr
-    assert str(space) in proc.stderr and expected in proc.stderr
-    assert "RAY False" in proc.stdout
-    assert not db.exists() and not (tmp_path / "ray").exists()
 
 
 def test_bundled_spaces_validate_and_reproduce_the_papers_grids():

@@ -89,11 +89,14 @@ class Scheduler(Strict):
     reduction_factor: float = Field(2.0, gt=1)
 
 
+METRICS = ("val_acc", "val_f1", "val_nmi", "test_acc", "test_f1", "test_nmi", "train_loss")
+
+
 class Search(Strict):
     searcher: Literal["grid", "random", "optuna"] = "grid"
     scheduler: Scheduler = Field(default_factory=Scheduler)
     num_samples: int = Field(1, ge=1)
-    metric: str = "val_acc"
+    metric: Literal[METRICS] = "val_acc"
     mode: Literal["max", "min"] = "max"
     max_concurrent: int = Field(2, ge=1)
     max_failures: int = Field(2, ge=0)
@@ -149,6 +152,7 @@ def trial_config(space: Space, values: dict) -> dict:
 def _check_semantics(space: Space) -> list[tuple[str, str]]:
     """Check every swept value the way a trial would (loss, model and config checks); (field, message)s."""
     from tune_losses.losses import build_loss
+    from tune_losses.models.registry import check_params as check_model
 
     problems = []
     if space.search.searcher == "optuna":
@@ -174,16 +178,20 @@ def _check_semantics(space: Space) -> list[tuple[str, str]]:
             except ValueError as exc:
                 problems.append((f"params.{path}", str(exc)))
                 break
-            if "loss." in path:
-                try:
+            try:
+                if "loss." in path:
                     build_loss(cfg.loss.name, num_classes=2, **cfg.loss.params)
-                except ValueError as exc:
-                    problems.append((f"params.{path}", str(exc)))
-                    break
-    try:
-        build_loss(space.train.loss.name, num_classes=2, **space.train.loss.params)
-    except ValueError as exc:
-        problems.append(("train.loss.params", str(exc)))
+                if "model." in path:
+                    check_model(cfg.model.name, cfg.model.params)
+            except ValueError as exc:
+                problems.append((f"params.{path}", str(exc)))
+                break
+    for field, check in (("train.loss.params", lambda t: build_loss(t.loss.name, num_classes=2, **t.loss.params)),
+                         ("train.model.params", lambda t: check_model(t.model.name, t.model.params))):
+        try:
+            check(space.train)
+        except ValueError as exc:
+            problems.append((field, str(exc)))
     return problems
 
 

@@ -30,12 +30,13 @@ class ChannelCorrelationLoss(ClassificationLoss):
     needs_attention = True
 
     def __init__(self, num_classes: int, lam: float = 1.0, **kwargs):
+        name = "lam"
         if "lambda" in kwargs:  # search spaces may spell the weight `lambda`
-            lam = kwargs.pop("lambda")
+            lam, name = kwargs.pop("lambda"), "lambda"
         if kwargs:
             raise TypeError(f"unexpected keyword arguments {sorted(kwargs)}")
         super().__init__(num_classes)
-        require(float(lam) >= 0, "lam", lam, ">= 0 (the CC-Loss paper sweeps 0..2)")
+        require(float(lam) >= 0, name, lam, ">= 0 (the CC-Loss paper sweeps 0..2)")
         self.lam = float(lam)
 
     def compute(self, logits, target, attention=None):

@@ -3,7 +3,7 @@
 Everything is logged from the driver, by one background thread that takes events from a queue: a trial never
 waits for MLflow, and the driver's cost per epoch is one queue put. Per-epoch metrics go in one ``log_batch``
 per result. A restored trial (``--resume``, or a retry after a failure) continues its own run: the run is found
-by its ``ray_trial_id`` tag, and epochs already logged are not logged again. MLflow errors are retried, so a
+by its ``ray_trial_id`` tag, and epochs already logged are not logged again. Every MLflow call is retried, so a
 tracking server that is down for a while loses nothing.
 """
 
@@ -47,6 +47,33 @@ def flatten(tree: dict, prefix: str = "") -> dict:
         else:
             out[key] = v
     return out
+
+
+class RetryingClient:
+    """An MlflowClient whose every call is retried (0.5 s, doubling to 5 s) until ``seconds`` have passed: a
+    tracking server that is down for a while delays the writer thread, it does not lose what it had to write.
+    Retrying each call (not each event) means a half-done event is finished, never done twice."""
+
+    def __init__(self, client, seconds: float):
+        self._client, self._seconds = client, seconds
+
+    def __getattr__(self, name):
+        fn = getattr(self._client, name)
+        if not callable(fn):
+            return fn
+
+        def call(*args, **kwargs):
+            deadline, delay = time.monotonic() + self._seconds, 0.5
+            while True:
+                try:
+                    return fn(*args, **kwargs)
+                except Exception as exc:
+                    if time.monotonic() > deadline:
+                        raise
+                    log.warning("MLflow %s failed (%s); retrying in %.1f s", name, exc, delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+        return call
 
 
 class MlflowTrialLogger(Callback):
@@ -100,7 +127,7 @@ class MlflowTrialLogger(Callback):
 
     # --- the writer thread ------------------------------------------------------------------------------------
     def _work(self):
-        self.client = store.client(self.tracking_uri)
+        self.client = RetryingClient(store.client(self.tracking_uri), self.retry_seconds)
         self.runs: dict[str, str] = {}
         self.last_step: dict[str, int] = {}
         self.last: dict[str, dict] = {}
@@ -109,20 +136,11 @@ class MlflowTrialLogger(Callback):
             event = self._queue.get()
             if event[0] is STOP:
                 return
-            self._retry(getattr(self, f"_on_{event[0]}"), *event[1:])
-
-    def _retry(self, fn, *args):
-        deadline = time.monotonic() + self.retry_seconds
-        delay = 0.5
-        while True:
             try:
-                return fn(*args)
-            except Exception as exc:  # a tracking server that is down: wait and try again
-                if time.monotonic() > deadline:
-                    log.error("MLflow logging gave up after %.0f s: %s", self.retry_seconds, exc)
-                    return None
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                getattr(self, f"_on_{event[0]}")(*event[1:])
+            except Exception as exc:  # gave up after retry_seconds: say so, keep the other trials' records
+                log.error("MLflow logging of %s for trial %s gave up after %.0f s: %s", event[0], event[1],
+                          self.retry_seconds, exc)
 
     def _on_start(self, trial_id: str, config: dict):
         from tune_losses.spaces import Space, trial_config

@@ -52,7 +52,23 @@ class OptimizerConfig(Strict):
     weight_decay: float = Field(0.0, ge=0)
 
 
+def import_plugins(modules) -> None:
+    """Import the modules that register a project's own losses, models or data sets (``@LOSSES.register``)."""
+    import importlib
+
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # ImportError, or the plugin's own error at import
+            raise ValueError(f"cannot import {module!r} ({type(exc).__name__}: {exc}); allowed: modules "
+                             "importable on the driver and on every Ray worker") from None
+    return modules
+
+
 class TrainConfig(Strict):
+    # Modules imported before the names below are checked (pydantic validates fields in order), here and in
+    # every trial on every Ray node: a project's own losses / models / data sets, registered like the built-ins.
+    plugins: Annotated[list[str], AfterValidator(import_plugins)] = Field(default_factory=list)
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)

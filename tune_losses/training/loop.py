@@ -65,7 +65,7 @@ def evaluate(replicas, splits, num_classes: int) -> tuple[dict, np.ndarray]:
 
 
 def train(config: dict | TrainConfig, report: Report | None = None, resume_from=None,
-          return_model: bool = False) -> dict:
+          return_model: bool = False, splits=None) -> dict:
     """Train ``repeats`` replicas for ``epochs`` epochs; after each epoch call ``report(metrics, state)``.
 
     ``metrics`` holds the epoch, the mean training loss and validation / test accuracy, macro-F1 and NMI (mean
@@ -75,11 +75,13 @@ def train(config: dict | TrainConfig, report: Report | None = None, resume_from=
     checkpoint stopped. Returns the last metrics, or ``{"status": "diverged", "reason": ...}`` when the
     training loss becomes NaN or inf (nothing is reported for that epoch). With ``return_model`` the result
     also holds replica 0's trained model under ``"model"`` and two training inputs under ``"input_example"``.
+    ``splits`` is the data set already built (a sweep ships it to its trials); by default it is built here.
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.model_validate(config)
     device = pick_device(cfg.device)
-    splits = build_dataset(cfg.dataset.name, root=cfg.dataset.root, download=cfg.dataset.download,
-                           seed=cfg.data_seed, **cfg.dataset.options)
+    if splits is None:
+        splits = build_dataset(cfg.dataset.name, root=cfg.dataset.root, download=cfg.dataset.download,
+                               seed=cfg.data_seed, **cfg.dataset.options)
     example = splits.train.batch(slice(0, 2))[0].numpy()
     c = splits.num_classes
     mparams, lparams = model_params(cfg, splits.input_shape), dict(cfg.loss.params)  # CC takes `lambda` too

@@ -12,6 +12,7 @@ from pathlib import Path
 from tune_losses import tracking
 from tune_losses.spaces import Space, SpaceError, load_space
 
+from . import preflight
 from .domains import grid_size, to_tune
 
 
@@ -34,32 +35,6 @@ def git_commit() -> str:
         return out.stdout.strip() or "unknown"
     except OSError:
         return "unknown"
-
-
-def _check_writable(path: Path, what: str) -> None:
-    """Fail before anything starts when a directory the sweep writes to cannot be written."""
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        why = "is a file, not a directory" if not probe.is_dir() else "has no write permission"
-        raise SpaceError(f"{what}={str(path)!r} is not writable ({probe} {why}); "
-                         f"choose a directory you can write to")
-
-
-def _check_resources(space: Space, address: str | None, source: str) -> None:
-    if space.resources.gpu <= 0:
-        return
-    if address:
-        import ray
-
-        gpus = ray.cluster_resources().get("GPU", 0)
-    else:
-        gpus = _local_gpus()
-    if space.resources.gpu > max(gpus, 0) or gpus == 0:
-        raise SpaceError(f"{source}: resources.gpu: {space.resources.gpu} GPU per trial is more than the "
-                         f"{'cluster' if address else 'machine'} has ({gpus:g}); allowed: 0"
-                         + (f" to {gpus:g}" if gpus else " (no GPU found)"))
 
 
 def _local_gpus() -> int:
@@ -145,22 +120,25 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
     else:
         space, path, text = load_space(space_or_path, overrides)
     name = name or space.name
+    address = address or os.environ.get("RAY_ADDRESS") or None
     uri = tracking_uri or tracking.default_tracking_uri()
     storage_path = str(Path(storage).resolve()) if storage and "://" not in storage else (
         storage or str(tracking.run_dir() / "ray"))
     experiment_dir = Path(storage_path) / name if "://" not in storage_path else None
+    # Everything that can be wrong is found here, before Ray starts or MLflow is written to.
     if experiment_dir is not None:
-        _check_writable(Path(storage_path), "--storage")
-    if uri.startswith("sqlite:///"):
-        _check_writable(Path(uri.removeprefix("sqlite:///")).parent, "--tracking-uri")
+        preflight.check_writable(Path(storage_path), "--storage")
+    preflight.check_tracking(uri, resume, name)
+    preflight.check_ray_address(address)
     if not address:
-        _check_resources(space, None, str(path))
-    client = tracking.client(uri)
+        preflight.check_gpus(space, str(path), _local_gpus(), "machine")
+    if resume and experiment_dir is not None and not experiment_dir.is_dir():
+        raise SpaceError(f"--resume: no Ray Tune state for sweep {name!r} under {storage_path}")
+    data = preflight.load_data(space, str(path))
+    client = tracking.client(uri)  # opening a SQLite store creates it: only once all else is known to be fine
     parent = tracking.find_sweep(client, name) if resume else None
     if resume and parent is None:
         raise SpaceError(f"--resume: no sweep named {name!r} in the tracking store {tracking.redact(uri)}")
-    if resume and experiment_dir is not None and not experiment_dir.is_dir():
-        raise SpaceError(f"--resume: no Ray Tune state for sweep {name!r} under {storage_path}")
 
     from ray import tune
 
@@ -168,7 +146,9 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
 
     init_ray(address, num_cpus, verbose)
     if address:
-        _check_resources(space, address, str(path))
+        import ray
+
+        preflight.check_gpus(space, str(path), ray.cluster_resources().get("GPU", 0), "cluster")
 
     from .trial import run_trial
 
@@ -178,7 +158,8 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
         client.update_run(parent_id, status="RUNNING")
     space_json = space.model_dump(mode="json")
     logger = tracking.callback.MlflowTrialLogger(uri, exp_id, parent_id, space_json)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, space_json=space_json),
+    # the splits go once into Ray's object store; trials on every node read them from there
+    trainable = tune.with_resources(tune.with_parameters(run_trial, space_json=space_json, data=data),
                                     {"cpu": space.resources.cpu, "gpu": space.resources.gpu})
     param_space = {"params": {p: to_tune(d) for p, d in space.params.items()}}
     if resume:

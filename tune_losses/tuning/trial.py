@@ -11,7 +11,8 @@ from tune_losses.spaces import Space, trial_config
 from tune_losses.training import save_checkpoint, train
 
 
-def run_trial(config: dict, space_json: dict) -> None:
+def run_trial(config: dict, space_json: dict, data=None) -> None:
+    """One trial. ``data`` is the sweep's Splits, from Ray's object store (None: the trial builds its own)."""
     space = Space.model_validate(space_json)
     # Use exactly the CPUs this trial reserved: torch otherwise starts one thread per core of the node, and
     # concurrent trials oversubscribe the cores (two 1-CPU trials on 2 cores ran ~5x slower).
@@ -29,9 +30,9 @@ def run_trial(config: dict, space_json: dict) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            result = train(cfg, report=report, resume_from=directory)
+            result = train(cfg, report=report, resume_from=directory, splits=data)
     else:
-        result = train(cfg, report=report)
+        result = train(cfg, report=report, splits=data)
     if result.get("status") == "diverged":
         # Stop with a status and a reason, not NaN metrics: the metric keeps its last finite value (or the worst
         # possible one when the first epoch diverged) so schedulers and searchers can rank the trial.
