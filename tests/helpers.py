@@ -3,8 +3,9 @@
 import yaml
 
 
-def write_space(path, **over):
-    """Write a 2-trial DAL grid on digits to ``path``; top-level mappings in ``over`` are merged one level."""
+def write_space(path, replace=(), **over):
+    """Write a 2-trial DAL grid on digits to ``path``; top-level mappings in ``over`` are merged one level,
+    except the fields named in ``replace``, which ``over`` replaces."""
     space = {"name": "t", "train": {"dataset": {"name": "digits"}, "model": {"name": "mlp"},
                                     "loss": {"name": "dal", "params": {"a": 10.0}},
                                     "optimizer": {"name": "sgd", "lr": 0.05}, "batch_size": 64, "epochs": 3,
@@ -12,6 +13,54 @@ def write_space(path, **over):
              "params": {"loss.a": {"grid": [5.0, 15.0]}},
              "search": {"searcher": "grid", "scheduler": {"name": "fifo"}, "max_concurrent": 2}}
     for k, v in over.items():
-        space[k] = v if not isinstance(v, dict) or k not in space else {**space[k], **v}
+        space[k] = v if not isinstance(v, dict) or k not in space or k in replace else {**space[k], **v}
     path.write_text(yaml.safe_dump(space, sort_keys=False))
     return path
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_mlflow_server(backend_uri: str, port: int, artifacts, timeout: float = 90.0):
+    """`mlflow server` on 127.0.0.1:port (one worker), artifacts served from ``artifacts``; returns the process
+    once /health answers."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
+                             "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
+                             "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+            return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited with {proc.returncode}")
+            time.sleep(0.5)
+    stop_server(proc)
+    raise RuntimeError(f"mlflow server did not answer on port {port} within {timeout} s")
+
+
+def stop_server(proc, kill: bool = False) -> None:
+    """Stop a server started with start_new_session (the server and its worker processes); ``kill``: at once,
+    as a crash would (SIGKILL), not a graceful shutdown (which takes mlflow server seconds)."""
+    import os
+    import signal
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except Exception:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

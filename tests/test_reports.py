@@ -1,6 +1,5 @@
 """Reports rebuilt from MLflow: tables against the metric histories, figures, significance, best -> train."""
 
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ from tune_losses.reports.best import best_trial, export
 from tune_losses.reports.build import build_report
 from tune_losses.reports.stats import versus_best
 from tune_losses.tuning.runner import run_sweep
+
+from helpers import free_port, start_mlflow_server, stop_server
 
 pytestmark = pytest.mark.slow
 A_VALUES = [3.0, 8.0, 20.0]
@@ -113,30 +114,15 @@ def test_best_exports_a_config_that_train_runs(swept, tmp_path):
     assert c.get_latest_versions("dal_best")[0].run_id == runs[0].info.run_id
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_report_from_a_server_uri_equals_the_local_one(swept, tmp_path):
     tmp, uri, result = swept
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = start_mlflow_server(uri, port, tmp / "mlartifacts")
     try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
         remote = build_report("report_e2e", tracking_uri=f"http://127.0.0.1:{port}", out_dir=tmp_path / "r",
                               log=False)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_server(server)
     local = build_report("report_e2e", tracking_uri=uri, out_dir=tmp_path / "l", log=False)
     assert remote.tables.keys() == local.tables.keys()
     for key in local.tables:

@@ -49,6 +49,15 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+def error_text(trial, limit: int = 2000) -> str:
+    """The end of the traceback Ray wrote for a trial that raised (its last line names the exception)."""
+    path = getattr(trial, "error_file", None)
+    try:
+        return Path(path).read_text()[-limit:].strip() if path else "trial raised"
+    except OSError:
+        return f"trial raised (traceback in {path})"
+
+
 class RetryingClient:
     """An MlflowClient whose every call is retried (0.5 s, doubling to 5 s) until ``seconds`` have passed: a
     tracking server that is down for a while delays the writer thread, it does not lose what it had to write.
@@ -107,9 +116,11 @@ class MlflowTrialLogger(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._put("end", trial.trial_id, "FINISHED", None)
 
+    def on_trial_recover(self, iteration, trials, trial, **info):  # it raised; Ray retries it from its checkpoint
+        self._put("recover", trial.trial_id, error_text(trial))
+
     def on_trial_error(self, iteration, trials, trial, **info):
-        error = getattr(trial, "error_file", None)
-        self._put("end", trial.trial_id, "FAILED", str(error) if error else "trial raised")
+        self._put("end", trial.trial_id, "FAILED", error_text(trial))
 
     def on_experiment_end(self, trials, **info):
         self.close()
@@ -132,6 +143,7 @@ class MlflowTrialLogger(Callback):
         self.last_step: dict[str, int] = {}
         self.last: dict[str, dict] = {}
         self.history: dict[str, list[dict]] = {}
+        self.retries: dict[str, int] = {}
         while True:
             event = self._queue.get()
             if event[0] is STOP:
@@ -193,6 +205,14 @@ class MlflowTrialLogger(Callback):
         self.last_step[trial_id] = step
         self.last[trial_id] = result
         self.history.setdefault(trial_id, []).append({m.key: m.value for m in metrics} | {"epoch": step})
+
+    def _on_recover(self, trial_id: str, error: str):
+        run_id = self.runs.get(trial_id)
+        if run_id is None:
+            return
+        self.retries[trial_id] = self.retries.get(trial_id, 0) + 1
+        self.client.log_batch(run_id, tags=[RunTag("retries", str(self.retries[trial_id])),
+                                            RunTag("status", "retrying"), RunTag("last_error", error[:5000])])
 
     def _on_end(self, trial_id: str, status: str, error):
         run_id = self.runs.get(trial_id)

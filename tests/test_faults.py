@@ -1,0 +1,127 @@
+"""Faults during a sweep (each with a real Ray runtime and a real MLflow store): a trial that raises once is
+retried from its checkpoint; an MLflow server that goes away for a few seconds loses no metric. (The driver
+killed mid-sweep, a diverging trial and unwritable paths are in test_sweep.py.)"""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tune_losses import tracking
+
+from helpers import free_port, start_mlflow_server, stop_server, write_space
+
+pytestmark = pytest.mark.slow
+
+FLAKY_PLUGIN = '''
+"""A test plugin: cross-entropy that raises once, after the training of epoch {fail_at} (marker file: {marker})."""
+from pathlib import Path
+
+from tune_losses.losses.ce import CrossEntropyLoss
+from tune_losses.losses.registry import register
+
+
+@register("flaky_ce")
+class FlakyCE(CrossEntropyLoss):
+    def __init__(self, num_classes, fail_at={fail_at}):
+        super().__init__(num_classes)
+        self.fail_at, self.epochs = fail_at, 0
+
+    def update(self, confusion):
+        self.epochs += 1  # counted from the start of this process: a retry resumes at the checkpoint's epoch
+        marker = Path({marker!r})
+        if self.epochs == self.fail_at and not marker.exists():
+            marker.write_text("raised once")
+            raise RuntimeError("injected fault: flaky_ce raises once")
+'''
+
+
+def run_cli(args, env_extra=None, timeout=600, **popen):
+    env = {**os.environ, "RAY_ADDRESS": "", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "tune_losses.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, **popen)
+
+
+def steps(c, run_id, key="val_acc"):
+    return sorted(m.step for m in c.get_metric_history(run_id, key))
+
+
+def test_a_trial_that_raises_once_is_retried_from_its_checkpoint(tmp_path):
+    marker = tmp_path / "raised"
+    (tmp_path / "flaky_plugin.py").write_text(FLAKY_PLUGIN.format(fail_at=2, marker=str(marker)))
+    space = write_space(tmp_path / "flaky.yaml", replace=("params",), name="flaky_e2e",
+                        train={"plugins": ["flaky_plugin"], "dataset": {"name": "digits"}, "model": {"name": "mlp"},
+                               "loss": {"name": "flaky_ce"}, "epochs": 4, "batch_size": 64},
+                        params={"loss.fail_at": {"grid": [2, 99]}},  # trial 1 raises at epoch 2, trial 2 never
+                        search={"searcher": "grid", "scheduler": {"name": "fifo"}, "max_failures": 1})
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = run_cli(["sweep", str(space), "--tracking-uri", uri, "--storage", str(tmp_path / "ray")],
+                   {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert marker.exists(), "the fault was not injected"
+    assert "2 completed" in proc.stdout and "0 failed" in proc.stdout
+    c = tracking.client(uri)
+    parent = tracking.find_sweep(c, "flaky_e2e")
+    runs = {r.info.run_name: r for r in tracking.trial_runs(c, parent.info.run_id, parent.info.experiment_id)}
+    assert sorted(runs) == ["flaky_ce fail_at=2", "flaky_ce fail_at=99"]  # one run per trial, the retry included
+    flaky = runs["flaky_ce fail_at=2"]
+    assert flaky.info.status == "FINISHED" and flaky.data.tags["status"] == "completed"
+    assert flaky.data.tags["retries"] == "1" and "injected fault" in flaky.data.tags["last_error"]
+    assert steps(c, flaky.info.run_id) == [1, 2, 3, 4]  # epoch 1 from before the fault, no gap, no repeat
+    assert "retries" not in runs["flaky_ce fail_at=99"].data.tags
+
+
+def epochs_reported(storage) -> int:
+    """Epochs the trials reported so far: each report persists a checkpoint_<index> directory to storage."""
+    last = {}
+    for p in storage.glob("*/*/checkpoint_*"):
+        last[p.parent] = max(last.get(p.parent, -1), int(p.name.split("_")[-1]))
+    return sum(i + 1 for i in last.values())
+
+
+EPOCHS = 30  # ~0.3 s each: the trials train on through the outage
+
+
+def test_mlflow_server_down_for_seconds_mid_sweep_loses_no_metric(tmp_path):
+    port = free_port()
+    backend = f"sqlite:///{tmp_path}/server.db"
+    server = start_mlflow_server(backend, port, tmp_path / "artifacts")
+    uri = f"http://127.0.0.1:{port}"
+    space = write_space(tmp_path / "down.yaml", name="server_down_e2e",
+                        train={"dataset": {"name": "digits"}, "model": {"name": "small_cnn"}, "epochs": EPOCHS,
+                               "repeats": 1, "loss": {"name": "dal", "params": {"a": 10.0}},
+                               "optimizer": {"name": "sgd", "lr": 0.05}, "batch_size": 16},
+                        params={"loss.a": {"grid": [5.0, 10.0, 15.0]}})
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    log = open(tmp_path / "sweep.log", "w")
+    sweep = subprocess.Popen([sys.executable, "-m", "tune_losses.cli", "sweep", str(space), "--tracking-uri", uri,
+                              "--storage", str(tmp_path / "ray")], stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        c = tracking.client(uri)
+        deadline = time.time() + 240
+        while time.time() < deadline and sweep.poll() is None and epochs_reported(tmp_path / "ray") < 3:
+            time.sleep(0.25)
+        assert sweep.poll() is None, "the sweep ended before the server could be stopped"
+        stop_server(server, kill=True)
+        before = epochs_reported(tmp_path / "ray")
+        time.sleep(6)  # trials go on reporting epochs while nothing answers
+        during = epochs_reported(tmp_path / "ray") - before
+        server = start_mlflow_server(backend, port, tmp_path / "artifacts")
+        sweep.wait(timeout=600)
+        assert sweep.returncode == 0, (tmp_path / "sweep.log").read_text()[-3000:]
+        assert during >= 1, "no epoch was reported while the server was down: the test tested nothing"
+        parent = tracking.find_sweep(c, "server_down_e2e")
+        runs = tracking.trial_runs(c, parent.info.run_id, parent.info.experiment_id)
+        assert len(runs) == 3 and parent.info.status == "FINISHED"
+        for r in runs:
+            assert r.info.status == "FINISHED" and r.data.tags["status"] == "completed"
+            for key in ("val_acc", "train_loss", "test_f1"):
+                assert steps(c, r.info.run_id, key) == list(range(1, EPOCHS + 1)), (r.info.run_name, key)
+            assert {"confusion_matrix.json", "learning_curves.png"} <= {a.path for a in c.list_artifacts(
+                r.info.run_id)}
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+        stop_server(server)
