@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench setup data clean
+.PHONY: run test bench setup data services clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,10 +21,24 @@ data:
 	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) || \
 	  echo "note: could not install dataset-fashion-mnist; its test will be skipped"; fi
 
+# What the tests start besides Ray and MLflow: a PostgreSQL server (tests/test_postgres.py) and headless
+# Chromium (tests/test_browser.py), from Debian's packages when apt is there and we are root; otherwise those
+# tests are skipped (failed under CI).
+services:
+	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  missing=""; \
+	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	  [ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	  if [ -n "$$missing" ]; then echo "installing$$missing (Debian) for the tests"; \
+	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null 2>&1 && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1)) || \
+	    echo "note: could not install$$missing; the tests that need them are skipped"; fi; fi
+
 run: setup
 	$(BIN)/tune-losses sweep quickstart
 
-test: setup
+test: setup services
 	$(BIN)/python -m pytest -q
 
 bench: setup

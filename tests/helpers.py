@@ -64,3 +64,46 @@ def stop_server(proc, kill: bool = False) -> None:
         except Exception:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def postgres_bin(name: str):
+    """A PostgreSQL server program (Debian keeps them in /usr/lib/postgresql/<version>/bin), or None."""
+    import glob
+    import shutil
+
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found[-1] if found else shutil.which(name)
+
+
+def start_postgres(directory, port: int) -> str:
+    """A throwaway PostgreSQL cluster in ``directory`` on 127.0.0.1:port with a database ``mlflow``; run as the
+    postgres user when we are root (the server refuses root). Returns its SQLAlchemy URI (psycopg2)."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_user:
+        subprocess.run(["chown", "-R", "postgres:", str(directory)], check=True)
+    data, sockets = directory / "data", directory / "sock"
+    sockets.mkdir(exist_ok=True)
+    if as_user:
+        subprocess.run(["chown", "postgres:", str(sockets)], check=True)
+    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True)  # noqa: E731
+    run(postgres_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
+    run(postgres_bin("pg_ctl"), "-D", str(data), "-l", str(directory / "server.log"), "-w", "-t", "60", "-o",
+        f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+    run("psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c", "CREATE DATABASE mlflow")
+    return f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow"
+
+
+def stop_postgres(directory) -> None:
+    import os
+    import subprocess
+    from pathlib import Path
+
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    subprocess.run([*as_user, postgres_bin("pg_ctl"), "-D", str(Path(directory) / "data"), "-m", "immediate",
+                    "stop"], capture_output=True)

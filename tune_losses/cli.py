@@ -106,7 +106,9 @@ def cmd_ui(args) -> int:
     from tune_losses import tracking
 
     uri = args.tracking_uri or tracking.default_tracking_uri()
-    print(f"MLflow UI for {tracking.redact(uri)} at http://{args.host}:{args.port}", flush=True)
+    # MLflow 3's UI opens on its GenAI pages; workflowType=machine_learning shows experiments' runs tables.
+    print(f"MLflow UI for {tracking.redact(uri)} at "
+          f"http://{args.host}:{args.port}/#/experiments?workflowType=machine_learning", flush=True)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
            "--port", str(args.port), "--workers", "1"]
     os.execv(sys.executable, cmd)  # become the MLflow server: stopping this process stops it

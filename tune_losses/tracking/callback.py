@@ -144,6 +144,7 @@ class MlflowTrialLogger(Callback):
         self.last: dict[str, dict] = {}
         self.history: dict[str, list[dict]] = {}
         self.retries: dict[str, int] = {}
+        self.nodes: dict[str, list[str]] = {}
         while True:
             event = self._queue.get()
             if event[0] is STOP:
@@ -169,6 +170,7 @@ class MlflowTrialLogger(Callback):
             self.runs[trial_id] = run.info.run_id
             steps = [m.step for m in self.client.get_metric_history(run.info.run_id, "val_acc")]
             self.last_step[trial_id] = max(steps, default=0)
+            self.nodes[trial_id] = [n for n in run.data.tags.get("ray_nodes", "").split(",") if n]
             self.client.update_run(run.info.run_id, status="RUNNING")
             self.client.set_tag(run.info.run_id, "status", "running")
             return
@@ -202,6 +204,12 @@ class MlflowTrialLogger(Callback):
                     "time_since_restore", "iterations_since_restore", "done")]
         for i in range(0, len(metrics), 500):
             self.client.log_batch(run_id, metrics=metrics[i:i + 500])
+        node = result.get("node_id")
+        nodes = self.nodes.setdefault(trial_id, [])
+        if node and node not in nodes:  # the first epoch, or the trial moved (a retry on another node)
+            nodes.append(node)
+            tags = [RunTag("ray_node_id", node), RunTag("ray_nodes", ",".join(nodes))]
+            self.client.log_batch(run_id, tags=tags)
         self.last_step[trial_id] = step
         self.last[trial_id] = result
         self.history.setdefault(trial_id, []).append({m.key: m.value for m in metrics} | {"epoch": step})

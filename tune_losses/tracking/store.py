@@ -36,14 +36,20 @@ def client(tracking_uri: str | None = None) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
+# MLflow 3's UI opens an experiment without this tag on its GenAI (traces) pages; with it, on the runs table.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(c: MlflowClient, name: str = EXPERIMENT) -> str:
     exp = c.get_experiment_by_name(name)
     if exp is not None:
+        if "mlflow.experimentKind" not in exp.tags:
+            c.set_experiment_tag(exp.experiment_id, "mlflow.experimentKind", EXPERIMENT_TAGS["mlflow.experimentKind"])
         return exp.experiment_id
     location = None
     if c.tracking_uri.startswith("sqlite:///"):  # artifacts beside the database file
         location = (Path(c.tracking_uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
-    return c.create_experiment(name, artifact_location=location)
+    return c.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
 
 
 def find_sweep(c: MlflowClient, sweep: str, experiment: str = EXPERIMENT):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 
+import ray
 import torch
 from ray import tune
 
@@ -18,12 +19,13 @@ def run_trial(config: dict, space_json: dict, data=None) -> None:
     # concurrent trials oversubscribe the cores (two 1-CPU trials on 2 cores ran ~5x slower).
     torch.set_num_threads(max(1, int(space.resources.cpu)))
     cfg = trial_config(space, config.get("params", {}))
+    node = ray.get_runtime_context().get_node_id()  # which node of the cluster ran each epoch
     last: dict = {}
 
     def report(metrics: dict, state: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             save_checkpoint(state, tmp)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+            tune.report({**metrics, "node_id": node}, checkpoint=tune.Checkpoint.from_directory(tmp))
         last.clear()
         last.update(metrics)
 

@@ -1,0 +1,138 @@
+"""A sweep on a real two-node Ray cluster on this machine (`ray start --head` and `ray start --address` as separate
+node processes, token authentication on): trials run on both nodes, the data reaches them through Ray's object
+store (its files are deleted once the driver has loaded them), and when the worker node is killed mid-sweep
+its trials continue from their checkpoints on the head and every trial ends recorded once in MLflow."""
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tune_losses import tracking
+
+from helpers import free_port, write_space
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+EPOCHS = 60
+
+
+def ray_node(args, env, log):
+    return subprocess.Popen([str(BIN / "ray"), "start", "--block", "--disable-usage-stats",
+                             "--node-ip-address", "127.0.0.1", *args], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def node_ids(address, env, procs) -> dict:
+    """{'head': id, 'worker': id} once both nodes are up."""
+    code = ("import json, ray; ray.init(address=%r, log_to_driver=False); "
+            "print('NODES' + json.dumps([[n['NodeID'], n['Resources']] for n in ray.nodes() if n['Alive']]))")
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError("a Ray node process exited; see ray_nodes.log")
+        out = subprocess.run([sys.executable, "-c", code % address], capture_output=True, text=True, env=env,
+                             timeout=120).stdout
+        line = next((ln for ln in out.splitlines() if ln.startswith("NODES")), None)
+        nodes = json.loads(line[5:]) if line else []
+        if len(nodes) == 2:
+            return {"worker" if "node_b" in res else "head": nid for nid, res in nodes}
+        time.sleep(1)
+    raise RuntimeError(f"the two-node cluster did not come up: {nodes}")
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    port = free_port()
+    # Ray >= 2.50 turns token authentication on for `ray start --head`; every node and driver shares the token.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_ADDRESS": ""}
+    log = open(tmp_path / "ray_nodes.log", "w")
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must stay under 108 bytes
+    head = ray_node(["--head", "--port", str(port), "--num-cpus", "1", "--include-dashboard=False",
+                     "--temp-dir", temp], env, log)
+    worker = None
+    try:
+        time.sleep(3)
+        worker = ray_node(["--address", f"127.0.0.1:{port}", "--num-cpus", "1", "--resources", '{"node_b": 1}'],
+                          env, log)
+        ids = node_ids(f"127.0.0.1:{port}", env, (head, worker))
+        yield {"address": f"127.0.0.1:{port}", "env": env, "worker": worker, "ids": ids}
+    finally:
+        for proc in (worker, head):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def image_tree(root: Path, classes=4, per_class=30, size=12) -> Path:
+    """A class-per-folder tree of small PNGs, each class its own mean brightness (learnable)."""
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"class_{c}").mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.clip(rng.normal(40 + 50 * c, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / f"class_{c}" / f"{i}.png")
+    return root
+
+
+def test_sweep_on_two_nodes_survives_losing_the_worker_node(tmp_path, cluster):
+    data = image_tree(tmp_path / "images")
+    space = write_space(tmp_path / "cluster.yaml", name="cluster_e2e", replace=("params",),
+                        train={"dataset": {"name": "image_folder", "root": str(data),
+                                           "options": {"image_size": 12, "split": "half"}},
+                               "model": {"name": "small_cnn"}, "loss": {"name": "dal", "params": {"a": 10.0}},
+                               "optimizer": {"name": "sgd", "lr": 0.05}, "batch_size": 8, "epochs": EPOCHS},
+                        params={"loss.a": {"grid": [5.0, 10.0, 15.0, 20.0]}},
+                        search={"searcher": "grid", "scheduler": {"name": "fifo"}, "max_concurrent": 2,
+                                "max_failures": 2},
+                        resources={"cpu": 1, "gpu": 0})
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    log = open(tmp_path / "sweep.log", "w")
+    sweep = subprocess.Popen([sys.executable, "-m", "tune_losses.cli", "sweep", str(space), "--address",
+                              cluster["address"], "--tracking-uri", uri, "--storage", str(tmp_path / "shared")],
+                             env=cluster["env"], stdout=log, stderr=subprocess.STDOUT)
+    worker_id = cluster["ids"]["worker"]
+    try:
+        c = tracking.client(uri)
+        deadline, on_worker, deleted = time.time() + 300, None, False
+        while time.time() < deadline and sweep.poll() is None and on_worker is None:
+            time.sleep(0.5)
+            parent = tracking.find_sweep(c, "cluster_e2e")
+            if parent is None:
+                continue
+            if not deleted:  # the driver has loaded the data (preflight comes before the parent run)
+                shutil.rmtree(data)
+                deleted = True
+            for r in tracking.trial_runs(c, parent.info.run_id, parent.info.experiment_id):
+                if r.data.tags.get("ray_node_id") == worker_id and len(
+                        c.get_metric_history(r.info.run_id, "val_acc")) >= 2:
+                    on_worker = r.info.run_name
+        assert sweep.poll() is None and on_worker, (tmp_path / "sweep.log").read_text()[-3000:]
+        os.killpg(cluster["worker"].pid, signal.SIGKILL)  # the node, with the trial running on it
+        sweep.wait(timeout=600)
+        assert sweep.returncode == 0, (tmp_path / "sweep.log").read_text()[-3000:]
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    parent = tracking.find_sweep(c, "cluster_e2e")
+    runs = {r.info.run_name: r for r in tracking.trial_runs(c, parent.info.run_id, parent.info.experiment_id)}
+    assert sorted(runs) == ["dal a=10", "dal a=15", "dal a=20", "dal a=5"]  # each trial recorded once
+    head_id = cluster["ids"]["head"]
+    for name, r in runs.items():
+        assert r.info.status == "FINISHED" and r.data.tags["status"] == "completed", name
+        steps = sorted(m.step for m in c.get_metric_history(r.info.run_id, "val_acc"))
+        assert steps == list(range(1, EPOCHS + 1)), name  # continued from a checkpoint: no gap, no repeat
+    moved = runs[on_worker].data.tags
+    assert moved["ray_nodes"] == f"{worker_id},{head_id}" and int(moved["retries"]) >= 1
+    assert {n for r in runs.values() for n in r.data.tags["ray_nodes"].split(",")} == {worker_id, head_id}
