@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,postgres]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,postgres,cluster]"
 	touch $(STAMP)
 
 setup: $(STAMP) data
@@ -21,14 +21,15 @@ data:
 	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) || \
 	  echo "note: could not install dataset-fashion-mnist; its test will be skipped"; fi
 
-# What the tests start besides Ray and MLflow: a PostgreSQL server (tests/test_postgres.py) and headless
-# Chromium (tests/test_browser.py), from Debian's packages when apt is there and we are root; otherwise those
-# tests are skipped (failed under CI).
+# What the tests use besides Ray and MLflow: a PostgreSQL server (tests/test_postgres.py), headless Chromium
+# (tests/test_browser.py) and Compose's config check (tests/test_docker.py), from Debian's packages when apt is
+# there and we are root; otherwise those tests are skipped (failed under CI).
 services:
 	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  missing=""; \
 	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	  [ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	  command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	  if [ -n "$$missing" ]; then echo "installing$$missing (Debian) for the tests"; \
 	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 || \
 	     (apt-get update -q >/dev/null 2>&1 && \
