@@ -41,12 +41,18 @@ def test_sweep_against_an_mlflow_server_on_postgresql(postgres, tmp_path, ray_lo
     uri = f"http://127.0.0.1:{port}"
     try:
         space = write_space(tmp_path / "pg.yaml", name="pg_e2e")
-        result = run_sweep(space, tracking_uri=uri, storage=str(tmp_path / "ray"), verbose=0)
+        # credentials in the URI (a server behind basic auth): used to connect, never recorded
+        with_secret = f"http://alice:s3cret@127.0.0.1:{port}"
+        result = run_sweep(space, tracking_uri=with_secret, storage=str(tmp_path / "ray"), verbose=0)
         assert result.summary["completed"] == 2
         c = tracking.client(uri)  # everything below is read back over HTTP
         parent = tracking.find_sweep(c, "pg_e2e")
         runs = tracking.trial_runs(c, parent.info.run_id, parent.info.experiment_id)
         assert parent.info.status == "FINISHED" and sorted(r.info.run_name for r in runs) == ["dal a=15", "dal a=5"]
+        assert parent.data.params["tracking_uri"] == f"http://***@127.0.0.1:{port}"
+        for r in [parent, *runs]:
+            recorded = {**r.data.params, **r.data.tags}
+            assert not [k for k, v in recorded.items() if "s3cret" in v], "a credential was recorded"
         for r in runs:
             assert sorted(m.step for m in c.get_metric_history(r.info.run_id, "val_acc")) == [1, 2, 3]
             assert {"confusion_matrix.json", "learning_curves.png"} <= {a.path for a in c.list_artifacts(
