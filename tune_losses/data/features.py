@@ -29,9 +29,9 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 def _cached_imagenet_weights(backbone: str):
     """The torchvision ImageNet weights file if it is already in the torch hub cache (no download), else None."""
-    from tune_losses.models.backbones import _TORCHVISION
+    from tune_losses.models.backbones import weights_enum
 
-    url = _TORCHVISION[backbone][1].DEFAULT.url
+    url = weights_enum(backbone).DEFAULT.url
     path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
     return path if path.is_file() else None
 

@@ -8,20 +8,19 @@ import time. The model's ``weights_source`` says which was used; it is logged wi
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from .cam import ChannelAttention
 from .registry import register
 
-_TORCHVISION = {
-    "vgg16": (torchvision.models.vgg16, torchvision.models.VGG16_Weights, 512),
-    "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights, 512),
-    "googlenet": (torchvision.models.googlenet, torchvision.models.GoogLeNet_Weights, 1024),
-}
+# name: (torchvision builder, its weights enum, channels of the last conv block); torchvision is imported when a
+# backbone is built, not with this module (a trial process that trains a small model never pays for it).
+_TORCHVISION = {"vgg16": ("vgg16", "VGG16_Weights", 512), "resnet18": ("resnet18", "ResNet18_Weights", 512),
+                "googlenet": ("googlenet", "GoogLeNet_Weights", 1024)}
 
 
 class CAMNet(nn.Module):
@@ -40,8 +39,17 @@ class CAMNet(nn.Module):
         return self.head(f), w
 
 
+def weights_enum(name: str):
+    """torchvision's weights enum of a backbone (e.g. VGG16_Weights)."""
+    import torchvision.models
+
+    return getattr(torchvision.models, _TORCHVISION[name][1])
+
+
 def load_torchvision(name: str, weights: str | Path | None):
-    factory, enum, _ = _TORCHVISION[name]
+    import torchvision.models
+
+    factory, enum = getattr(torchvision.models, _TORCHVISION[name][0]), weights_enum(name)
     extra = {"aux_logits": False, "init_weights": weights is None} if name == "googlenet" else {}
     if weights is None:
         return factory(weights=None, **extra), "random-init"
@@ -93,4 +101,4 @@ def build_backbone(name: str, num_classes: int, cam: bool = False, weights=None,
 
 
 for _name in _TORCHVISION:
-    register(_name)(lambda num_classes, _n=_name, **kw: build_backbone(_n, num_classes, **kw))
+    register(_name)(partial(build_backbone, _name))  # its signature: (num_classes, cam, weights, in_channels)
