@@ -6,11 +6,12 @@ against the full grid's on the same trials. The report a sweep makes at its end 
 same work whatever the trials cost). The one-time start-up (sweep start to the first trial's start:
 Ray starting the trial processes) is printed apart, and both figures are given with and without it.
 
-    .venv/bin/python benchmarks/sweep_overhead.py [--trials 6] [--epochs 4]
+    .venv/bin/python benchmarks/sweep_overhead.py [--trials 6] [--epochs 4] [--rounds 3]
 """
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 
@@ -31,59 +32,74 @@ def space(name, trials, epochs, scheduler, width=96):
     }, name)
 
 
+def sequential_loop(fifo, epochs):
+    start, epoch_times = time.perf_counter(), []
+    for a in fifo.params["loss.a"].grid:
+        t0 = time.perf_counter()
+        train(trial_config(fifo, {"loss.a": a}))
+        epoch_times.append((time.perf_counter() - t0) / epochs)
+    return time.perf_counter() - start, statistics.median(epoch_times)
+
+
+def one_sweep(fifo, tmp):
+    """(sweep seconds, start-up seconds, report seconds, driver tracking ms per epoch) of one FIFO sweep."""
+    from tune_losses import tracking
+    from tune_losses.reports.build import build_report
+
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    tracking.experiment_id(tracking.client(uri))  # the store's one-time schema creation, outside the timing
+    wall_start, start = time.time(), time.perf_counter()
+    result = run_sweep(fifo, tracking_uri=uri, storage=f"{tmp}/ray", verbose=0, make_report=False)
+    swept = time.perf_counter() - start
+    c = tracking.client(uri)
+    runs = tracking.trial_runs(c, result.parent_run_id, tracking.experiment_id(c))
+    startup = min(r.info.start_time for r in runs) / 1000 - wall_start
+    t0 = time.perf_counter()
+    build_report(result.parent_run_id, tracking_uri=uri, out_dir=f"{tmp}/report")  # + each trial's figures
+    return swept, startup, time.perf_counter() - t0, result.summary["tracking_ms_per_epoch"]
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=1, help="sequential loop and sweep, alternated; medians")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import ray
     import torch
+
+    from tune_losses.tuning.workers import init_ray
 
     torch.set_num_threads(1)  # one CPU per trial, as in the sweep
     fifo = space("bench_fifo", args.trials, args.epochs, {"name": "fifo"})
-    start = time.perf_counter()
-    epoch_times = []
-    for a in fifo.params["loss.a"].grid:
-        t0 = time.perf_counter()
-        train(trial_config(fifo, {"loss.a": a}))
-        epoch_times.append((time.perf_counter() - t0) / args.epochs)
-    sequential = time.perf_counter() - start
+    init_ray(num_cpus=2, verbose=0)
+    seq, sweeps = [], []
+    for r in range(args.rounds):
+        seq.append(sequential_loop(fifo, args.epochs))
+        with tempfile.TemporaryDirectory() as tmp:
+            sweeps.append(one_sweep(space(f"bench_fifo_{r}", args.trials, args.epochs, {"name": "fifo"}), tmp))
     with tempfile.TemporaryDirectory() as tmp:
-        uri = f"sqlite:///{tmp}/mlflow.db"
-        import ray
-
-        from tune_losses import tracking
-
-        tracking.experiment_id(tracking.client(uri))  # the store's one-time schema creation, outside the timing
-
-        from tune_losses.tuning.workers import init_ray
-
-        init_ray(num_cpus=2, verbose=0)
-        wall_start, start = time.time(), time.perf_counter()
-        result = run_sweep(fifo, tracking_uri=uri, storage=f"{tmp}/ray", verbose=0, make_report=False)
-        swept = time.perf_counter() - start
-        from tune_losses.reports.build import build_report
-
-        t0 = time.perf_counter()
-        build_report(result.parent_run_id, tracking_uri=uri, out_dir=f"{tmp}/report")
-        reporting = time.perf_counter() - t0
-        c = tracking.client(uri)
-        runs = tracking.trial_runs(c, result.parent_run_id, tracking.experiment_id(c))
-        startup = min(r.info.start_time for r in runs) / 1000 - wall_start
         asha = space("bench_asha", args.trials, args.epochs,
                      {"name": "asha", "max_t": args.epochs, "grace_period": 1, "reduction_factor": 2})
-        asha_result = run_sweep(asha, tracking_uri=uri, storage=f"{tmp}/ray", verbose=0, make_report=False)
-        ray.shutdown()
+        asha_result = run_sweep(asha, tracking_uri=f"sqlite:///{tmp}/mlflow.db", storage=f"{tmp}/ray", verbose=0,
+                                make_report=False)
+    ray.shutdown()
+    for r, ((sq, _), (sw, st, _, _)) in enumerate(zip(seq, sweeps)):
+        print(f"round {r + 1}: sequential {sq:.1f} s, sweep {sw:.1f} s (start-up {st:.1f} s)")
+    med = statistics.median
+    sequential, epoch = med(s[0] for s in seq), med(s[1] for s in seq)
+    swept, startup, reporting, tracking_ms = (med(x[i] for x in sweeps) for i in range(4))
     n = args.trials
-    print(f"{n} trials x {args.epochs} epochs, ~{sorted(epoch_times)[n // 2]:.2f} s per epoch, 2 CPUs")
+    print(f"{n} trials x {args.epochs} epochs, ~{epoch:.2f} s per epoch, 2 CPUs, median of {args.rounds} round(s)")
     print(f"sequential loop: {sequential:.1f} s   sweep (2 concurrent): {swept:.1f} s (incl. MLflow logging; the "
-          f"report after it, {reporting:.1f} s, apart)")
+          f"report after it, with each trial's figures, {reporting:.1f} s, apart)")
     steady = swept - startup
     print(f"one-time start-up (sweep start -> first trial running): {startup:.2f} s")
     print(f"parallel efficiency: {sequential / (2 * swept):.2f} overall, {sequential / (2 * steady):.2f} after "
           f"start-up   per-trial overhead: {(2 * swept - sequential) / n:.2f} s overall, "
           f"{(2 * steady - sequential) / n:.2f} s after start-up")
-    print(f"driver tracking cost: {result.summary['tracking_ms_per_epoch']:.3f} ms per epoch")
+    print(f"driver tracking cost: {tracking_ms:.3f} ms per epoch")
     s = asha_result.summary
     print(f"ASHA: {s['epochs_run']} epochs of the full grid's {s['epochs_full_budget']} "
           f"({s['epochs_run'] / s['epochs_full_budget']:.2f}); {s['stopped_early']} of {s['trials']} stopped early")

@@ -13,6 +13,7 @@ import pandas as pd
 from . import plots
 from .collect import histories, sweep_runs, trial_table
 from .tables import as_percent, grid, grouped, is_continuous, with_paper
+from .trial_figures import draw_trial_figures
 
 
 @dataclass
@@ -49,6 +50,8 @@ def importance(df: pd.DataFrame, params: list[str], metric: str, mode: str) -> p
 
 
 def build_report(sweep: str, tracking_uri: str | None = None, out_dir=None, log: bool = True) -> Report:
+    """The sweep's report (by name or parent run id) from MLflow alone, written to ``out_dir``. With ``log`` it
+    also goes to the parent run's report/ artifacts, and each trial run gets its figures (trial_figures.py)."""
     client, parent, runs, space = sweep_runs(sweep, tracking_uri)
     name = parent.data.tags.get("tune_losses.sweep", sweep)
     out = Path(out_dir or tempfile.mkdtemp(prefix=f"report-{name}-"))
@@ -144,4 +147,5 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir=None, log:
     if log:
         for f in sorted(out.iterdir()):
             client.log_artifact(parent.info.run_id, str(f), "report")
+        draw_trial_figures(client, runs)
     return report

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -142,7 +141,6 @@ class MlflowTrialLogger(Callback):
         self.runs: dict[str, str] = {}
         self.last_step: dict[str, int] = {}
         self.last: dict[str, dict] = {}
-        self.history: dict[str, list[dict]] = {}
         self.retries: dict[str, int] = {}
         self.nodes: dict[str, list[str]] = {}
         while True:
@@ -212,7 +210,6 @@ class MlflowTrialLogger(Callback):
             self.client.log_batch(run_id, tags=tags)
         self.last_step[trial_id] = step
         self.last[trial_id] = result
-        self.history.setdefault(trial_id, []).append({m.key: m.value for m in metrics} | {"epoch": step})
 
     def _on_recover(self, trial_id: str, error: str):
         run_id = self.runs.get(trial_id)
@@ -238,19 +235,8 @@ class MlflowTrialLogger(Callback):
         if last.get("reason") or error:
             tags.append(RunTag("reason", str(last.get("reason") or error)[:5000]))
         self.client.log_batch(run_id, tags=tags)
-        self._log_artifacts(run_id, trial_id, last)
+        if last.get("test_confusion") is not None:
+            # the figures (confusion matrix and learning curves as PNG) are drawn from this and the metric
+            # histories after the sweep, with its report: drawn here, they took the CPU the other trials train on
+            self.client.log_dict(run_id, last["test_confusion"], "confusion_matrix.json")
         self.client.set_terminated(run_id, status="FAILED" if status == "FAILED" else "FINISHED")
-
-    def _log_artifacts(self, run_id: str, trial_id: str, last: dict):
-        from tune_losses.reports.plots import confusion_png, curves_png
-
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp = Path(tmp)
-            if last.get("test_confusion") is not None:
-                (tmp / "confusion_matrix.json").write_text(json.dumps(last["test_confusion"]))
-                confusion_png(last["test_confusion"], tmp / "confusion_matrix.png")
-            history = self.history.get(trial_id)
-            if history:
-                curves_png(history, tmp / "learning_curves.png")
-            for f in tmp.iterdir():
-                self.client.log_artifact(run_id, str(f))

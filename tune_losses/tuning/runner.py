@@ -6,8 +6,11 @@ import json
 import os
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunTag
 
 from tune_losses import tracking
 from tune_losses.spaces import Space, SpaceError, load_space
@@ -76,8 +79,7 @@ def _start_parent(client, exp_id: str, space: Space, path: Path, text: str, name
         params.update({"asha.max_t": s.scheduler.max_t or space.train.epochs,
                        "asha.grace_period": s.scheduler.grace_period,
                        "asha.reduction_factor": s.scheduler.reduction_factor})
-    for k, v in params.items():
-        client.log_param(rid, k, v)
+    client.log_batch(rid, params=[Param(k, str(v)) for k, v in params.items()])
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / path.name).write_text(text)
         (Path(tmp) / "resolved_space.json").write_text(json.dumps(space.model_dump(), indent=2, default=str))
@@ -192,12 +194,12 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
         best_config, best_metric = best.config.get("params", {}), best.metrics.get(space.search.metric)
     except RuntimeError:
         pass
-    for k, v in summary.items():
-        client.log_metric(parent_id, f"sweep.{k}", float(v))
+    metrics = [Metric(f"sweep.{k}", float(v), int(time.time() * 1000), 0) for k, v in summary.items()]
+    tags = [RunTag("status", "completed")]
     if best_metric is not None:
-        client.log_metric(parent_id, f"best_{space.search.metric}", float(best_metric))
-        client.set_tag(parent_id, "best_config", json.dumps(best_config))
-    client.set_tag(parent_id, "status", "completed")
+        metrics.append(Metric(f"best_{space.search.metric}", float(best_metric), int(time.time() * 1000), 0))
+        tags.append(RunTag("best_config", json.dumps(best_config)))
+    client.log_batch(parent_id, metrics=metrics, tags=tags)  # one round trip to the store
     client.set_terminated(parent_id, "FINISHED")
     report = None
     if make_report:
