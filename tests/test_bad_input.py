@@ -26,7 +26,8 @@ CC = {"dataset": {"name": "digits"}, "model": {"name": "small_cnn"}, "loss": {"n
 FOCAL = {"dataset": {"name": "digits"}, "model": {"name": "mlp"}, "loss": {"name": "focal"}, "epochs": 2}
 ASHA = {"searcher": "grid", "scheduler": {"name": "asha", "max_t": 3, "grace_period": 1, "reduction_factor": 2}}
 
-# id: (space overrides, or raw YAML text, or None for a missing file; extra CLI args; what the message says)
+# id: (space overrides, or raw YAML text, or None for a missing file; extra CLI args; what the message says
+#      [; environment variables for that call])
 CASES = {
     "malformed_yaml": ("name: t\nparams: {loss.a: [1, 2\n", [], ["malformed YAML"]),
     "not_a_mapping": ("- name\n- t\n", [], ["(top level): must be a mapping"]),
@@ -77,21 +78,29 @@ CASES = {
     "unreachable_ray_address": ({}, ["--address", "127.0.0.1:{port}"],
                                 ["--address='127.0.0.1:{port}': no Ray cluster answers", "ray start --head"]),
     "resume_missing_sweep": ({}, ["--resume"], ["--resume: no sweep named 't'"]),
+    "unreachable_RAY_ADDRESS": ({}, [], ["RAY_ADDRESS='127.0.0.1:{port}': no Ray cluster answers"],
+                                {"RAY_ADDRESS": "127.0.0.1:{port}"}),
+    "malformed_address": ({}, ["--address", "head-without-port"], ["--address='head-without-port' is not allowed"]),
 }
-OPTION_CASES = {"unreachable_tracking_uri", "unreachable_ray_address", "resume_missing_sweep"}
+OPTION_CASES = {"unreachable_tracking_uri", "unreachable_ray_address", "resume_missing_sweep",
+                "unreachable_RAY_ADDRESS", "malformed_address"}
 
 CHILD = r"""
-import contextlib, io, json, sys
+import contextlib, io, json, os, sys
 import ray
 from tune_losses.cli import main
 out = {}
-for case, args in json.loads(sys.argv[1]).items():
+for case, (args, env) in json.loads(sys.argv[1]).items():
     err = io.StringIO()
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     with contextlib.redirect_stderr(err):
         try:
             rc = main(args)
         except SystemExit as exc:
             rc = exc.code
+    for k, v in saved.items():
+        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     out[case] = {"rc": rc, "stderr": err.getvalue(), "ray": ray.is_initialized()}
     if ray.is_initialized():
         ray.shutdown()
@@ -104,7 +113,7 @@ def outcomes(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad")
     port = closed_port()
     calls, files = {}, {}
-    for case, (space, extra, _) in CASES.items():
+    for case, (space, extra, _, *env) in CASES.items():
         d = root / case
         d.mkdir()
         path = d / "space.yaml"
@@ -113,8 +122,9 @@ def outcomes(tmp_path_factory):
         elif isinstance(space, str):
             path.write_text(space)
         files[case] = path
-        calls[case] = ["sweep", str(path), "--tracking-uri", f"sqlite:///{d}/mlflow.db", "--storage",
-                       str(d / "ray")] + [a.format(port=port) for a in extra]
+        calls[case] = (["sweep", str(path), "--tracking-uri", f"sqlite:///{d}/mlflow.db", "--storage",
+                        str(d / "ray")] + [a.format(port=port) for a in extra],
+                       {k: v.format(port=port) for k, v in (env[0] if env else {}).items()})
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(calls)], capture_output=True, text=True,
                           timeout=600, env={**__import__("os").environ, "RAY_ADDRESS": ""})
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS")), None)

@@ -57,18 +57,18 @@ def check_tracking(uri: str, resume: bool, name: str) -> None:
                              "allowed: the name of a sweep recorded in that store")
 
 
-def check_ray_address(address: str | None) -> None:
-    """An address (host:port or ray://host:port) must answer before the driver joins it."""
+def check_ray_address(address: str | None, option: str = "--address") -> None:
+    """An address (host:port or ray://host:port, from ``option``) must answer before the driver joins it."""
     if not address or address in ("auto", "local"):
         return
     parsed = urlparse(address if "://" in address else f"ray://{address}")
     if not parsed.hostname or not parsed.port:
-        raise SpaceError(f"--address={address!r} is not allowed: give HOST:PORT of a Ray head "
+        raise SpaceError(f"{option}={address!r} is not allowed: give HOST:PORT of a Ray head "
                          "(e.g. 127.0.0.1:6379), ray://HOST:10001, or 'auto'")
     why = _reachable(parsed.hostname, parsed.port)
     if why:
-        raise SpaceError(f"--address={address!r}: no Ray cluster answers there ({why}); allowed: the address of a "
-                         "running Ray head (`ray start --head` prints it), or no --address for a local Ray")
+        raise SpaceError(f"{option}={address!r}: no Ray cluster answers there ({why}); allowed: the address of a "
+                         f"running Ray head (`ray start --head` prints it), or no {option} for a local Ray")
 
 
 def check_gpus(space: Space, source: str, available: float, where: str) -> None:

@@ -122,6 +122,7 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
     else:
         space, path, text = load_space(space_or_path, overrides)
     name = name or space.name
+    address_option = "--address" if address else "RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS") or None
     uri = tracking_uri or tracking.default_tracking_uri()
     storage_path = str(Path(storage).resolve()) if storage and "://" not in storage else (
@@ -131,7 +132,7 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
     if experiment_dir is not None:
         preflight.check_writable(Path(storage_path), "--storage")
     preflight.check_tracking(uri, resume, name)
-    preflight.check_ray_address(address)
+    preflight.check_ray_address(address, address_option)
     if not address:
         preflight.check_gpus(space, str(path), _local_gpus(), "machine")
     if resume and experiment_dir is not None and not experiment_dir.is_dir():
