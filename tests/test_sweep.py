@@ -118,7 +118,7 @@ def test_driver_killed_mid_sweep_resumes_with_one_run_per_trial(tmp_path):
     cmd = [sys.executable, "-m", "tune_losses.cli", "sweep", str(space), "--tracking-uri", uri,
            "--storage", str(tmp_path / "ray")]
     env = {**os.environ, "RAY_ADDRESS": ""}
-    driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    driver = subprocess.Popen(cmd, stdout=open(tmp_path / "driver.log", "w"), stderr=subprocess.STDOUT, env=env,
                               start_new_session=True)
     deadline = time.time() + 240
     logged = 0
@@ -131,7 +131,7 @@ def test_driver_killed_mid_sweep_resumes_with_one_run_per_trial(tmp_path):
             continue
         if logged >= 3:
             break
-    assert driver.poll() is None, "the sweep finished before it could be interrupted"
+    assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
     driver.wait()
     time.sleep(2)
@@ -146,6 +146,9 @@ def test_driver_killed_mid_sweep_resumes_with_one_run_per_trial(tmp_path):
         assert r.info.status == "FINISHED" and r.data.tags["status"] == "completed"
         steps = sorted(m.step for m in c.get_metric_history(r.info.run_id, "val_acc"))
         assert steps == list(range(1, 9))
+        # figures too, also for trials that had finished before the kill (drawn with the report, from MLflow)
+        assert {"confusion_matrix.json", "confusion_matrix.png", "learning_curves.png"} <= {
+            a.path for a in c.list_artifacts(r.info.run_id)}
     assert c.get_run(parent.info.run_id).info.status == "FINISHED"
 
 
