@@ -14,7 +14,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .registry import register
 from .splits import make_splits
