@@ -15,6 +15,7 @@ import statistics
 import tempfile
 import time
 
+from tune_losses import tracking
 from tune_losses.spaces import parse_space, trial_config
 from tune_losses.tuning.runner import run_sweep
 from tune_losses.training import train
@@ -43,11 +44,9 @@ def sequential_loop(fifo, epochs):
 
 def one_sweep(fifo, tmp):
     """(sweep seconds, start-up seconds, report seconds, driver tracking ms per epoch) of one FIFO sweep."""
-    from tune_losses import tracking
     from tune_losses.reports.build import build_report
 
     uri = f"sqlite:///{tmp}/mlflow.db"
-    tracking.experiment_id(tracking.client(uri))  # the store's one-time schema creation, outside the timing
     wall_start, start = time.time(), time.perf_counter()
     result = run_sweep(fifo, tracking_uri=uri, storage=f"{tmp}/ray", verbose=0, make_report=False)
     swept = time.perf_counter() - start
@@ -69,16 +68,23 @@ def main():
     import ray
     import torch
 
+    import tune_losses.tuning.trial  # noqa: F401  the loop gets the same warm imports as a prestarted worker
     from tune_losses.tuning.workers import init_ray
 
     torch.set_num_threads(1)  # one CPU per trial, as in the sweep
     fifo = space("bench_fifo", args.trials, args.epochs, {"name": "fifo"})
-    init_ray(num_cpus=2, verbose=0)
-    seq, sweeps = [], []
+    seq, sweeps, ray_starts = [], [], []
     for r in range(args.rounds):
         seq.append(sequential_loop(fifo, args.epochs))
         with tempfile.TemporaryDirectory() as tmp:
+            tracking.experiment_id(tracking.client(f"sqlite:///{tmp}/mlflow.db"))  # the store's schema, untimed
+            # a fresh local Ray per sweep, as `tune-losses sweep` starts one, the sweep right after it
+            t0 = time.perf_counter()
+            init_ray(num_cpus=2, verbose=0)
+            ray_starts.append(time.perf_counter() - t0)
             sweeps.append(one_sweep(space(f"bench_fifo_{r}", args.trials, args.epochs, {"name": "fifo"}), tmp))
+        ray.shutdown()
+    init_ray(num_cpus=2, verbose=0)
     with tempfile.TemporaryDirectory() as tmp:
         asha = space("bench_asha", args.trials, args.epochs,
                      {"name": "asha", "max_t": args.epochs, "grace_period": 1, "reduction_factor": 2})
@@ -95,7 +101,8 @@ def main():
     print(f"sequential loop: {sequential:.1f} s   sweep (2 concurrent): {swept:.1f} s (incl. MLflow logging; the "
           f"report after it, with each trial's figures, {reporting:.1f} s, apart)")
     steady = swept - startup
-    print(f"one-time start-up (sweep start -> first trial running): {startup:.2f} s")
+    print(f"one-time start-up (sweep start -> first trial running): {startup:.2f} s; starting Ray before it "
+          f"(ray.init, timed apart): {med(ray_starts):.2f} s")
     print(f"parallel efficiency: {sequential / (2 * swept):.2f} overall, {sequential / (2 * steady):.2f} after "
           f"start-up   per-trial overhead: {(2 * swept - sequential) / n:.2f} s overall, "
           f"{(2 * steady - sequential) / n:.2f} s after start-up")

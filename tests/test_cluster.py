@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from tune_losses import tracking
+from tune_losses.tuning.workers import PRELOAD_MODULES
 
 from helpers import free_port, write_space
 
@@ -51,11 +52,30 @@ def node_ids(address, env, procs) -> dict:
     raise RuntimeError(f"the two-node cluster did not come up: {nodes}")
 
 
+def preloaded(address, env, ids) -> dict:
+    """{'head': bool, 'worker': bool}: whether a worker process of each node had the trial code imported
+    before it ran anything (RAY_preload_python_modules, as docker/compose.yaml sets it)."""
+    code = ("import json, sys, ray\n"
+            "from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as On\n"
+            "ray.init(address=%r, log_to_driver=False)\n"
+            "@ray.remote(num_cpus=0)\n"
+            "def probe():\n"
+            "    return all(m in sys.modules for m in %r)\n"
+            "ids = %r\n"
+            "print('PRELOADED' + json.dumps({k: ray.get(probe.options(scheduling_strategy=On(v, soft=False))"
+            ".remote()) for k, v in ids.items()}))\n") % (address, ["torch._dynamo", *PRELOAD_MODULES], ids)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("PRELOADED")), None)
+    assert line, out.stderr[-2000:]
+    return json.loads(line[9:])
+
+
 @pytest.fixture
 def cluster(tmp_path):
     port = free_port()
     # Ray >= 2.50 turns token authentication on for `ray start --head`; every node and driver shares the token.
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_ADDRESS": ""}
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_ADDRESS": "",
+           "RAY_preload_python_modules": ",".join(PRELOAD_MODULES)}
     log = open(tmp_path / "ray_nodes.log", "w")
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must stay under 108 bytes
     head = ray_node(["--head", "--port", str(port), "--num-cpus", "1", "--include-dashboard=False",
@@ -66,7 +86,8 @@ def cluster(tmp_path):
         worker = ray_node(["--address", f"127.0.0.1:{port}", "--num-cpus", "1", "--resources", '{"node_b": 1}'],
                           env, log)
         ids = node_ids(f"127.0.0.1:{port}", env, (head, worker))
-        yield {"address": f"127.0.0.1:{port}", "env": env, "worker": worker, "ids": ids}
+        yield {"address": f"127.0.0.1:{port}", "env": env, "worker": worker, "ids": ids,
+               "preloaded": preloaded(f"127.0.0.1:{port}", env, ids)}
     finally:
         for proc in (worker, head):
             if proc is not None and proc.poll() is None:
@@ -87,6 +108,7 @@ def image_tree(root: Path, classes=4, per_class=30, size=12) -> Path:
 
 
 def test_sweep_on_two_nodes_survives_losing_the_worker_node(tmp_path, cluster):
+    assert cluster["preloaded"] == {"head": True, "worker": True}  # warm worker processes on every node
     data = image_tree(tmp_path / "images")
     space = write_space(tmp_path / "cluster.yaml", name="cluster_e2e", replace=("params",),
                         train={"dataset": {"name": "image_folder", "root": str(data),

@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tune_losses.tuning.workers import PRELOAD_MODULES
+
 from helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +78,7 @@ def test_compose_services_are_wired_as_promised(compose):
         assert "shared:/shared" in node["volumes"]
         assert node["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
         assert node["environment"]["RAY_AUTH_TOKEN"].startswith("${RAY_AUTH_TOKEN:?")
+        assert node["environment"]["RAY_preload_python_modules"] == ",".join(PRELOAD_MODULES)
         assert node["build"]["dockerfile"] == "docker/Dockerfile"
 
 
@@ -108,7 +111,7 @@ def test_kuberay_example_matches_the_image_and_pins():
     worker = cluster["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
     env = {e["name"] for e in worker["env"]}
-    assert {"MLFLOW_TRACKING_URI", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"} <= env
+    assert {"MLFLOW_TRACKING_URI", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_preload_python_modules"} <= env
 
 
 def _swap(args: list[str], flag: str, value: str) -> list[str]:

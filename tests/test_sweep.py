@@ -81,6 +81,26 @@ def test_asha_optuna_sweep_stops_trials_early(tmp_path, ray_local):
         assert 1.5 <= float(r.data.params["swept.loss.a"]) <= 30
 
 
+def test_trials_run_in_prestarted_workers_that_have_the_trial_code_imported(ray_local):
+    """Ray reuses the workers it prestarts only for actors with the job's own runtime environment: Tune's trial
+    actors must have none of their own (tuning/workers.py), and the workers must come with the trial code."""
+    from ray.tune import Trainable
+    from ray.tune.execution.class_cache import _ActorClassCache
+
+    from tune_losses.tuning.workers import PRELOAD_MODULES
+
+    class Probe(Trainable):
+        pass
+
+    assert not _ActorClassCache().get(Probe)._default_options.get("runtime_env")
+
+    @ray_local.remote(num_cpus=0)
+    def imported():
+        return [m for m in ("torch._dynamo", *PRELOAD_MODULES) if m in sys.modules]
+
+    assert ray_local.get(imported.remote()) == ["torch._dynamo", *PRELOAD_MODULES]
+
+
 def test_bundled_spaces_validate_and_reproduce_the_papers_grids():
     assert load_space("dal_a_table2")[0].params["loss.a"].grid == [5.0, 8.0, 10.0, 11.0, 13.0, 15.0, 16.0, 20.0]
     assert load_space("dal_a_table2")[0].train.repeats == 60

@@ -6,14 +6,20 @@ import tempfile
 
 import ray
 import torch
+# torch.optim imports torch._dynamo when the first optimizer is made (~1.8 s on 2 cores): imported here, a
+# prestarted worker (workers.py) pays for it before the sweep starts, not during a trial's first epoch.
+import torch._dynamo  # noqa: F401
 from ray import tune
 
 from tune_losses.spaces import Space, trial_config
 from tune_losses.training import save_checkpoint, train
 
+from .workers import trial_environment
+
 
 def run_trial(config: dict, space_json: dict, data=None) -> None:
     """One trial. ``data`` is the sweep's Splits, from Ray's object store (None: the trial builds its own)."""
+    trial_environment()
     space = Space.model_validate(space_json)
     # Use exactly the CPUs this trial reserved: torch otherwise starts one thread per core of the node, and
     # concurrent trials oversubscribe the cores (two 1-CPU trials on 2 cores ran ~5x slower).
