@@ -10,6 +10,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,postgres,cluster]"
+	$(BIN)/python -c "from tune_losses.losses import fused; print(fused.build())"
 	touch $(STAMP)
 
 setup: $(STAMP) data

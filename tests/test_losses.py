@@ -1,13 +1,29 @@
 """Each loss against an independent float64 reference written here from the paper's formula (numpy loops)."""
 
+import os
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
-from tune_losses.losses import build_loss, names
+from tune_losses.losses import build_loss, fused, names
 from tune_losses.losses.cc import channel_correlation
 
 SHAPES = [(1, 2), (7, 3), (32, 10), (64, 100)]
+
+
+@pytest.fixture(params=["fused", "expression"])
+def both_paths(request, monkeypatch):
+    """DAL and beta/gamma have two implementations on CPU (losses/fused.py): every check runs on both."""
+    if request.param == "fused":
+        if fused.kernels() is None:
+            pytest.skip("the fused kernels could not be built here (see test_fused_kernels_build_where_a_compiler_is)")
+    else:
+        monkeypatch.setattr(fused, "usable", lambda logits: False)
+    return request.param
 
 
 def softmax(z):
@@ -90,6 +106,7 @@ def test_focal_gamma0_is_ce(batch, classes):
 
 @pytest.mark.parametrize("batch,classes", SHAPES)
 @pytest.mark.parametrize("a", [1.5, 5.0, 15.0])
+@pytest.mark.usefixtures("both_paths")
 def test_dal_matches_reference_after_update(batch, classes, a):
     z, y = inputs(batch, classes, seed=3)
     confusion = torch.randint(0, 20, (classes, classes)).double()
@@ -99,6 +116,7 @@ def test_dal_matches_reference_after_update(batch, classes, a):
     assert loss(z, y).item() == pytest.approx(ref_dal(z.numpy(), y.numpy(), confusion.numpy(), a), rel=1e-9)
 
 
+@pytest.mark.usefixtures("both_paths")
 def test_dal_before_update_is_ce_and_tends_to_ce_as_a_grows():
     z, y = inputs(64, 10, seed=4)
     ce = build_loss("ce", num_classes=10)(z, y)
@@ -112,6 +130,7 @@ def test_dal_before_update_is_ce_and_tends_to_ce_as_a_grows():
     assert gaps == sorted(gaps, reverse=True) and gaps[-1] < 1e-5 and gaps[0] > 1e-3
 
 
+@pytest.mark.usefixtures("both_paths")
 def test_dal_update_from_hand_made_confusion():
     # 3 classes; class 0: 6 right, 3 predicted as 1, 1 as 2; class 1 all right; class 2 absent.
     confusion = torch.tensor([[6, 3, 1], [0, 5, 0], [0, 0, 0]])
@@ -126,6 +145,7 @@ def test_dal_update_from_hand_made_confusion():
     assert loss(z_hi, t) - loss(z_lo, t) > ce(z_hi, t) - ce(z_lo, t)
 
 
+@pytest.mark.usefixtures("both_paths")
 def test_dal_state_dict_round_trip():
     loss = build_loss("dal", num_classes=4, a=8)
     loss.update(torch.randint(0, 9, (4, 4)))
@@ -138,12 +158,14 @@ def test_dal_state_dict_round_trip():
 
 @pytest.mark.parametrize("batch,classes", SHAPES)
 @pytest.mark.parametrize("beta,gamma", [(2, 3), (4, 5), (0.5, 1), (10, 10)])
+@pytest.mark.usefixtures("both_paths")
 def test_beta_gamma_matches_reference(batch, classes, beta, gamma):
     z, y = inputs(batch, classes, seed=5)
     loss = build_loss("beta_gamma", num_classes=classes, beta=beta, gamma=gamma)
     assert loss(z, y).item() == pytest.approx(ref_beta_gamma(z.numpy(), y.numpy(), beta, gamma), rel=1e-8)
 
 
+@pytest.mark.usefixtures("both_paths")
 def test_beta_gamma_special_cases_and_factor_limits():
     z, y = inputs(64, 10, seed=6)
     ce = build_loss("ce", num_classes=10)(z, y)
@@ -194,6 +216,7 @@ def test_cc_lambda0_is_ce_and_degenerate_batches_are_finite():
 @pytest.mark.parametrize("name,params", [("ce", {}), ("focal", {"gamma": 2.0, "alpha": [0.5, 1, 2]}),
                                          ("dal", {"a": 3.0}), ("beta_gamma", {"beta": 3, "gamma": 2}),
                                          ("cc", {"lam": 1.0})])
+@pytest.mark.usefixtures("both_paths")
 def test_gradcheck_float64(name, params):
     z, y = inputs(6, 3, seed=10)
     y = torch.tensor([0, 0, 1, 1, 2, 2])
@@ -229,3 +252,65 @@ def test_bad_inputs_raise_clear_errors():
         build_loss("ce", num_classes=1)
     with pytest.raises(ValueError, match="attention"):
         build_loss("cc", num_classes=3)(torch.randn(2, 3), torch.tensor([0, 1]))
+
+
+def test_fused_kernels_build_where_a_compiler_is():
+    if not (shutil.which("c++") or shutil.which("g++")):
+        pytest.skip("no C++ compiler: the tensor-expression losses are used")
+    assert fused.kernels() is not None
+
+
+def test_fused_kernels_can_be_turned_off():
+    code = "import torch; from tune_losses.losses import fused; print(fused.usable(torch.zeros(2, 3)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "TUNE_LOSSES_FUSED": "0"})
+    assert out.stdout.strip() == "False", out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("batch,classes", [(1, 2), (33, 10), (128, 100)])
+def test_fused_and_expression_versions_agree_in_value_and_gradient(monkeypatch, dtype, rtol, batch, classes):
+    if fused.kernels() is None:
+        pytest.skip("the fused kernels could not be built here")
+    z, y = inputs(batch, classes, seed=11)
+    z = (3 * z).to(dtype)
+    dal = build_loss("dal", num_classes=classes, a=4.0)
+    dal.update(torch.randint(0, 20, (classes, classes)))
+    losses = [dal] + [build_loss("beta_gamma", num_classes=classes, beta=b, gamma=g)
+                      for b, g in ((4, 5), (0.5, 0.7), (2, 1), (16, 21))]
+
+    def run(loss):
+        x = z.clone().requires_grad_(True)
+        value = loss(x, y)
+        value.backward()
+        return value.detach(), x.grad
+
+    fused_results = [run(loss) for loss in losses]
+    monkeypatch.setattr(fused, "usable", lambda logits: False)
+    for loss, (value, grad) in zip(losses, fused_results):
+        ref_value, ref_grad = run(loss)
+        assert torch.allclose(value, ref_value, rtol=rtol, atol=0), loss
+        assert torch.allclose(grad, ref_grad, rtol=rtol, atol=rtol / batch), loss  # gradients are O(1 / batch)
+
+
+def test_fused_versions_refuse_second_derivatives_and_bad_targets():
+    if fused.kernels() is None:
+        pytest.skip("the fused kernels could not be built here")
+    z = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 0])
+    for loss in (build_loss("dal", num_classes=3, a=5), build_loss("beta_gamma", num_classes=3)):
+        with pytest.raises(RuntimeError, match="differentiable once"):
+            torch.autograd.grad(loss(z, y), z, create_graph=True)
+        with pytest.raises(RuntimeError, match="target 3 is not a class index"):
+            loss(z, torch.tensor([0, 1, 3, 0]), validate=False)  # unchecked input still cannot read past S
+
+
+def test_losses_under_vmap_take_the_expression_version():
+    """The vectorised repeats run the losses under torch.func.vmap, where the fused kernels do not apply."""
+    z, y = inputs(16, 5, seed=12)
+    zs = torch.stack([z, 2 * z, -z])
+    for loss in (build_loss("dal", num_classes=5, a=5).double(), build_loss("beta_gamma", num_classes=5)):
+        if hasattr(loss, "soft_labels"):
+            loss.update(torch.randint(0, 9, (5, 5)))
+        batched = torch.vmap(lambda x: loss.compute(x, y))(zs)
+        assert torch.allclose(batched, torch.stack([loss(x, y) for x in zs]), rtol=1e-12)

@@ -1,4 +1,5 @@
-"""What a non-editable install carries: the bundled search spaces and the papers' reference tables."""
+"""What a non-editable install carries: the bundled search spaces, the papers' reference tables and the C++
+source of the fused loss kernels (built on first use)."""
 
 import subprocess
 import sys
@@ -18,6 +19,7 @@ def test_wheel_ships_spaces_and_reference_tables(tmp_path):
         assert f"tune_losses/search_spaces/{space.name}" in names
     for table in ("dal_table2.csv", "cc_loss_lambda.csv", "cc_loss_batch.csv", "beta_gamma_study.csv"):
         assert f"tune_losses/reference/{table}" in names
+    assert "tune_losses/losses/csrc/fused.cpp" in names
 
 
 @pytest.mark.skipif(not (ROOT.parent / "shared" / "reference").is_dir(), reason="no shared/reference beside")

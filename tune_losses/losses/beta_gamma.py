@@ -13,11 +13,13 @@ in the stored copies of the article. This form is rebuilt from the properties th
     of small beta), for beta > 1 it still shapes the low-loss region;
   * gamma is the focusing exponent.
 Special cases: gamma = 0 is exactly CE; beta = 1 is exactly focal loss with the same gamma.
+On CPU the loss and its gradient come from one fused kernel (fused.py); elsewhere from the expression below.
 """
 
 import torch
 import torch.nn.functional as F
 
+from . import fused
 from .base import ClassificationLoss, require
 from .registry import register
 
@@ -33,6 +35,8 @@ class BetaGammaLoss(ClassificationLoss):
     def compute(self, logits, target, attention=None):
         if self.gamma == 0:
             return F.cross_entropy(logits, target)
+        if fused.usable(logits):  # the same loss and gradient in one CPU kernel (fused.py)
+            return fused.kernels().beta_gamma_loss(logits, target, self.beta, self.gamma)
         logpt = F.log_softmax(logits, dim=1).gather(1, target[:, None])[:, 0]
         factor = (-torch.expm1(self.beta * logpt)).pow(self.gamma)  # (1 - p_t^beta)^gamma, stable near 1
         return -(factor * logpt).mean()

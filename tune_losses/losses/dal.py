@@ -15,11 +15,13 @@ so a sample of class c trains with the label row S[c]:
 ``a > 1`` is the inhibiting factor (the paper sweeps 5..20 and reports instability below 3). Before the first
 :meth:`update` S is the identity, i.e. plain cross-entropy; a class with no samples in the epoch keeps an
 identity row. S is a buffer, so it travels with ``state_dict`` and a resumed trial keeps its soft labels.
+On CPU the loss and its gradient come from one fused kernel (fused.py); elsewhere from the expression below.
 """
 
 import torch
 import torch.nn.functional as F
 
+from . import fused
 from .base import ClassificationLoss, require
 from .registry import register
 
@@ -41,7 +43,9 @@ class DynamicAttentionLoss(ClassificationLoss):
         self.soft_labels.copy_(soft_labels_from_confusion(confusion, self.a).to(self.soft_labels))
 
     def compute(self, logits, target, attention=None):
-        # cross_entropy with a per-sample target row is exactly -sum_j S[y_i, j] log P_ij, fused.
+        if fused.usable(logits):  # the same loss and gradient in one CPU kernel (fused.py)
+            return fused.kernels().dal_loss(logits, target, self.soft_labels)
+        # cross_entropy with a per-sample target row is exactly -sum_j S[y_i, j] log P_ij
         return F.cross_entropy(logits, self.soft_labels.to(logits.dtype)[target])
 
 

@@ -1,0 +1,80 @@
+"""Fused CPU forward+backward of DAL and beta/gamma (csrc/fused.cpp), built with PyTorch's C++ extension tools.
+
+Why: on CPU, at the batch sizes of this field, a loss costs PyTorch's per-operator overhead, not arithmetic.
+Cross-entropy is two fused kernels; DAL and beta/gamma as tensor expressions are five to nine operators with
+as many autograd nodes (benchmarks/losses.py: 1.6-2.8x CE). The fused versions are one autograd node each.
+
+The extension is compiled on first use (about 40 s, once per machine and torch version: PyTorch caches it under
+``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``); ``make`` builds it at set-up
+(``fused.build()``). It is used for float32/float64 CPU tensors outside ``torch.func``
+transforms; everything else (CUDA, half precision, the vectorised repeats under ``vmap``) takes the
+tensor-expression version in the loss module, which computes the same values. Where no C++ compiler is
+available, or with ``TUNE_LOSSES_FUSED=0``, the tensor-expression version is used everywhere, with one warning.
+The fused gradient is differentiable once; ``create_graph=True`` raises an error that says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("csrc") / "fused.cpp"
+FLOAT_TYPES = (torch.float32, torch.float64)
+_lock = threading.Lock()
+_kernels = None
+_resolved = False  # the build was tried (or TUNE_LOSSES_FUSED=0 read): decided once per process
+
+
+def enabled() -> bool:
+    return os.environ.get("TUNE_LOSSES_FUSED", "1") != "0"
+
+
+def _build():
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" on CPU machines
+    from torch.utils.cpp_extension import load
+
+    path = os.environ.get("PATH", "")
+    try:
+        import ninja  # the build tool PyTorch drives; the PyPI package puts its binary beside the interpreter
+
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + path
+    except ImportError:
+        pass
+    try:
+        return load("tune_losses_fused", [str(SOURCE)], extra_cflags=["-O3"], verbose=False)
+    finally:
+        os.environ["PATH"] = path
+
+
+def kernels():
+    """The compiled module, or None (disabled, or it could not be built: then warned once)."""
+    global _kernels, _resolved
+    if not _resolved:
+        with _lock:
+            if not _resolved:
+                try:
+                    _kernels = _build() if enabled() else None
+                except Exception as exc:  # no compiler, no ninja, a failed build: same values, slower
+                    lines = str(exc).strip().splitlines()
+                    warnings.warn(f"tune_losses: the fused CPU kernels of DAL and beta/gamma could not be built "
+                                  f"({lines[-1] if lines else repr(exc)}); using their tensor-expression "
+                                  f"versions (same values, slower on CPU)")
+                _resolved = True
+    return _kernels
+
+
+def build() -> str:
+    """Build (or find) the kernels now and say where they are: ``make`` calls this at set-up."""
+    module = kernels()
+    return f"fused loss kernels: {module.__file__ if module else 'not available (tensor-expression losses)'}"
+
+
+def usable(logits: torch.Tensor) -> bool:
+    """Whether the fused kernels apply to these logits (called every step: kept cheap)."""
+    return (logits.is_cpu and logits.dtype in FLOAT_TYPES and (_kernels if _resolved else kernels()) is not None
+            and not torch._C._functorch.is_functorch_wrapped_tensor(logits))
