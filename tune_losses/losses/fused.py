@@ -1,8 +1,9 @@
-"""Fused CPU forward+backward of DAL and beta/gamma (csrc/fused.cpp), built with PyTorch's C++ extension tools.
+"""Fused CPU forward+backward of DAL, beta/gamma and CC-Loss (csrc/fused.cpp), built with PyTorch's C++ extension tools.
 
 Why: on CPU, at the batch sizes of this field, a loss costs PyTorch's per-operator overhead, not arithmetic.
 Cross-entropy is two fused kernels; DAL and beta/gamma as tensor expressions are five to nine operators with
-as many autograd nodes (benchmarks/losses.py: 1.6-2.8x CE). The fused versions are one autograd node each.
+as many autograd nodes (benchmarks/losses.py: 1.6-2.8x CE), CC-Loss about twenty. The fused versions are one
+autograd node each.
 
 The extension is compiled on first use (about 40 s, once per machine and torch version: PyTorch caches it under
 ``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``); ``make`` builds it at set-up
@@ -46,7 +47,7 @@ def _build():
     except ImportError:
         pass
     try:
-        return load("tune_losses_fused", [str(SOURCE)], extra_cflags=["-O3"], verbose=False)
+        return load("tune_losses_fused", [str(SOURCE)], extra_cflags=["-O3", "-fopenmp-simd"], verbose=False)
     finally:
         os.environ["PATH"] = path
 
@@ -60,10 +61,11 @@ def kernels():
                 try:
                     _kernels = _build() if enabled() else None
                 except Exception as exc:  # no compiler, no ninja, a failed build: same values, slower
-                    lines = str(exc).strip().splitlines()
-                    warnings.warn(f"tune_losses: the fused CPU kernels of DAL and beta/gamma could not be built "
-                                  f"({lines[-1] if lines else repr(exc)}); using their tensor-expression "
-                                  f"versions (same values, slower on CPU)")
+                    lines = str(exc).strip().splitlines() or [repr(exc)]
+                    reason = next((ln.strip() for ln in lines if "error" in ln.lower()), lines[-1])
+                    warnings.warn(f"tune_losses: the fused CPU loss kernels (DAL, beta/gamma, CC) could not be "
+                                  f"built ({reason}); using their tensor-expression versions (same values, "
+                                  f"slower on CPU)")
                 _resolved = True
     return _kernels
 

@@ -1,15 +1,18 @@
-// Fused CPU forward+backward of the DAL and beta/gamma losses (tune_losses/losses/fused.py builds and loads it).
+// Fused CPU forward+backward of the DAL, beta/gamma and CC losses (tune_losses/losses/fused.py builds it).
 //
-// At the batch sizes of this field (B = 8..128, C = 10..200) a loss step on CPU costs what PyTorch's per-operator
-// dispatch and autograd bookkeeping cost, not arithmetic: cross-entropy is two fused ATen kernels, DAL and
-// beta/gamma written as tensor expressions are five to nine. Here each is one autograd node: the forward computes
-// the softmax once, the loss and its gradient together (saved), and the backward is one multiplication.
-// The formulas are those of dal.py and beta_gamma.py; tests/test_losses.py checks both paths against float64
-// references and with gradcheck.
+// At the batch sizes of this field (B = 8..128, C = 10..200) a loss step on CPU costs what PyTorch's
+// per-operator dispatch and autograd bookkeeping cost, not arithmetic: cross-entropy is two fused ATen kernels;
+// DAL and beta/gamma as tensor expressions are five to nine, CC-Loss about twenty. Here each is one autograd
+// node: the forward computes the softmax once, the loss and its gradient together (saved), and the backward is
+// one multiplication. The formulas are those of dal.py, beta_gamma.py and cc.py; tests/test_losses.py checks
+// both paths against float64 references and with gradcheck, and against each other.
 
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
+#include <vector>
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
@@ -31,6 +34,32 @@ void check_once(const char* name) {
               "set TUNE_LOSSES_FUSED=0 to use the tensor-expression version");
 }
 
+// log p_t of a row z with softmax p (one ATen softmax per batch: no second pass of exp or log); every other
+// log p_j is then (z_j - z_t) + log p_t, logits subtracted first. Accurate where log_softmax in float32 is not:
+//   p_t >= 1/2:   log p_t = -log1p(sum_{j != t} p_j / p_t)   (p_t -> 1, where the beta/gamma loss lives)
+//   p_t normal:   log p_t = log(p_t)                          (p_t keeps its relative precision)
+//   p_t too small to hold (underflow): (z_t - z_m) - log1p(sum_{j != m} p_j / p_m), m the largest logit.
+template <typename T>
+T sum_except(const T* p, int64_t skip, int64_t C) {
+  T rest = 0;
+#pragma omp simd reduction(+ : rest)
+  for (int64_t j = 0; j < skip; ++j) rest += p[j];
+#pragma omp simd reduction(+ : rest)
+  for (int64_t j = skip + 1; j < C; ++j) rest += p[j];
+  return rest;
+}
+
+template <typename T>
+T log_p_target(const T* z, const T* p, int64_t t, int64_t C) {
+  if (p[t] >= T(0.5)) return -std::log1p(sum_except(p, t, C) / p[t]);
+  if (p[t] >= std::numeric_limits<T>::min()) return std::log(p[t]);
+  int64_t m = 0;
+  for (int64_t j = 1; j < C; ++j) {
+    if (z[j] > z[m]) m = j;
+  }
+  return (z[t] - z[m]) - std::log1p(sum_except(p, m, C) / p[m]);
+}
+
 // DAL:  L = -(1/B) sum_i sum_j S[y_i, j] log p_ij
 //       dL/dz_ij = (p_ij * sum_k S[y_i, k] - S[y_i, j]) / B
 struct DalFn : public torch::autograd::Function<DalFn> {
@@ -39,37 +68,38 @@ struct DalFn : public torch::autograd::Function<DalFn> {
     check_inputs(z, y);
     TORCH_CHECK(soft_labels.dim() == 2 && soft_labels.size(0) == z.size(1) && soft_labels.size(1) == z.size(1),
                 "soft labels (C, C) expected");
-    auto logp = at::log_softmax(z, 1).contiguous();
-    auto grad = logp.exp();
+    auto zc = z.contiguous();
+    auto grad = at::softmax(zc, 1);  // p, turned into the gradient in place
     auto yc = y.to(torch::kLong).contiguous();
     auto sc = soft_labels.to(z.scalar_type()).contiguous();
-    auto loss = torch::empty({}, logp.options());
-    const int64_t B = logp.size(0), C = logp.size(1);
-    AT_DISPATCH_FLOATING_TYPES(logp.scalar_type(), "dal_loss", [&] {
-      const scalar_t* lp = logp.data_ptr<scalar_t>();
+    const int64_t B = zc.size(0), C = zc.size(1);
+    double total = 0;
+    AT_DISPATCH_FLOATING_TYPES(zc.scalar_type(), "dal_loss", [&] {
+      const scalar_t* z0 = zc.data_ptr<scalar_t>();
       const scalar_t* s0 = sc.data_ptr<scalar_t>();
       const int64_t* yp = yc.data_ptr<int64_t>();
       scalar_t* gp = grad.data_ptr<scalar_t>();
       const scalar_t inv_b = scalar_t(1) / scalar_t(B);
-      double total = 0;
       for (int64_t i = 0; i < B; ++i) {
         check_target(yp[i], C);
         const scalar_t* s = s0 + yp[i] * C;
-        const scalar_t* l = lp + i * C;
+        const scalar_t* zi = z0 + i * C;
         scalar_t* g = gp + i * C;
+        const scalar_t zt = zi[yp[i]], lt = log_p_target(zi, g, yp[i], C);
         scalar_t row_sum = 0, li = 0;
+        _Pragma("omp simd reduction(+ : row_sum, li)")
         for (int64_t j = 0; j < C; ++j) {
           row_sum += s[j];
-          li -= s[j] * l[j];
+          li -= s[j] * ((zi[j] - zt) + lt);  // S[y_i, j] log p_ij
         }
         total += li;
         const scalar_t scale = row_sum * inv_b;
+        _Pragma("omp simd")
         for (int64_t j = 0; j < C; ++j) g[j] = g[j] * scale - s[j] * inv_b;
       }
-      loss.fill_(total / B);
     });
     ctx->save_for_backward({grad});
-    return loss;
+    return at::scalar_tensor(total / B, zc.options());
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
@@ -86,39 +116,113 @@ struct BetaGammaFn : public torch::autograd::Function<BetaGammaFn> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& z, const torch::Tensor& y, double beta,
                                double gamma) {
     check_inputs(z, y);
-    auto logp = at::log_softmax(z, 1).contiguous();
-    auto grad = logp.exp();
+    auto zc = z.contiguous();
+    auto grad = at::softmax(zc, 1);
     auto yc = y.to(torch::kLong).contiguous();
-    auto loss = torch::empty({}, logp.options());
-    const int64_t B = logp.size(0), C = logp.size(1);
-    AT_DISPATCH_FLOATING_TYPES(logp.scalar_type(), "beta_gamma_loss", [&] {
-      const scalar_t* lp = logp.data_ptr<scalar_t>();
+    const int64_t B = zc.size(0), C = zc.size(1);
+    double total = 0;
+    AT_DISPATCH_FLOATING_TYPES(zc.scalar_type(), "beta_gamma_loss", [&] {
+      const scalar_t* z0 = zc.data_ptr<scalar_t>();
       const int64_t* yp = yc.data_ptr<int64_t>();
       scalar_t* gp = grad.data_ptr<scalar_t>();
       const scalar_t b = scalar_t(beta), gm = scalar_t(gamma), inv_b = scalar_t(1) / scalar_t(B);
-      double total = 0;
       for (int64_t i = 0; i < B; ++i) {
         check_target(yp[i], C);
-        const scalar_t lt = lp[i * C + yp[i]];
+        scalar_t* g = gp + i * C;
+        const scalar_t lt = log_p_target(z0 + i * C, g, yp[i], C);
         const scalar_t u = -std::expm1(b * lt);
         const scalar_t u_gm1 = u == 0 ? scalar_t(0) : std::pow(u, gm - 1);  // one pow per sample
         const scalar_t f = u == 0 ? std::pow(u, gm) : u_gm1 * u;
         total -= f * lt;
-        const scalar_t focus = gm * b * (1 - u) * u_gm1 * lt;
-        const scalar_t c = (focus - f) * inv_b;  // dL/dlog p_t of this sample, over B
-        scalar_t* g = gp + i * C;
+        const scalar_t c = (gm * b * (1 - u) * u_gm1 * lt - f) * inv_b;  // dL/dlog p_t of this sample, over B
+        _Pragma("omp simd")
         for (int64_t j = 0; j < C; ++j) g[j] *= -c;
         g[yp[i]] = c * -std::expm1(lt);  // c (1 - p_t), accurate as p_t -> 1
       }
-      loss.fill_(total / B);
     });
     ctx->save_for_backward({grad});
-    return loss;
+    return at::scalar_tensor(total / B, zc.options());
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
     check_once("beta_gamma");
     return {ctx->get_saved_variables()[0] * grad_out[0], torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+// CC-Loss:  L = CE + lam * L_CC, over logits z and channel-attention vectors w (cc.py gives L_CC):
+//   D_ij = max(||w_i - w_j||^2, 0) from the Gram matrix of the batch-centred vectors,
+//   r_i = intra_i / (inter_i + eps), intra_i / inter_i the mean same-class (j != i) / other-class D_ij,
+//   L_CC = sum_{i valid} r_i / max(#valid, 1).
+// dL_CC/dD_ij = W_ij (row i's share), dD_ij/dw_i = 2 (w_i - w_j), so with V = W + W^T:
+//   dL_CC/dw = 2 (diag(V 1) w - V w),   and dCE/dz_ij = (p_ij - [j == y_i]) / B.
+struct CcFn : public torch::autograd::Function<CcFn> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& z, const torch::Tensor& y,
+                               const torch::Tensor& attention, double lam, double eps) {
+    check_inputs(z, y);
+    TORCH_CHECK(attention.dim() == 2 && attention.size(0) == z.size(0), "attention (B, channels) expected");
+    auto zc = z.contiguous();
+    auto grad_z = at::softmax(zc, 1);
+    auto yc = y.to(torch::kLong).contiguous();
+    auto w = attention.to(z.scalar_type());
+    w = (w - w.mean(0, true)).contiguous();  // distances unchanged; the Gram form loses less precision
+    auto gram = at::mm(w, w.t()).contiguous();
+    auto weights = torch::zeros_like(gram);
+    const int64_t B = zc.size(0), C = zc.size(1);
+    double total = 0;
+    AT_DISPATCH_FLOATING_TYPES(zc.scalar_type(), "cc_loss", [&] {
+      const scalar_t* z0 = zc.data_ptr<scalar_t>();
+      const int64_t* yp = yc.data_ptr<int64_t>();
+      scalar_t* gz = grad_z.data_ptr<scalar_t>();
+      const scalar_t* g = gram.data_ptr<scalar_t>();
+      scalar_t* wt = weights.data_ptr<scalar_t>();
+      const scalar_t inv_b = scalar_t(1) / scalar_t(B), e = scalar_t(eps);
+      double ce = 0;
+      for (int64_t i = 0; i < B; ++i) {
+        check_target(yp[i], C);
+        const scalar_t lt = log_p_target(z0 + i * C, gz + i * C, yp[i], C);
+        ce -= lt;
+        _Pragma("omp simd")
+        for (int64_t j = 0; j < C; ++j) gz[i * C + j] *= inv_b;
+        gz[i * C + yp[i]] = std::expm1(lt) * inv_b;  // (p_t - 1) / B, accurate as p_t -> 1
+      }
+      auto dist = [&](int64_t i, int64_t j) { return g[i * B + i] + g[j * B + j] - 2 * g[i * B + j]; };
+      std::vector<scalar_t> intra(B, 0), inter(B, 0);
+      std::vector<int64_t> n_intra(B, 0), n_inter(B, 0);
+      for (int64_t i = 0; i < B; ++i) {
+        for (int64_t j = 0; j < B; ++j) {
+          if (j == i) continue;
+          const scalar_t d = std::max(dist(i, j), scalar_t(0));
+          if (yp[j] == yp[i]) { intra[i] += d; ++n_intra[i]; } else { inter[i] += d; ++n_inter[i]; }
+        }
+      }
+      int64_t valid = 0;
+      for (int64_t i = 0; i < B; ++i) valid += (n_intra[i] > 0 && n_inter[i] > 0);
+      const scalar_t inv_valid = scalar_t(1) / scalar_t(std::max<int64_t>(valid, 1));
+      double cc = 0;
+      for (int64_t i = 0; i < B; ++i) {
+        if (n_intra[i] == 0 || n_inter[i] == 0) continue;
+        const scalar_t mean_intra = intra[i] / n_intra[i], denom = inter[i] / n_inter[i] + e;
+        cc += mean_intra / denom;
+        const scalar_t w_intra = inv_valid / denom / n_intra[i];
+        const scalar_t w_inter = -inv_valid * mean_intra / (denom * denom) / n_inter[i];
+        for (int64_t j = 0; j < B; ++j) {
+          if (j == i || dist(i, j) < 0) continue;  // the clamp at 0 passes no gradient
+          wt[i * B + j] = yp[j] == yp[i] ? w_intra : w_inter;
+        }
+      }
+      total = ce / B + lam * cc * inv_valid;
+    });
+    auto v = weights + weights.t();
+    auto grad_w = (2 * lam) * (v.sum(1, true) * w - at::mm(v, w));
+    ctx->save_for_backward({grad_z, grad_w.to(attention.scalar_type())});
+    return at::scalar_tensor(total, zc.options());
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    check_once("cc");
+    auto saved = ctx->get_saved_variables();
+    return {saved[0] * grad_out[0], torch::Tensor(), saved[1] * grad_out[0], torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -132,7 +236,13 @@ torch::Tensor beta_gamma_loss(const torch::Tensor& z, const torch::Tensor& y, do
   return BetaGammaFn::apply(z, y, beta, gamma);
 }
 
+torch::Tensor cc_loss(const torch::Tensor& z, const torch::Tensor& y, const torch::Tensor& attention, double lam,
+                      double eps) {
+  return CcFn::apply(z, y, attention, lam, eps);
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dal_loss", &dal_loss, "DAL, mean over the batch (CPU, float32/float64)");
   m.def("beta_gamma_loss", &beta_gamma_loss, "beta/gamma loss, mean over the batch (CPU, float32/float64)");
+  m.def("cc_loss", &cc_loss, "CE + lam * L_CC, mean over the batch (CPU, float32/float64)");
 }
