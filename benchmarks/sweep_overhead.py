@@ -3,8 +3,10 @@
 Prints the parallel efficiency (sequential time / (2 x sweep time); goal >= 0.9 on ~1-second epochs), the
 per-trial overhead of the sweep ((2 x sweep time - sequential time) / trials; goal <= 0.3 s), and ASHA's epochs
 against the full grid's on the same trials. The report a sweep makes at its end is timed apart (it is the
-same work whatever the trials cost). The one-time start-up (sweep start to the first trial's start:
-Ray starting the trial processes) is printed apart, and both figures are given with and without it.
+same work whatever the trials cost). Each round starts a fresh local Ray, as `tune-losses sweep` does, and times
+`ray.init` apart; the one-time start-up (sweep start to the first trial's start: Ray's prestarted workers
+finishing their imports) is printed apart, and both figures are given with and without it. The sequential loop
+runs with the same modules already imported, as a prestarted worker has them.
 
     .venv/bin/python benchmarks/sweep_overhead.py [--trials 6] [--epochs 4] [--rounds 3]
 """
