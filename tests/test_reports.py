@@ -144,6 +144,27 @@ def test_continuous_sweeps_get_fanova_importance_and_a_slice_plot(tmp_path):
         assert img.format == "PNG"
 
 
+def test_a_continuous_sweeps_report_ranks_its_trials_with_importance_and_a_slice_plot(tmp_path, ray_local):
+    """Random search over a range: nine trials, each its own `a`, as dal_a_search's TPE gives."""
+    space = tmp_path / "cont.yaml"
+    space.write_text(yaml.safe_dump({
+        "name": "report_continuous",
+        "train": {"dataset": {"name": "digits"}, "model": {"name": "mlp"}, "loss": {"name": "dal"},
+                  "optimizer": {"name": "sgd", "lr": 0.05}, "batch_size": 128, "epochs": 1},
+        "params": {"loss.a": {"uniform": [3, 30]}},
+        "search": {"searcher": "random", "num_samples": 9, "scheduler": {"name": "fifo"}, "max_concurrent": 2}},
+        sort_keys=False))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = run_sweep(space, tracking_uri=uri, storage=str(tmp_path / "ray"), verbose=0)
+    report = result.report
+    assert report is not None, tracking.client(uri).get_run(result.parent_run_id).data.tags.get("report_error")
+    trials = report.tables["trials"]
+    assert len(trials) == 9 and trials["run_id"].nunique() == 9
+    assert list(trials["val_acc"]) == sorted(trials["val_acc"], reverse=True)
+    assert set(report.tables["importance"]["parameter"]) == {"loss.a"}
+    assert any(f.name == "slice.png" for f in report.figures)
+
+
 def test_ui_serves_the_store_on_localhost(swept):
     tmp, uri, result = swept
     port = free_port()

@@ -121,7 +121,8 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir=None, log:
         plots.heatmap_png(pivot, png, f"{metrics[0]} (mean)")
         figure(png)
     if continuous:
-        trials = df.groupby("run_id").agg({**{p: "first" for p in params}, metric: "mean", "trial": "first"})
+        trials = df.groupby("run_id", as_index=False).agg(
+            {**{p: "first" for p in params}, metric: "mean", "trial": "first"})
         save("trials", trials.sort_values(metric, ascending=mode == "min").reset_index(drop=True),
              f"trials by {metric} (mean over replicas)")
         if len(trials) >= 4:
