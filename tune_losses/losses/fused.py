@@ -1,4 +1,5 @@
-"""Fused CPU forward+backward of DAL, beta/gamma and CC-Loss (csrc/fused.cpp), built with PyTorch's C++ extension tools.
+"""Fused CPU forward+backward of DAL, beta/gamma and CC-Loss (csrc/fused.cpp), built with PyTorch's C++
+extension tools.
 
 Why: on CPU, at the batch sizes of this field, a loss costs PyTorch's per-operator overhead, not arithmetic.
 Cross-entropy is two fused kernels; DAL and beta/gamma as tensor expressions are five to nine operators with
@@ -10,7 +11,7 @@ The extension is compiled on first use (about 40 s, once per machine and torch v
 (``fused.build()``). It is used for float32/float64 CPU tensors outside ``torch.func``
 transforms; everything else (CUDA, half precision, the vectorised repeats under ``vmap``) takes the
 tensor-expression version in the loss module, which computes the same values. Where no C++ compiler is
-available, or with ``TUNE_LOSSES_FUSED=0``, the tensor-expression version is used everywhere, with one warning.
+available (one warning), or with ``TUNE_LOSSES_FUSED=0``, the tensor-expression version is used everywhere.
 The fused gradient is differentiable once; ``create_graph=True`` raises an error that says so.
 """
 
@@ -36,10 +37,9 @@ def enabled() -> bool:
 
 
 def _build():
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" on CPU machines
-    from torch.utils.cpp_extension import load
-
-    path = os.environ.get("PATH", "")
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level, path = log.level, os.environ.get("PATH", "")
+    log.setLevel(logging.ERROR)  # its "No CUDA runtime is found" on CPU machines
     try:
         import ninja  # the build tool PyTorch drives; the PyPI package puts its binary beside the interpreter
 
@@ -47,9 +47,12 @@ def _build():
     except ImportError:
         pass
     try:
+        from torch.utils.cpp_extension import load
+
         return load("tune_losses_fused", [str(SOURCE)], extra_cflags=["-O3", "-fopenmp-simd"], verbose=False)
     finally:
         os.environ["PATH"] = path
+        log.setLevel(level)
 
 
 def kernels():
