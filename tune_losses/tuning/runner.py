@@ -165,6 +165,12 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
     trainable = tune.with_resources(tune.with_parameters(run_trial, space_json=space_json, data=data),
                                     {"cpu": space.resources.cpu, "gpu": space.resources.gpu})
     param_space = {"params": {p: to_tune(d) for p, d in space.params.items()}}
+    if "://" not in storage_path:
+        # Ray Tune snapshots its state whenever a trial has checkpointed num_to_keep times; with second-long epochs
+        # it then warns, many times a sweep, that snapshots "may become a bottleneck". On local storage a snapshot
+        # is one small file write (benchmarks/sweep_overhead.py: 0.03-0.09 s per trial in all); on s3:// etc. the
+        # warning stays. A value the user set wins.
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if resume:
         tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True, resume_errored=True,
                                    param_space=param_space)
