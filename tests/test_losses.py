@@ -262,10 +262,11 @@ def test_fused_kernels_build_where_a_compiler_is():
     assert fused.kernels() is not None
 
 
-def test_fused_kernels_can_be_turned_off():
+@pytest.mark.parametrize("value", ["0", "false"])
+def test_fused_kernels_can_be_turned_off(value):
     code = "import torch; from tune_losses.losses import fused; print(fused.usable(torch.zeros(2, 3)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "TUNE_LOSSES_FUSED": "0"})
+                         env={**os.environ, "TUNE_LOSSES_FUSED": value})
     assert out.stdout.strip() == "False", out.stderr[-2000:]
 
 

@@ -33,7 +33,7 @@ _resolved = False  # the build was tried (or TUNE_LOSSES_FUSED=0 read): decided 
 
 
 def enabled() -> bool:
-    return os.environ.get("TUNE_LOSSES_FUSED", "1") != "0"
+    return os.environ.get("TUNE_LOSSES_FUSED", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def _build():
