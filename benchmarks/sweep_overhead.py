@@ -45,7 +45,7 @@ def sequential_loop(fifo, epochs):
 
 
 def one_sweep(fifo, tmp):
-    """(sweep seconds, start-up seconds, report seconds, driver tracking ms per epoch) of one FIFO sweep."""
+    """(sweep seconds, start-up seconds, report seconds) of one FIFO sweep."""
     from tune_losses.reports.build import build_report
 
     uri = f"sqlite:///{tmp}/mlflow.db"
@@ -57,7 +57,7 @@ def one_sweep(fifo, tmp):
     startup = min(r.info.start_time for r in runs) / 1000 - wall_start
     t0 = time.perf_counter()
     build_report(result.parent_run_id, tracking_uri=uri, out_dir=f"{tmp}/report")  # + each trial's figures
-    return swept, startup, time.perf_counter() - t0, result.summary["tracking_ms_per_epoch"]
+    return swept, startup, time.perf_counter() - t0
 
 
 def main():
@@ -93,11 +93,11 @@ def main():
         asha_result = run_sweep(asha, tracking_uri=f"sqlite:///{tmp}/mlflow.db", storage=f"{tmp}/ray", verbose=0,
                                 make_report=False)
     ray.shutdown()
-    for r, ((sq, _), (sw, st, _, _)) in enumerate(zip(seq, sweeps)):
+    for r, ((sq, _), (sw, st, _)) in enumerate(zip(seq, sweeps)):
         print(f"round {r + 1}: sequential {sq:.1f} s, sweep {sw:.1f} s (start-up {st:.1f} s)")
     med = statistics.median
     sequential, epoch = med(s[0] for s in seq), med(s[1] for s in seq)
-    swept, startup, reporting, tracking_ms = (med(x[i] for x in sweeps) for i in range(4))
+    swept, startup, reporting = (med(x[i] for x in sweeps) for i in range(3))
     n = args.trials
     print(f"{n} trials x {args.epochs} epochs, ~{epoch:.2f} s per epoch, 2 CPUs, median of {args.rounds} round(s)")
     print(f"sequential loop: {sequential:.1f} s   sweep (2 concurrent): {swept:.1f} s (incl. MLflow logging; the "
@@ -108,7 +108,6 @@ def main():
     print(f"parallel efficiency: {sequential / (2 * swept):.2f} overall, {sequential / (2 * steady):.2f} after "
           f"start-up   per-trial overhead: {(2 * swept - sequential) / n:.2f} s overall, "
           f"{(2 * steady - sequential) / n:.2f} s after start-up")
-    print(f"driver tracking cost: {tracking_ms:.3f} ms per epoch")
     s = asha_result.summary
     print(f"ASHA: {s['epochs_run']} epochs of the full grid's {s['epochs_full_budget']} "
           f"({s['epochs_run'] / s['epochs_full_budget']:.2f}); {s['stopped_early']} of {s['trials']} stopped early")

@@ -32,7 +32,6 @@ def test_grid_sweep_records_every_trial(tmp_path, ray_local):
                                **{"train.epochs": 3})  # the Python API, with a dotted override
     assert result.summary["trials"] == 2 and result.summary["completed"] == 2
     assert result.summary["epochs_run"] == result.summary["epochs_full_budget"] == 6
-    assert result.summary["tracking_ms_per_epoch"] < 2.0
     c, parent, runs = children(uri, "grid_e2e")
     assert parent.info.status == "FINISHED" and parent.data.params["searcher"] == "grid"
     assert {a.path for a in c.list_artifacts(parent.info.run_id, "space")} == {"space/grid.yaml",
@@ -41,7 +40,7 @@ def test_grid_sweep_records_every_trial(tmp_path, ray_local):
     for r in runs:
         assert r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert r.data.tags["status"] == "completed" and r.data.tags["stopped_early"] == "false"
-        assert r.data.tags["ray_trial_id"]
+        assert r.data.tags["ray_trial_id"] and r.data.tags["tune_losses.trial_key"]
         assert r.data.params["loss.params.a"] in ("5.0", "15.0") and r.data.params["repeats"] == "2"
         assert r.data.params["weights"] == "none (trained from scratch)"
         assert "val_acc" not in r.data.params and "loss.params.a" not in r.data.metrics
@@ -160,7 +159,7 @@ def test_driver_killed_mid_sweep_resumes_with_one_run_per_trial(tmp_path):
     c, parent, runs = children(uri, "resume_e2e")
     assert len(runs) == 4 and sorted(r.info.run_name for r in runs) == ["dal a=10", "dal a=15", "dal a=20",
                                                                         "dal a=5"]
-    assert len({r.data.tags["ray_trial_id"] for r in runs}) == 4
+    assert len({r.data.tags["tune_losses.trial_key"] for r in runs}) == 4
     for r in runs:
         r = c.get_run(r.info.run_id)
         assert r.info.status == "FINISHED" and r.data.tags["status"] == "completed"

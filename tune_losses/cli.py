@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def cmd_spaces(args) -> int:
 
 def cmd_sweep(args) -> int:
     from tune_losses.spaces import load_space
-    from tune_losses.tuning.runner import print_summary, run_sweep
+    from tune_losses.tuning.runner import SweepInterrupted, print_summary, run_sweep
 
     overrides = _overrides(args.set)
     if args.dataset:
@@ -40,8 +41,13 @@ def cmd_sweep(args) -> int:
     if "train.dataset" in overrides:
         overrides["paper_dataset"] = None
     space, _, _ = load_space(args.space, overrides)  # validate before anything starts
-    result = run_sweep(args.space, name=args.name, address=args.address, tracking_uri=args.tracking_uri,
-                       storage=args.storage, resume=args.resume, overrides=overrides)
+    try:
+        result = run_sweep(args.space, name=args.name, address=args.address, tracking_uri=args.tracking_uri,
+                           storage=args.storage, resume=args.resume, overrides=overrides)
+    except SweepInterrupted as exc:
+        again = [a for a in sys.argv[1:] if a != "--resume"] + ["--resume"]
+        print(f"\n{exc}. Resume with: tune-losses {' '.join(shlex.quote(a) for a in again)}", file=sys.stderr)
+        return 130
     print_summary(result, space.search.metric)
     return 0
 
@@ -177,6 +183,9 @@ def main(argv=None) -> int:
     except ValueError as exc:  # SpaceError included: file, field, what is allowed
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before a sweep's trials started, or outside a sweep: nothing half-written
+        print("\ninterrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import signal
 import subprocess
+import sys
 import tempfile
+import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
 
 from tune_losses import tracking
+from tune_losses.tracking.callback import LedgerCallback
+from tune_losses.tracking.ledger import Ledger, TrialRecord, retrying
+from tune_losses.training.checkpoint import FILENAME
 from tune_losses.spaces import Space, SpaceError, load_space
 
 from . import preflight
@@ -56,36 +65,110 @@ def _scheduler(space: Space):
                          reduction_factor=s.reduction_factor)
 
 
-def _searcher(space: Space):
+def param_space(space: Space) -> dict:
+    """Ray Tune's param_space. A grid or random search repeated ``num_samples`` times gets a ``sample`` index per
+    repeat, so every trial has its own key in the ledger (the same config twice is two trials)."""
+    from ray import tune
+
+    ps: dict = {"params": {p: to_tune(d) for p, d in space.params.items()}}
+    if space.search.searcher != "optuna" and space.search.num_samples > 1:
+        ps["sample"] = tune.grid_search(list(range(space.search.num_samples)))
+    return ps
+
+
+def _searcher(space: Space, ps: dict, done: list[TrialRecord], todo: list[TrialRecord]):
+    """The search algorithm. Grid and random search are seeded (Ray's BasicVariantGenerator with random_state), so
+    a resumed sweep generates the same trials with the same keys: the ledger's finished ones return at once.
+    Optuna's suggestions depend on results, so a resumed Optuna sweep gets a study that already holds the finished
+    trials (their recorded metric) and suggests the interrupted ones first, to continue from their checkpoints."""
+    seed = space.train.seed
     if space.search.searcher != "optuna":
-        return None  # Ray's BasicVariantGenerator: grids are expanded, ranges sampled at random
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        return BasicVariantGenerator(random_state=seed)
     from ray.tune.search.optuna import OptunaSearch
 
-    return OptunaSearch(seed=space.train.seed)
+    if not done and not todo:
+        return OptunaSearch(seed=seed)
+    import optuna
+
+    dists = OptunaSearch.convert_search_space(ps)
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name=space.name,
+                                direction="maximize" if space.search.mode == "max" else "minimize")
+
+    def point(record: TrialRecord) -> dict:
+        return {f"params/{p}": json.loads(record.params[f"swept.{p}"]) for p in space.params}
+
+    for record in done:
+        value = record.metrics.get(space.search.metric)
+        if value is not None:
+            study.add_trial(optuna.trial.create_trial(params=point(record), distributions=dists, value=value))
+    for record in todo:
+        study.enqueue_trial(point(record))
+    return OptunaSearch(seed=seed, storage=storage, study_name=space.name)
 
 
-def _start_parent(client, exp_id: str, space: Space, path: Path, text: str, name: str, uri: str):
-    tags = {"tune_losses.sweep": name, "tune_losses.role": "sweep", "mlflow.runName": name,
-            "git_commit": git_commit(), "space_file": str(path), "study": space.study or ""}
-    run = client.create_run(exp_id, run_name=name, tags=tags)
-    rid = run.info.run_id
+def _create_parent(client, exp_id: str, name: str, tags: dict) -> str:
+    """The parent run, created once even when a create is retried after it reached the store (found again by a
+    tag unique to this invocation)."""
+    attempt = uuid.uuid4().hex
+    tags = {**tags, "tune_losses.attempt": attempt}
+
+    def once():
+        filt = f"tags.`tune_losses.attempt` = '{attempt}'"
+        found = client.search_runs([exp_id], filter_string=filt)
+        if not found:
+            client.create_run(exp_id, run_name=name, tags=tags)
+            found = client.search_runs([exp_id], filter_string=filt)
+        return found
+
+    found = sorted(retrying(once), key=lambda r: (r.info.start_time or 0, r.info.run_id))
+    for dup in found[1:]:
+        retrying(client.delete_run, dup.info.run_id)
+    return found[0].info.run_id
+
+
+def _parent_params(space: Space, uri: str) -> dict:
     s = space.search
     params = {"searcher": s.searcher, "scheduler": s.scheduler.name, "num_samples": s.num_samples,
               "metric": s.metric, "mode": s.mode, "max_concurrent": s.max_concurrent,
               "swept": ",".join(space.params), "loss": space.train.loss.name, "dataset": space.train.dataset.name,
               "model": space.train.model.name, "repeats": space.train.repeats, "epochs": space.train.epochs,
-              "tracking_uri": tracking.redact(uri)}
+              "tracking_uri": tracking.redact(uri), "search_seed": space.train.seed}
     if s.scheduler.name == "asha":
         params.update({"asha.max_t": s.scheduler.max_t or space.train.epochs,
                        "asha.grace_period": s.scheduler.grace_period,
                        "asha.reduction_factor": s.scheduler.reduction_factor})
-    client.log_batch(rid, params=[Param(k, str(v)) for k, v in params.items()])
+    return {k: str(v) for k, v in params.items()}
+
+
+def check_resumable(parent, space: Space, uri: str, source: str) -> None:
+    """A resumed sweep must be the sweep it continues: the same search, data, model, loss and budget."""
+    recorded = parent.data.params
+    changed = [f"{k}: {recorded[k]} in the sweep, {v} now" for k, v in _parent_params(space, uri).items()
+               if k in recorded and recorded[k] != v and k != "tracking_uri"]
+    if changed:
+        raise SpaceError(f"{source}: --resume: this space differs from the one the sweep {parent.info.run_name!r} "
+                         "ran with:\n  " + "\n  ".join(changed) + "\nresume with the same space and --set "
+                         "options, or start a new sweep with another --name")
+
+
+def _start_parent(client, exp_id: str, space: Space, path: Path, text: str, name: str, uri: str,
+                  parent_id: str | None = None) -> str:
+    """Create the parent run (or, resuming, complete one whose creation a kill cut short): params and the space
+    file; every write may be repeated."""
+    if parent_id is None:
+        tags = {"tune_losses.sweep": name, "tune_losses.role": "sweep", "mlflow.runName": name,
+                "git_commit": git_commit(), "space_file": str(path), "study": space.study or "", "status": "running"}
+        parent_id = _create_parent(client, exp_id, name, tags)
+    retrying(client.log_batch, parent_id, params=[Param(k, v) for k, v in _parent_params(space, uri).items()])
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / path.name).write_text(text)
         (Path(tmp) / "resolved_space.json").write_text(json.dumps(space.model_dump(), indent=2, default=str))
-        client.log_artifact(rid, str(Path(tmp) / path.name), "space")
-        client.log_artifact(rid, str(Path(tmp) / "resolved_space.json"), "space")
-    return rid
+        retrying(client.log_artifact, parent_id, str(Path(tmp) / path.name), "space")
+        retrying(client.log_artifact, parent_id, str(Path(tmp) / "resolved_space.json"), "space")
+    return parent_id
 
 
 def summarize(results, space: Space) -> dict:
@@ -107,11 +190,75 @@ def summarize(results, space: Space) -> dict:
             "epochs_run": epochs_run, "epochs_full_budget": n * space.train.epochs}
 
 
+def _quiet_ray_resume_hint() -> None:
+    """Ray Tune ends an interrupted run with "Resume experiment with: Tuner.restore(...)"; a sweep is resumed with
+    `tune-losses sweep SPACE --resume` (which rebuilds it from MLflow), so that line would mislead."""
+    logger = logging.getLogger("ray.tune.tune")
+    if not any(isinstance(f, _DropResumeHint) for f in logger.filters):
+        logger.addFilter(_DropResumeHint())
+
+
+class _DropResumeHint(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _second_interrupt_exits():
+    """During the sweep Ray Tune takes the first Ctrl-C (it stops the trials; each keeps its last checkpoint) and
+    then puts back the handler found before it: this one, so a second Ctrl-C exits at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def at_once(sig, frame):
+        print("\nInterrupted again: exiting now. Finished trials and checkpoints are kept; resume with --resume.",
+              file=sys.stderr, flush=True)
+        os._exit(130)
+
+    previous = signal.signal(signal.SIGINT, at_once)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _finish_runs(ledger: Ledger, results, epochs: int) -> None:
+    """After Ray Tune has ended: a trial run still RUNNING lost its last write (the store was unreachable when the
+    trial or the driver ended it); close it from what Ray Tune knows."""
+    running = set(ledger.running())
+    for r in results:
+        m = r.metrics or {}
+        run_id = m.get("mlflow_run_id")
+        if run_id not in running:
+            continue
+        epoch = int(m.get("epoch", 0) or 0)
+        if r.error is None:
+            status = m.get("trial_status") or "completed"
+            tags = {"status": status, "stopped_early": str(status == "completed" and epoch < epochs).lower()}
+            ledger.set_tags(run_id, tags)
+            ledger.set_status(run_id, "FINISHED")
+        else:
+            ledger.set_tags(run_id, {"status": "error", "reason": str(r.error)[:5000]})
+            ledger.set_status(run_id, "FAILED")
+        running.discard(run_id)
+    for run_id in running:  # Ray Tune never heard of it in this run: it stays resumable
+        ledger.set_tags(run_id, {"status": "interrupted"})
+        ledger.set_status(run_id, "KILLED")
+
+
 def run_sweep(space_or_path, name: str | None = None, address: str | None = None, tracking_uri: str | None = None,
               storage: str | None = None, resume: bool = False, dataset: str | None = None,
               overrides: dict | None = None, verbose: int = 1, num_cpus: int | None = None,
               make_report: bool = True) -> SweepResult:
-    """Validate the space, start (or join) Ray, run the Tuner, record everything in MLflow, return a summary."""
+    """Validate the space, start (or join) Ray, run the Tuner, record everything in MLflow, return a summary.
+
+    MLflow is the sweep's ledger (tracking/ledger.py): every trial is one child run of the parent, found by a key
+    derived from its config. ``resume`` continues the sweep of that name from the ledger alone, whatever Ray
+    Tune's own state files hold (torn by a kill, or gone with the storage directory): finished trials are not
+    trained again, interrupted ones continue from their checkpoints (or from epoch 1 when the checkpoint is
+    gone) in their own runs, and the rest start.
+    """
     overrides = dict(overrides or {})
     if dataset:
         overrides["train.dataset"] = {"name": dataset}
@@ -127,21 +274,24 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
     uri = tracking_uri or tracking.default_tracking_uri()
     storage_path = str(Path(storage).resolve()) if storage and "://" not in storage else (
         storage or str(tracking.run_dir() / "ray"))
-    experiment_dir = Path(storage_path) / name if "://" not in storage_path else None
+    remote_storage = "://" in storage_path
     # Everything that can be wrong is found here, before Ray starts or MLflow is written to.
-    if experiment_dir is not None:
+    if not remote_storage:
         preflight.check_writable(Path(storage_path), "--storage")
     preflight.check_tracking(uri, resume, name)
     preflight.check_ray_address(address, address_option)
     if not address:
         preflight.check_gpus(space, str(path), _local_gpus(), "machine")
-    if resume and experiment_dir is not None and not experiment_dir.is_dir():
-        raise SpaceError(f"--resume: no Ray Tune state for sweep {name!r} under {storage_path}")
     data = preflight.load_data(space, str(path))
     client = tracking.client(uri)  # opening a SQLite store creates it: only once all else is known to be fine
-    parent = tracking.find_sweep(client, name) if resume else None
+    parent = tracking.find_sweep(client, name)
     if resume and parent is None:
         raise SpaceError(f"--resume: no sweep named {name!r} in the tracking store {tracking.redact(uri)}")
+    if resume:
+        check_resumable(parent, space, uri, str(path))
+    if not resume and parent is not None:
+        raise SpaceError(f"--name: a sweep named {name!r} is already in {tracking.redact(uri)}; continue it with "
+                         "--resume, or give this one another --name")
 
     from ray import tune
 
@@ -156,45 +306,64 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
     from .trial import run_trial
 
     exp_id = tracking.experiment_id(client)
-    parent_id = parent.info.run_id if resume else _start_parent(client, exp_id, space, path, text, name, uri)
+    parent_id = _start_parent(client, exp_id, space, path, text, name, uri, parent.info.run_id if resume else None)
+    ledger = Ledger(uri, exp_id, parent_id)
+    checkpoints = f"{storage_path.rstrip('/')}/{name}/checkpoints"
+    done: list[TrialRecord] = []
+    todo: list[TrialRecord] = []
     if resume:
-        client.update_run(parent_id, status="RUNNING")
+        records = ledger.trials()
+        done = [r for r in records.values() if r.finished]
+        todo = [r for r in records.values() if not r.finished]
+        lost = [r for r in todo if not remote_storage and not (Path(checkpoints) / r.key / FILENAME).is_file()]
+        print(f"Resuming sweep {name!r} from MLflow: {len(done)} finished trials kept (not trained again), "
+              f"{len(todo) - len(lost)} continue from their checkpoints"
+              + (f", {len(lost)} start again from epoch 1 (no checkpoint under {checkpoints})" if lost else ""),
+              flush=True)
+        retrying(client.update_run, parent_id, status="RUNNING")
+        resumes = int(parent.data.tags.get("resumes", "0")) + 1
+        retrying(client.log_batch, parent_id, tags=[RunTag("status", "running"), RunTag("resumes", str(resumes))])
     space_json = space.model_dump(mode="json")
-    logger = tracking.callback.MlflowTrialLogger(uri, exp_id, parent_id, space_json)
+    sweep = {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent_id, "checkpoints": checkpoints}
+    callback = LedgerCallback(ledger, space.train.epochs)
     # the splits go once into Ray's object store; trials on every node read them from there
-    trainable = tune.with_resources(tune.with_parameters(run_trial, space_json=space_json, data=data),
+    trainable = tune.with_resources(tune.with_parameters(run_trial, space_json=space_json, sweep=sweep, data=data),
                                     {"cpu": space.resources.cpu, "gpu": space.resources.gpu})
-    param_space = {"params": {p: to_tune(d) for p, d in space.params.items()}}
-    if "://" not in storage_path:
+    ps = param_space(space)
+    if not remote_storage:
         # Ray Tune snapshots its state whenever a trial has checkpointed num_to_keep times; with second-long epochs
         # it then warns, many times a sweep, that snapshots "may become a bottleneck". On local storage a snapshot
         # is one small file write (benchmarks/sweep_overhead.py: 0.03-0.09 s per trial in all); on s3:// etc. the
         # warning stays. A value the user set wins.
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if resume:
-        tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True, resume_errored=True,
-                                   param_space=param_space)
-        tuner._local_tuner._run_config.callbacks = [logger]  # the logger is made anew for this driver
-    else:
-        s = space.search
-        tuner = tune.Tuner(
-            trainable, param_space=param_space,
-            tune_config=tune.TuneConfig(metric=s.metric, mode=s.mode, scheduler=_scheduler(space),
-                                        search_alg=_searcher(space), num_samples=s.num_samples,
-                                        max_concurrent_trials=s.max_concurrent, reuse_actors=True),
-            run_config=tune.RunConfig(name=name, storage_path=storage_path, callbacks=[logger], verbose=verbose,
-                                      failure_config=tune.FailureConfig(max_failures=s.max_failures),
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+    s = space.search
+    num_samples = 1 if s.searcher != "optuna" else max(s.num_samples - len(done), 0)
+    _quiet_ray_resume_hint()
+    tuner = tune.Tuner(
+        trainable, param_space=ps,
+        tune_config=tune.TuneConfig(metric=s.metric, mode=s.mode, scheduler=_scheduler(space),
+                                    search_alg=_searcher(space, ps, done, todo), num_samples=num_samples,
+                                    max_concurrent_trials=s.max_concurrent, reuse_actors=True),
+        run_config=tune.RunConfig(name=name, storage_path=storage_path, callbacks=[callback], verbose=verbose,
+                                  failure_config=tune.FailureConfig(max_failures=s.max_failures)))
     try:
-        results = tuner.fit()
+        with _second_interrupt_exits():
+            results = tuner.fit()
     except BaseException:
-        client.set_tag(parent_id, "status", "interrupted")
+        retrying(client.log_batch, parent_id, tags=[RunTag("status", "interrupted")])
         raise
-    finally:
-        logger.close()
+    interrupted = results.num_terminated + results.num_errors < len(results)
+    if interrupted:  # Ctrl-C: Ray Tune stopped the trials; each keeps its run and its last checkpoint
+        for run_id in ledger.running():
+            ledger.set_tags(run_id, {"status": "interrupted"})
+            ledger.set_status(run_id, "KILLED")
+        retrying(client.log_batch, parent_id, tags=[RunTag("status", "interrupted"), RunTag("ended_by", "interrupted")])
+        retrying(client.set_terminated, parent_id, "KILLED")
+        raise SweepInterrupted(name, results.num_terminated, len(results))
+    _finish_runs(ledger, results, space.train.epochs)
     summary = summarize(results, space)
     summary["grid_points"] = grid_size(space)
-    summary["tracking_ms_per_epoch"] = 1000 * (sum(logger.enqueue_seconds) / max(len(logger.enqueue_seconds), 1))
+    summary["trials_resumed_finished"] = len(done)
     best_config = best_metric = None
     try:
         best = results.get_best_result(metric=space.search.metric, mode=space.search.mode, scope="last")
@@ -206,8 +375,8 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
     if best_metric is not None:
         metrics.append(Metric(f"best_{space.search.metric}", float(best_metric), int(time.time() * 1000), 0))
         tags.append(RunTag("best_config", json.dumps(best_config)))
-    client.log_batch(parent_id, metrics=metrics, tags=tags)  # one round trip to the store
-    client.set_terminated(parent_id, "FINISHED")
+    retrying(client.log_batch, parent_id, metrics=metrics, tags=tags)  # one round trip to the store
+    retrying(client.set_terminated, parent_id, "FINISHED")
     report = None
     if make_report:
         from tune_losses.reports.build import build_report
@@ -221,6 +390,15 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
     return out
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """A sweep stopped by Ctrl-C; its parent run is tagged `interrupted` and `--resume` continues it."""
+
+    def __init__(self, name: str, finished: int, total: int):
+        super().__init__(f"sweep {name!r} interrupted: {finished} of {total} trials finished; the others keep their "
+                         "checkpoints")
+        self.name = name
+
+
 def print_summary(result: SweepResult, metric: str) -> None:
     s = result.summary
     print(f"\nSweep {result.name!r}: {s['trials']} trials: {s['completed']} completed, {s['stopped_early']} stopped "
@@ -232,5 +410,3 @@ def print_summary(result: SweepResult, metric: str) -> None:
           f"(browse with `tune-losses ui`)")
     if result.report is not None:
         print(f"Report: {result.report.directory / 'report.md'} (also in the parent run's report/ artifacts)")
-    if os.environ.get("TUNE_LOSSES_DEBUG"):
-        print(f"tracking cost on the driver: {s['tracking_ms_per_epoch']:.3f} ms per reported epoch")

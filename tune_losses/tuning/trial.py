@@ -1,8 +1,23 @@
-"""The function each Ray Tune trial runs: the one `train`, with checkpoints and results through Ray."""
+"""The function each Ray Tune trial runs: the one `train`, recording its own MLflow run and its own checkpoint.
+
+A trial finds its run in the sweep's ledger by its key (tracking/ledger.py) and its checkpoint under the sweep's
+checkpoint directory by the same key, so it continues where it stopped whether Ray Tune restarts it (a retry
+after a failure, a lost node) or a resumed sweep starts it anew. After each epoch, in this order:
+1. the epoch's metrics go to MLflow (skipped when the ledger already holds that epoch);
+2. the checkpoint is replaced atomically;
+3. the result goes to Ray Tune (ASHA, the searcher, the progress display).
+A kill between 1 and 2 re-runs that epoch from the previous checkpoint and does not log it again; a kill between
+2 and 3 loses nothing. A trial the ledger holds as finished is not trained again: it reports its recorded final
+result once, so schedulers and searchers see it.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import shutil
 import tempfile
+from pathlib import Path
 
 import ray
 import torch
@@ -12,35 +27,129 @@ import torch._dynamo  # noqa: F401
 from ray import tune
 
 from tune_losses.spaces import Space, trial_config
+from tune_losses.tracking.callback import flatten, trial_name
+from tune_losses.tracking.ledger import Ledger, trial_key
 from tune_losses.training import save_checkpoint, train
+from tune_losses.training.checkpoint import FILENAME
+from tune_losses.training.config import weights_used
 
 from .workers import trial_environment
 
+log = logging.getLogger(__name__)
 
-def run_trial(config: dict, space_json: dict, data=None) -> None:
-    """One trial. ``data`` is the sweep's Splits, from Ray's object store (None: the trial builds its own)."""
+
+class CheckpointStore:
+    """The latest checkpoint of each trial, at ``<root>/<key>/state.pt``: a local (or shared) directory, replaced
+    atomically, or a URI that pyarrow.fs can write (s3://, gs://: each object is written whole)."""
+
+    def __init__(self, root: str, key: str):
+        self.remote = "://" in root
+        self.root, self.key = root, key
+
+    @property
+    def local_dir(self) -> Path:
+        return Path(self.root) / self.key
+
+    def save(self, state: dict) -> None:
+        if not self.remote:
+            save_checkpoint(state, self.local_dir)
+            return
+        import pyarrow.fs
+
+        fs, base = pyarrow.fs.FileSystem.from_uri(self.root)
+        with tempfile.TemporaryDirectory() as tmp:
+            save_checkpoint(state, tmp)
+            fs.create_dir(f"{base}/{self.key}", recursive=True)
+            pyarrow.fs.copy_files(str(Path(tmp) / FILENAME), f"{base}/{self.key}/{FILENAME}",
+                                  destination_filesystem=fs)
+
+    def fetch(self, into: Path) -> Path | None:
+        """A directory holding the checkpoint (``into`` for a remote one), or None when there is none."""
+        if not self.remote:
+            return self.local_dir if (self.local_dir / FILENAME).is_file() else None
+        import pyarrow.fs
+
+        fs, base = pyarrow.fs.FileSystem.from_uri(self.root)
+        if fs.get_file_info(f"{base}/{self.key}/{FILENAME}").type == pyarrow.fs.FileType.NotFound:
+            return None
+        pyarrow.fs.copy_files(f"{base}/{self.key}/{FILENAME}", str(into / FILENAME), source_filesystem=fs)
+        return into
+
+    def remove(self) -> None:
+        if not self.remote:
+            shutil.rmtree(self.local_dir, ignore_errors=True)
+
+
+def trial_label(space: Space, config: dict) -> str:
+    given = config.get("params", {})
+    values = {p: given[p] for p in space.params if p in given}  # in the space's order
+    name = trial_name(space.train.loss.name, values)
+    return name if config.get("sample") is None else f"{name} #{config['sample']}"
+
+
+def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
+    """One trial. ``sweep`` names the ledger (tracking_uri, experiment_id, parent_run_id) and the checkpoint
+    root; ``data`` is the sweep's Splits from Ray's object store (None: the trial builds its own)."""
     trial_environment()
     space = Space.model_validate(space_json)
     # Use exactly the CPUs this trial reserved: torch otherwise starts one thread per core of the node, and
     # concurrent trials oversubscribe the cores (two 1-CPU trials on 2 cores ran ~5x slower).
     torch.set_num_threads(max(1, int(space.resources.cpu)))
-    cfg = trial_config(space, config.get("params", {}))
+    given = config.get("params", {})
+    values = {p: given[p] for p in space.params if p in given}
+    cfg = trial_config(space, values)
+    if config.get("sample") is not None:  # each repeat of a repeated grid point trains its own seeds
+        cfg["seed"] = cfg["seed"] + config["sample"] * cfg["repeats"]
     node = ray.get_runtime_context().get_node_id()  # which node of the cluster ran each epoch
+    key = trial_key(config)
+    ledger = Ledger(sweep["tracking_uri"], sweep["experiment_id"], sweep["parent_run_id"])
+    record = ledger.find_or_create(key, trial_label(space, config),
+                                   {"tune_losses.sweep": space.name, "tune_losses.role": "trial",
+                                    "status": "running"})
+    run_id = record.run_id
+    if record.finished:
+        final = {k: v for k, v in record.metrics.items() if k != "epoch"}
+        status = record.tags.get("status", "completed")
+        tune.report({**final, "epoch": record.last_step, "trial_status": status, "replayed": True,
+                     "mlflow_run_id": run_id})
+        return
+    checkpoints = CheckpointStore(sweep["checkpoints"], key)
+    nodes = [n for n in record.tags.get("ray_nodes", "").split(",") if n]
+    attempts = int(record.tags.get("attempts", "0")) + 1
+    tags = {"status": "running", "ray_trial_id": tune.get_context().get_trial_id(), "attempts": attempts,
+            "ray_node_id": node, "ray_nodes": ",".join(nodes + [node] if node not in nodes else nodes),
+            "checkpoint": f"{sweep['checkpoints'].rstrip('/')}/{key}/{FILENAME}"}
+    if record.status != "RUNNING":
+        ledger.set_status(run_id, "RUNNING")
+    ledger.set_tags(run_id, tags)
+    if attempts == 1 or not record.tags.get("params_logged"):
+        params = flatten(cfg)
+        params.update({f"swept.{k}": json.dumps(v) for k, v in values.items()})
+        params["weights"] = weights_used(cfg)
+        if config.get("sample") is not None:
+            params["sample"] = config["sample"]
+        ledger.log_params(run_id, params)
+        ledger.log_dict(run_id, cfg, "config.json")
+        ledger.set_tags(run_id, {"params_logged": "true"})
+    last_step = record.last_step
     last: dict = {}
 
     def report(metrics: dict, state: dict) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(state, tmp)
-            tune.report({**metrics, "node_id": node}, checkpoint=tune.Checkpoint.from_directory(tmp))
+        epoch = int(metrics["epoch"])
+        if epoch > last_step:  # an epoch re-run from an older checkpoint is already in the ledger
+            ledger.log_epoch(run_id, metrics, epoch)
+        checkpoints.save(state)
         last.clear()
         last.update(metrics)
+        tune.report({**metrics, "node_id": node, "mlflow_run_id": run_id})
 
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            result = train(cfg, report=report, resume_from=directory, splits=data)
-    else:
-        result = train(cfg, report=report, splits=data)
+    with tempfile.TemporaryDirectory() as tmp:
+        resume_from = checkpoints.fetch(Path(tmp))
+        if resume_from is None and last_step > 0:
+            ledger.set_tags(run_id, {"restarted_from_scratch": "true"})  # checkpoint lost: epochs re-run, not re-logged
+        result = train(cfg, report=report, resume_from=resume_from, splits=data)
+    if last.get("test_confusion") is not None:
+        ledger.log_dict(run_id, last["test_confusion"], "confusion_matrix.json")
     if result.get("status") == "diverged":
         # Stop with a status and a reason, not NaN metrics: the metric keeps its last finite value (or the worst
         # possible one when the first epoch diverged) so schedulers and searchers can rank the trial.
@@ -49,4 +158,9 @@ def run_trial(config: dict, space_json: dict, data=None) -> None:
         final = {k: v for k, v in last.items() if k != "test_confusion"}
         final.update({metric: last.get(metric, worst), "epoch": result["epoch"], "trial_status": "diverged",
                       "reason": result["reason"]})
-        tune.report(final)
+        ledger.set_tags(run_id, {"status": "diverged", "reason": result["reason"], "stopped_early": "false"})
+        ledger.set_status(run_id, "FINISHED")
+        tune.report({**final, "mlflow_run_id": run_id})
+        return
+    ledger.set_tags(run_id, {"status": "completed", "stopped_early": "false"})
+    ledger.set_status(run_id, "FINISHED")

@@ -1,0 +1,208 @@
+"""MLflow as the sweep's ledger: idempotent writes against a real SQLite store, and sweeps killed (SIGKILL, torn Ray
+state, storage deleted, Ctrl-C) and resumed end to end, audited with tune_losses.tracking.ledger.audit."""
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from mlflow.exceptions import MlflowException
+
+from tune_losses import tracking
+from tune_losses.tracking.ledger import KEY_TAG, Ledger, audit, retrying, transient, trial_key
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("faults", ROOT / "benchmarks" / "faults.py")
+faults = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(faults)
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    c = tracking.client(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = tracking.experiment_id(c)
+    parent = c.create_run(exp, tags={"tune_losses.role": "sweep", "tune_losses.sweep": "s"}).info.run_id
+    return Ledger(c, exp, parent, retry_s=20)
+
+
+class CreateReachesStoreThenFails:
+    """A client whose first create_run reaches the store and then loses the answer (a timeout after the write)."""
+
+    def __init__(self, client):
+        self._client, self.creates = client, 0
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def create_run(self, *args, **kwargs):
+        self.creates += 1
+        run = self._client.create_run(*args, **kwargs)
+        if self.creates == 1:
+            raise requests.exceptions.ConnectionError("read timed out after the server wrote the run")
+        return run
+
+
+def test_trial_key_is_stable_and_tells_repeats_apart():
+    a = {"params": {"loss.a": 5.0, "batch_size": 32}}
+    assert trial_key(a) == trial_key({"params": {"batch_size": 32, "loss.a": 5.0}})
+    assert trial_key(a) != trial_key({"params": {"loss.a": 15.0, "batch_size": 32}})
+    assert trial_key({**a, "sample": 0}) != trial_key({**a, "sample": 1})
+
+
+def test_a_create_that_reached_the_store_is_not_made_twice(ledger):
+    ledger.client = CreateReachesStoreThenFails(ledger.client)
+    record = ledger.find_or_create("k1", "dal a=5", {"status": "running"})
+    again = ledger.find_or_create("k1", "dal a=5", {"status": "running"})
+    assert ledger.client.creates == 1 and record.run_id == again.run_id
+    assert list(ledger.trials()) == ["k1"]
+
+
+def test_duplicate_runs_of_a_key_collapse_to_the_oldest(ledger):
+    made = [ledger.client.create_run(ledger.experiment_id, tags={KEY_TAG: "k", "mlflow.parentRunId":
+                                                                 ledger.parent_run_id}).info.run_id
+            for _ in range(3)]
+    assert ledger.find_or_create("k", "x", {}).run_id == made[0]
+    assert ledger.trials()["k"].run_id == made[0]
+    assert [r.info.run_id for r in ledger._runs()] == [made[0]]  # the others are deleted, not just hidden
+
+
+def test_transient_failures_are_retried_and_refusals_are_not(ledger):
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise requests.exceptions.ConnectionError("connection refused")
+        return "ok"
+
+    assert retrying(flaky, seconds=30) == "ok" and len(calls) == 3
+    run_id = ledger.find_or_create("k", "x", {}).run_id
+    ledger.log_params(run_id, {"lr": 0.1})
+    ledger.log_params(run_id, {"lr": 0.1})  # the same value again: idempotent
+    count = []
+    original = ledger.client.log_batch
+    ledger.client.log_batch = lambda *a, **k: (count.append(1), original(*a, **k))[1]
+    with pytest.raises(MlflowException) as err:
+        ledger.log_params(run_id, {"lr": 0.2})  # a changed param is refused by MLflow: not retried
+    assert len(count) == 1 and not transient(err.value)
+    assert transient(MlflowException("API request failed", error_code="TEMPORARILY_UNAVAILABLE"))
+
+
+def test_audit_finds_every_kind_of_broken_record(ledger):
+    c = ledger.client
+    ok = ledger.find_or_create("ok", "ok", {"status": "completed"}).run_id
+    for step in (1, 2):
+        ledger.log_epoch(ok, {"val_acc": 0.5}, step)
+    ledger.set_status(ok, "FINISHED")
+    assert audit(c, ledger.parent_run_id, ledger.experiment_id, epochs=2) == []
+    twice = ledger.find_or_create("twice", "twice", {"status": "completed"}).run_id
+    for step in (1, 1, 2):
+        time.sleep(0.002)  # another timestamp: MLflow keeps both rows
+        ledger.log_epoch(twice, {"val_acc": 0.5}, step)
+    gap = ledger.find_or_create("gap", "gap", {"status": "completed"}).run_id
+    ledger.log_epoch(gap, {"val_acc": 0.5}, 2)
+    ledger.find_or_create("running", "running", {"status": "running"})
+    problems = " | ".join(audit(c, ledger.parent_run_id, ledger.experiment_id, epochs=2))
+    assert "twice: epochs logged more than once" in problems and "gap: epochs missing" in problems
+    assert "running: RUNNING, not FINISHED" in problems
+
+
+# --- end to end: kills and resumes --------------------------------------------------------------------------------
+def trial_runs(uri, name):
+    c = tracking.client(uri)
+    parent = tracking.find_sweep(c, name)
+    return tracking.trial_runs(c, parent.info.run_id, parent.info.experiment_id) if parent else []
+
+
+def start_and_kill_when(directory: Path, name: str, finished: int, sig=signal.SIGKILL, group=True):
+    """Start a sweep (4 trials x 6 epochs) and signal it once ``finished`` trial runs are FINISHED in MLflow
+    (``finished=0``: once a trial has logged an epoch)."""
+    space = faults.write_space(directory, name)
+    cmd, log = faults.command(space, directory), directory / "driver.log"
+    uri = f"sqlite:///{directory}/mlflow.db"
+    driver = faults.start(cmd, log)
+    deadline = time.time() + 300
+    while time.time() < deadline and driver.poll() is None:
+        time.sleep(0.5)
+        try:
+            if finished and len(faults.finished_end_times(uri, name)) >= finished:
+                break
+            if not finished and any("epoch" in r.data.metrics for r in trial_runs(uri, name)):
+                break
+        except Exception:
+            continue
+    assert driver.poll() is None, log.read_text()[-3000:]
+    (os.killpg if group else os.kill)(driver.pid, sig)
+    return driver, cmd, uri, log
+
+
+def resume(cmd, directory):
+    env = {**os.environ, "RAY_ADDRESS": "", "TUNE_LOSSES_HOME": str(directory / "home")}
+    return subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=900, env=env)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["torn Ray state", "storage deleted"])
+def test_killed_sweep_resumes_from_the_ledger(tmp_path, damage):
+    """SIGKILL once 2 of 4 trials have finished; tear Ray Tune's state files as a kill mid-write leaves them (or
+    delete Ray's whole storage directory); --resume: the 2 finished trials are not trained again, the others end
+    in their own runs, every epoch once, nothing RUNNING."""
+    driver, cmd, uri, log = start_and_kill_when(tmp_path, "killed", finished=2)
+    driver.wait()
+    if damage == "torn Ray state":
+        assert faults.tear_ray_state(tmp_path / "ray"), "no Ray Tune state file to tear"
+    else:
+        import shutil
+
+        shutil.rmtree(tmp_path / "ray")
+    before = faults.finished_end_times(uri, "killed")
+    assert len(before) >= 2
+    out = resume(cmd, tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert f"{len(before)} finished trials kept" in out.stdout
+    if damage == "storage deleted":
+        assert "start again from epoch 1" in out.stdout or len(before) == 4
+    assert faults.check(uri, "killed", 6, before) == []
+    c = tracking.client(uri)
+    parent = tracking.find_sweep(c, "killed")
+    assert parent.data.tags["resumes"] == "1" and parent.data.tags["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_the_sweep_resumes(tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group): trials stop with their checkpoints, the parent is tagged
+    interrupted, one line says how to resume, exit code 130; --resume then completes the ledger."""
+    driver, cmd, uri, log = start_and_kill_when(tmp_path, "ctrlc", finished=1, sig=signal.SIGINT)
+    assert driver.wait(timeout=120) == 130, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "Resume with: tune-losses sweep" in text and "--resume" in text and "Tuner.restore" not in text
+    c = tracking.client(uri)
+    parent = tracking.find_sweep(c, "ctrlc")
+    assert parent.data.tags["status"] == "interrupted" and parent.info.status == "KILLED"
+    runs = tracking.trial_runs(c, parent.info.run_id, parent.info.experiment_id)
+    assert all(r.info.status != "RUNNING" for r in runs)
+    before = faults.finished_end_times(uri, "ctrlc")
+    out = resume(cmd, tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert faults.check(uri, "ctrlc", 6, before) == []
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_exits_at_once(tmp_path):
+    driver, cmd, uri, log = start_and_kill_when(tmp_path, "twice", finished=0, sig=signal.SIGINT, group=False)
+    time.sleep(0.3)
+    os.kill(driver.pid, signal.SIGINT)
+    assert driver.wait(timeout=30) == 130, log.read_text()[-3000:]
+    assert "Interrupted again: exiting now" in log.read_text()
+    try:
+        os.killpg(driver.pid, signal.SIGKILL)  # what the driver's local Ray left behind
+    except ProcessLookupError:
+        pass
+    out = resume(cmd, tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert faults.check(uri, "twice", 6, {}) == []

@@ -1,0 +1,222 @@
+"""MLflow as the ledger of a sweep: one parent run, one child run per trial, found again by a stable key.
+
+A trial's key is derived from its config (the swept values and, for repeated grids, its sample index), so the
+same trial gets the same key in a resumed sweep whatever Ray Tune's own state holds. Every write is idempotent:
+
+- a run is never created twice: ``find_or_create`` searches for the key first, creates the run with the key as a
+  tag in the same call, and if a retry (ours or MLflow's HTTP layer) made two, keeps the oldest and deletes the
+  rest;
+- metrics of an epoch go in one ``log_batch`` with the epoch as step; an epoch already in the ledger is not logged
+  again (``last_step``), and MLflow drops a repeated identical row;
+- tags, params of the same value and ``set_terminated`` can be repeated.
+
+Calls are retried only when the failure is transient (the server or database unreachable, locked or overloaded),
+with tenacity, on top of MLflow's own HTTP retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES); a refused call (bad value,
+missing run) raises at once. ``TUNE_LOSSES_MLFLOW_RETRY_S`` bounds the time one call may be retried (120 s).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from mlflow.entities import Metric, Param, RunTag
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
+
+from . import store
+
+log = logging.getLogger(__name__)
+
+KEY_TAG = "tune_losses.trial_key"
+#: error codes of an MlflowException that say "this request is wrong", never worth a retry
+REFUSED = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE",
+           "PERMISSION_DENIED", "UNAUTHENTICATED", "BAD_REQUEST", "ENDPOINT_NOT_FOUND", "NOT_IMPLEMENTED",
+           "FEATURE_DISABLED", "CUSTOMER_UNAUTHORIZED"}
+#: result keys that Ray Tune adds and that are not the trial's metrics
+RAY_KEYS = {"epoch", "training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "pid",
+            "time_since_restore", "iterations_since_restore", "done", "replayed"}
+
+
+def trial_key(config: dict) -> str:
+    """A stable key for a trial: a hash of its swept values (and sample index, when a grid is repeated)."""
+    ident = {"params": config.get("params", {}), "sample": config.get("sample")}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a failed tracking call may succeed when tried again (the store was unreachable, locked, busy)."""
+    import requests
+    import sqlalchemy.exc
+    from mlflow.exceptions import MlflowException
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError,
+                            TimeoutError, sqlalchemy.exc.OperationalError)):
+            return True
+        if isinstance(exc, MlflowException):
+            return exc.error_code not in REFUSED
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def retry_seconds() -> float:
+    return float(os.environ.get("TUNE_LOSSES_MLFLOW_RETRY_S", "120"))
+
+
+def retrying(fn, *args, seconds: float | None = None, **kwargs):
+    """``fn(*args, **kwargs)``, tried again on transient failures until ``seconds`` have passed."""
+    seconds = retry_seconds() if seconds is None else seconds
+
+    def warn(state):
+        log.warning("MLflow call %s failed (%s); retrying", getattr(fn, "__name__", fn),
+                    state.outcome.exception())
+
+    for attempt in Retrying(retry=retry_if_exception(transient), stop=stop_after_delay(seconds),
+                            wait=wait_exponential(multiplier=0.5, max=5), before_sleep=warn, reraise=True):
+        with attempt:
+            return fn(*args, **kwargs)
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class TrialRecord:
+    """What the ledger holds of one trial when it (re)starts."""
+
+    run_id: str
+    key: str
+    status: str  # MLflow's: RUNNING, FINISHED, FAILED, KILLED
+    last_step: int = 0  # the last epoch whose metrics are recorded
+    metrics: dict = field(default_factory=dict)  # each metric's last value
+    tags: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        """Trained to its end (completed, stopped by the scheduler or diverged): never trained again."""
+        return self.status == "FINISHED"
+
+
+class Ledger:
+    """The tracking calls of one sweep, each idempotent and retried (see the module docstring)."""
+
+    def __init__(self, tracking_uri_or_client, experiment_id: str, parent_run_id: str, retry_s: float | None = None):
+        given = tracking_uri_or_client
+        self.client = store.client(given) if isinstance(given, str) else given
+        self.experiment_id, self.parent_run_id = experiment_id, parent_run_id
+        self.retry_s = retry_s
+
+    def call(self, name: str, *args, **kwargs):
+        return retrying(getattr(self.client, name), *args, seconds=self.retry_s, **kwargs)
+
+    # --- reading ----------------------------------------------------------------------------------------------
+    def _runs(self, extra: str = "") -> list:
+        filt = f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'" + (f" and {extra}" if extra else "")
+        runs, token = [], None
+        while True:
+            page = self.call("search_runs", [self.experiment_id], filter_string=filt, max_results=1000,
+                             page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def _canonical(self, runs: list):
+        """The oldest run of a key; any later duplicate (a create retried after it had reached the store) is
+        deleted, so every reader sees one run per trial."""
+        runs = sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+        for dup in runs[1:]:
+            log.warning("deleting duplicate run %s of trial key %s (kept %s)", dup.info.run_id,
+                        runs[0].data.tags.get(KEY_TAG), runs[0].info.run_id)
+            self.call("delete_run", dup.info.run_id)
+        return runs[0]
+
+    def trials(self) -> dict[str, TrialRecord]:
+        """Every trial the ledger holds, by key."""
+        by_key: dict[str, list] = {}
+        for run in self._runs(f"tags.`{KEY_TAG}` != ''"):
+            by_key.setdefault(run.data.tags[KEY_TAG], []).append(run)
+        return {k: self._record(self._canonical(v)) for k, v in by_key.items()}
+
+    def _record(self, run) -> TrialRecord:
+        return TrialRecord(run.info.run_id, run.data.tags.get(KEY_TAG, ""), run.info.status,
+                           last_step=int(run.data.metrics.get("epoch", 0) or 0), metrics=dict(run.data.metrics),
+                           tags=dict(run.data.tags), params=dict(run.data.params))
+
+    # --- a trial's run ----------------------------------------------------------------------------------------
+    def find_or_create(self, key: str, name: str, tags: dict) -> TrialRecord:
+        """The trial's run: found by its key, else created with the key as a tag (one call, so a run never
+        exists without its key)."""
+        tags = {**tags, KEY_TAG: key, "mlflow.parentRunId": self.parent_run_id, "mlflow.runName": name}
+
+        def attempt():
+            found = self._runs(f"tags.`{KEY_TAG}` = '{key}'")
+            if not found:
+                # a transient failure here retries the whole attempt: a create that reached the store is found
+                self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+                found = self._runs(f"tags.`{KEY_TAG}` = '{key}'")
+            return found
+
+        found = retrying(attempt, seconds=self.retry_s)
+        return self._record(self._canonical(found))
+
+    def log_params(self, run_id: str, params: dict) -> None:
+        items = [Param(k, v if isinstance(v, str) else json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+                 for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.call("log_batch", run_id, params=items[i:i + 100])
+
+    def log_epoch(self, run_id: str, result: dict, step: int) -> None:
+        """One epoch's numeric results as metrics at ``step``; the ``epoch`` metric, which marks the epoch as
+        recorded, goes in the last batch (MLflow takes at most 1000 metrics per call)."""
+        ts = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), ts, step) for k, v in result.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in RAY_KEYS]
+        metrics.append(Metric("epoch", float(step), ts, step))
+        for i in range(0, len(metrics), 1000):
+            self.call("log_batch", run_id, metrics=metrics[i:i + 1000])
+
+    def set_tags(self, run_id: str, tags: dict) -> None:
+        self.call("log_batch", run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    def log_dict(self, run_id: str, value, path: str) -> None:
+        self.call("log_dict", run_id, value, path)
+
+    def set_status(self, run_id: str, status: str) -> None:
+        if status == "RUNNING":
+            self.call("update_run", run_id, status="RUNNING")
+        else:
+            self.call("set_terminated", run_id, status=status)
+
+    def running(self) -> list[str]:
+        """Run ids of the trials still marked RUNNING."""
+        return [r.info.run_id for r in self._runs("attributes.status = 'RUNNING'")]
+
+
+def audit(client, parent_run_id: str, experiment_id: str, epochs: int) -> list[str]:
+    """What breaks the ledger's promise for one sweep: a trial with two runs, a run left RUNNING, an epoch logged
+    twice or missing, a completed trial short of its epochs. Empty when the sweep's record is whole."""
+    ledger = Ledger(client, experiment_id, parent_run_id, retry_s=0)
+    problems, keys = [], {}
+    for run in ledger._runs():
+        name = run.data.tags.get("mlflow.runName", run.info.run_id)
+        key = run.data.tags.get(KEY_TAG)
+        if key in keys:
+            problems.append(f"{name}: a second run for trial key {key} ({keys[key]})")
+        keys[key] = run.info.run_id
+        if run.info.status != "FINISHED":
+            problems.append(f"{name}: {run.info.status}, not FINISHED")
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch")]
+        if len(steps) != len(set(steps)):
+            problems.append(f"{name}: epochs logged more than once: {sorted(steps)}")
+        if sorted(set(steps)) != list(range(1, len(set(steps)) + 1)):
+            problems.append(f"{name}: epochs missing: {sorted(steps)}")
+        early = run.data.tags.get("stopped_early") == "true" or run.data.tags.get("status") != "completed"
+        if not early and len(set(steps)) != epochs:
+            problems.append(f"{name}: completed with {len(set(steps))} of {epochs} epochs")
+    return problems
