@@ -10,6 +10,7 @@ leaves the run RUNNING, and ``--resume`` continues that trial from its checkpoin
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from ray.tune import Callback
@@ -55,11 +56,25 @@ def error_text(trial, limit: int = 2000) -> str:
 class LedgerCallback(Callback):
     """Ray Tune callback on the driver: the scheduler's stops, retries and failures into each trial's run."""
 
+    #: seconds between two heartbeats of the driver on the parent run (tag ``heartbeat``, Unix time)
+    HEARTBEAT_S = 30.0
+
     def __init__(self, ledger: Ledger, epochs: int):
         self.ledger, self.epochs = ledger, epochs
-        self.interrupted = False
         self.trials: list = []
         self._retries: dict[str, int] = {}
+        self._beat = 0.0
+
+    def on_step(self, iteration, trials, **info):
+        """Now and then, the time on the parent run: a sweep whose parent is RUNNING but whose heartbeat is old
+        lost its driver (`tune-losses status` says so)."""
+        now = time.time()
+        if now - self._beat >= self.HEARTBEAT_S:
+            self._beat = now
+            try:
+                self.ledger.client.set_tag(self.ledger.parent_run_id, "heartbeat", f"{now:.0f}")
+            except Exception as exc:  # not retried: the next beat tries again
+                log.warning("could not record the sweep's heartbeat: %s", exc)
 
     def _run_id(self, trial) -> str | None:
         run_id = (trial.last_result or {}).get("mlflow_run_id")
