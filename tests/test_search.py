@@ -42,3 +42,24 @@ def test_a_repeated_grid_gives_each_repeat_its_own_trial(tmp_path):
     assert ps["sample"] == {"grid_search": [0, 1, 2]}
     keys = {trial_key({"params": {"loss.a": a}, "sample": i}) for a in (5.0, 15.0) for i in range(3)}
     assert len(keys) == 6
+
+
+def test_a_resumed_optuna_search_knows_the_finished_trials_and_suggests_the_interrupted_first(tmp_path):
+    import json
+
+    from tune_losses.tracking.ledger import TrialRecord
+    from tune_losses.tuning.runner import _searcher
+
+    space, _, _ = load_space(write_space(tmp_path / "o.yaml", params={"loss.a": {"uniform": [3.0, 30.0]}},
+                                         search={"searcher": "optuna", "num_samples": 6}))
+    done = [TrialRecord("r1", "k1", "FINISHED", 3, {"val_acc": 0.7}, params={"swept.loss.a": json.dumps(7.5)}),
+            TrialRecord("r2", "k2", "FINISHED", 3, {"val_acc": 0.8}, params={"swept.loss.a": json.dumps(21.25)})]
+    todo = [TrialRecord("r3", "k3", "KILLED", 1, {}, params={"swept.loss.a": json.dumps(12.125)})]
+    ps = param_space(space)
+    searcher = _searcher(space, ps, done, todo)
+    assert searcher.set_search_properties("val_acc", "max", ps)
+    first = searcher.suggest("trial_1")
+    assert first == {"params": {"loss.a": 12.125}}  # the interrupted trial, to continue from its checkpoint
+    assert trial_key(first) == trial_key({"params": {"loss.a": 12.125}})
+    values = sorted(t.value for t in searcher._ot_study.trials if t.value is not None)
+    assert values == [0.7, 0.8]  # the finished ones are known to TPE, not run again
