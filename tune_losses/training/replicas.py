@@ -65,6 +65,9 @@ class Streams:
         if self.cuda and "cuda" in state:  # a checkpoint written on CPU has no CUDA stream: that one stays
             torch.cuda.set_rng_state(state["cuda"], self.index)
 
+    def state_dict(self) -> list[dict]:
+        return [dict(s) for s in self.states]
+
     def capture(self) -> None:
         """Take the current global state as the next replica's stream."""
         self.states.append(self._get())
@@ -233,7 +236,7 @@ class LoopReplicas(Replicas):
     def state_dict(self):
         return {"models": [m.state_dict() for m in self.models], "losses": [lo.state_dict() for lo in self.losses],
                 "optimizers": [o.state_dict() for o in self.optimizers],
-                "generators": [g.get_state() for g in self.generators], "streams": [dict(s) for s in self.streams.states]}
+                "generators": [g.get_state() for g in self.generators], "streams": self.streams.state_dict()}
 
     def load_state_dict(self, state):
         self.load_streams(state)
@@ -313,7 +316,7 @@ class VectorReplicas(Replicas):
     def state_dict(self):
         return {"params": {k: v.detach() for k, v in self.params.items()}, "buffers": dict(self.buffers),
                 "losses": [lo.state_dict() for lo in self.losses], "optimizer": self.optimizer.state_dict(),
-                "generators": [g.get_state() for g in self.generators], "streams": [dict(s) for s in self.streams.states]}
+                "generators": [g.get_state() for g in self.generators], "streams": self.streams.state_dict()}
 
     def load_state_dict(self, state):
         self.load_streams(state)
