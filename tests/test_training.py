@@ -163,3 +163,41 @@ def test_resume_with_dropout_and_batch_norm_is_exact(tmp_path, vectorize):
     final = train(cfg, report=lambda m, s: resumed.append(m), resume_from=tmp_path)
     assert final["replicas"] == ("VectorReplicas" if vectorize else "LoopReplicas")
     assert len(resumed) == 2 and resumed == straight[2:]
+
+
+def test_a_trial_uses_exactly_the_gpus_ray_assigned_it(monkeypatch):
+    """Faked: a GPU node (torch sees CUDA) where Ray assigned the trial the GPUs given."""
+    from tune_losses.training.loop import pick_device
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert pick_device("auto", []) == cpu  # reserved gpu: 0, yet a GPU is visible: the CPU
+    assert pick_device("cpu", [1]) == cpu
+    assert pick_device("auto", [2]) == torch.device("cuda", 2)  # Ray left every GPU visible: its physical id
+    assert pick_device("cuda", ["3"], visible="3") == torch.device("cuda", 0)  # Ray set CUDA_VISIBLE_DEVICES=3
+    assert pick_device("auto", ["3", "1"], visible="1,3") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match=r"device='cuda' is not allowed in a trial that Ray assigned no GPU.*"
+                                         r"resources.gpu"):
+        pick_device("cuda", [])
+    with pytest.raises(ValueError, match="assigned this trial GPU 5"):
+        pick_device("auto", [5], visible="0,1")
+    assert pick_device("auto") == torch.device("cuda")  # outside Ray (`tune-losses train`): as before
+    assert pick_device("cuda") == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto") == cpu and pick_device("auto", []) == cpu
+    with pytest.raises(ValueError, match="torch cannot use here"):
+        pick_device("auto", [0])
+
+
+def test_a_trial_without_a_gpu_trains_on_the_cpu_and_says_so(monkeypatch):
+    """On a GPU node a trial that reserved no GPU trains on the CPU (before: on CUDA, beside the trials that
+    reserved it) and every report names the device; device: cuda there is refused before anything runs."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU node, as torch sees it
+    reports = []
+    final = train({**BASE, "epochs": 2}, report=lambda m, s: reports.append(m), gpu_ids=[])
+    assert final["status"] == "completed" and final["device"] == "cpu"
+    assert [m["device"] for m in reports] == ["cpu", "cpu"]
+    with pytest.raises(ValueError, match="device='cuda' is not allowed"):
+        train({**BASE, "device": "cuda"}, report=lambda m, s: reports.append(m), gpu_ids=[])
+    assert len(reports) == 2

@@ -38,9 +38,9 @@ def run_trial(config: dict, space_json: dict, data=None) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            result = train(cfg, report=report, resume_from=directory, splits=data)
+            result = train(cfg, report=report, resume_from=directory, splits=data, gpu_ids=ray.get_gpu_ids())
     else:
-        result = train(cfg, report=report, splits=data)
+        result = train(cfg, report=report, splits=data, gpu_ids=ray.get_gpu_ids())
     if result.get("status") == "diverged":
         # Stop with a status and a reason, not NaN metrics: the metric keeps its last finite value (or the worst
         # possible one when the first epoch diverged) so schedulers and searchers can rank the trial.
