@@ -201,3 +201,13 @@ def test_a_trial_without_a_gpu_trains_on_the_cpu_and_says_so(monkeypatch):
     with pytest.raises(ValueError, match="device='cuda' is not allowed"):
         train({**BASE, "device": "cuda"}, report=lambda m, s: reports.append(m), gpu_ids=[])
     assert len(reports) == 2
+
+
+def test_a_model_with_another_random_op_is_refused_vectorised_and_trains_looped():
+    """A random op in forward itself (torch.randn_like) also draws from the replica's own stream in the loop."""
+    noisy = {**RANDOM_MODELS, "model": {"name": "noisy_mlp", "params": {}}, "epochs": 1}
+    final, _ = run(**noisy, repeats=2, seed=10, vectorize=False)
+    alone, _ = run(**noisy, seed=11)
+    assert final["replicas"] == "LoopReplicas" and final["train_loss_r1"] == alone["train_loss"]
+    with pytest.raises(ValueError, match="vectorize=True is not allowed .*set vectorize: false"):
+        run(**noisy, repeats=2)

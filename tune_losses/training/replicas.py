@@ -276,7 +276,14 @@ class VectorReplicas(Replicas):
         def one(params, buffers, xk):
             return functional_call(self.base, (params, buffers), (xk,))
 
-        return torch.vmap(one)(self.params, self.buffers, x)
+        try:
+            return torch.vmap(one)(self.params, self.buffers, x)
+        except RuntimeError as exc:
+            if "random operation" not in str(exc):
+                raise
+            raise ValueError(f"vectorize=True is not allowed for model {type(self.base).__name__}: its forward draws "
+                             "random numbers outside nn.Dropout, which vmap cannot give each replica from its own "
+                             "stream; set vectorize: false") from None
 
     def step(self, x, y):
         self.base.train()
