@@ -345,3 +345,50 @@ def test_losses_under_vmap_take_the_expression_version():
             loss.update(torch.randint(0, 9, (5, 5)))
         batched = torch.vmap(lambda x: loss.compute(x, y))(zs)
         assert torch.allclose(batched, torch.stack([loss(x, y) for x in zs]), rtol=1e-12)
+
+
+def extreme_loss(name, gamma, dtype):
+    """Loss ``name`` with focusing exponent ``gamma`` where it has one (focal, beta/gamma with beta 4 and 0.5)."""
+    params = {"focal": [{"gamma": gamma}, {"gamma": gamma, "alpha": [0.5, 1, 2]}],
+              "beta_gamma": [{"beta": 4, "gamma": gamma}, {"beta": 0.5, "gamma": gamma}],
+              "dal": [{"a": 5}], "cc": [{"lam": 1.0}], "ce": [{}]}
+    assert set(params) == set(names()), "a new loss: add its parameters here"
+    for p in params[name]:
+        loss = build_loss(name, num_classes=3, **p).to(dtype)
+        if name == "dal":
+            loss.update(torch.tensor([[5, 3, 2], [1, 8, 1], [2, 2, 6]]))
+        yield loss
+
+
+EXTREME_LOGITS = [[40.0, 0.0, 0.0], [0.0, 900.0, 3.0], [0.0, 120.0, -50.0], [1e4, -1e4, 0.0], [1e4, -1e4, 0.0],
+                  [1.0, 1.0, 1.0], [-30.0, 30.0, 0.0]]
+EXTREME_TARGETS = [0, 0, 0, 0, 1, 2, 1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 2.0])
+@pytest.mark.parametrize("path", ["fused", "expression", "vmap"])
+@pytest.mark.parametrize("name", sorted(names()))
+def test_every_loss_is_finite_with_finite_gradients_at_extreme_logits(monkeypatch, name, path, gamma, dtype):
+    """p_t rounding to 1 (logits [40, 0, 0], target 0), p_t underflowing to 0, and between: the value and the
+    gradients (logits and attention) are finite on the fused kernel, the tensor expression (CUDA's path) and
+    the expression under vmap (the vectorised repeats)."""
+    if path == "fused" and fused.kernels() is None:
+        pytest.skip("the fused kernels could not be built here")
+    if path == "expression":
+        monkeypatch.setattr(fused, "usable", lambda logits: False)
+    z0 = torch.tensor(EXTREME_LOGITS, dtype=dtype)
+    y = torch.tensor(EXTREME_TARGETS)
+    att0 = torch.rand(len(y), 6, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    for loss in extreme_loss(name, gamma, dtype):
+        if path == "vmap":  # two replicas: the logits and their negation
+            z = torch.stack([z0, -z0]).requires_grad_(True)
+            att = torch.stack([att0, att0.flip(0)]).requires_grad_(True)
+            value = torch.vmap(lambda a, b: loss.compute(a, y, b))(z, att).sum()
+        else:
+            z, att = z0.clone().requires_grad_(True), att0.clone().requires_grad_(True)
+            value = loss(z, y, attention=att)
+        value.backward()
+        assert torch.isfinite(value), (loss, value)
+        assert torch.isfinite(z.grad).all(), (loss, z.grad)
+        assert att.grad is None or torch.isfinite(att.grad).all(), (loss, att.grad)

@@ -69,3 +69,50 @@ def test_a_reduced_run_resumes_exactly(wide_table, tmp_path):
     resumed = []
     train(cfg, report=lambda m, s: resumed.append(m), resume_from=tmp_path / "ckpt")
     assert resumed == straight[5:]
+
+
+@pytest.mark.parametrize("change,vectorize", [("rotated", True), ("one more dimension", False)])
+def test_a_run_resumed_with_another_basis_continues_the_same_training(wide_table, tmp_path, monkeypatch, change,
+                                                                      vectorize):
+    """Another node can compute another basis of the same row space (rotated within it, or with one more column
+    at the rank cut-off): the reduced weights of the checkpoint then mean something else there. The checkpoint
+    also holds the first layer as combinations of the data rows, so the resumed run continues the same training
+    (to float rounding: the new basis rounds differently) and exports the same model."""
+    from tune_losses.training import rowspace, save_checkpoint
+
+    cfg = config(wide_table, epochs=12, vectorize=vectorize)
+    straight = []
+    full = train(cfg, report=lambda m, s: straight.append(m), return_model=True)
+
+    def stop_at_five(m, state):
+        if m["epoch"] == 5:
+            save_checkpoint(state, tmp_path / "ckpt")
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, report=stop_at_five)
+
+    original = rowspace.row_basis
+
+    def another_basis(x):
+        q, g = original(x)
+        rotation = torch.linalg.qr(torch.randn(q.shape[1], q.shape[1], dtype=torch.float64,
+                                               generator=torch.Generator().manual_seed(3)))[0]
+        q, g = q @ rotation, g @ rotation
+        if change == "one more dimension":  # a unit direction outside the row space (X v ~ 0)
+            v = torch.randn(q.shape[0], 1, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+            v = v - q @ (q.T @ v)
+            v = v / v.norm()
+            q, g = torch.cat([q, v], dim=1), torch.cat([g, x @ v], dim=1)
+        return q, g
+
+    monkeypatch.setattr(rowspace, "row_basis", another_basis)
+    resumed = []
+    final = train(cfg, report=lambda m, s: resumed.append(m), resume_from=tmp_path / "ckpt", return_model=True)
+    assert [m["epoch"] for m in resumed] == list(range(6, 13))
+    for m, n in zip(resumed, straight[5:]):
+        for k in range(3):
+            assert m[f"train_loss_r{k}"] == pytest.approx(n[f"train_loss_r{k}"], rel=1e-5)
+        assert m["test_acc"] == pytest.approx(n["test_acc"], abs=0.02)
+    x = torch.as_tensor(np.asarray(full["input_example"]))
+    assert torch.allclose(final["model"](x), full["model"](x), atol=1e-4)

@@ -12,6 +12,18 @@ def require(ok: bool, param: str, value, allowed: str) -> None:
         raise ValueError(f"{param}={value!r} is not allowed: {param} must be {allowed}")
 
 
+def modulating_pow(base: torch.Tensor, gamma: float) -> torch.Tensor:
+    """``base ** gamma`` for a base in [0, 1] (focal's 1 - p_t, beta/gamma's 1 - p_t^beta), with finite gradients.
+
+    Where p_t rounds to 1 the base is 0, and for 0 < gamma < 1 the derivative gamma * base^(gamma - 1) is
+    infinite there; times the zero derivative of the base, autograd gives NaN. The base is clamped at the dtype's
+    smallest normal number, so that derivative stays finite (at most gamma / tiny) and the clamp passes no
+    gradient below it. The value changes only where base < tiny, where the loss term (factor * log p_t, with
+    |log p_t| about base) is below tiny itself.
+    """
+    return base.clamp(min=torch.finfo(base.dtype).tiny).pow(gamma)
+
+
 class ClassificationLoss(nn.Module):
     """A loss over logits of shape (B, C) and integer targets of shape (B,), returning the batch mean.
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from . import fused
-from .base import ClassificationLoss, require
+from .base import ClassificationLoss, modulating_pow, require
 from .registry import register
 
 
@@ -38,5 +38,6 @@ class BetaGammaLoss(ClassificationLoss):
         if fused.usable(logits):  # the same loss and gradient in one CPU kernel (fused.py)
             return fused.kernels().beta_gamma_loss(logits, target, self.beta, self.gamma)
         logpt = F.log_softmax(logits, dim=1).gather(1, target[:, None])[:, 0]
-        factor = (-torch.expm1(self.beta * logpt)).pow(self.gamma)  # (1 - p_t^beta)^gamma, stable near 1
+        # (1 - p_t^beta)^gamma, stable near 1; finite gradients where p_t rounds to 1 (base.py: modulating_pow)
+        factor = modulating_pow(-torch.expm1(self.beta * logpt), self.gamma)
         return -(factor * logpt).mean()

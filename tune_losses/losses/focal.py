@@ -2,13 +2,14 @@
 
     FL_i = -alpha_{y_i} (1 - p_t)^gamma log p_t,      gamma >= 0, alpha optional (one weight per class).
 
-With gamma = 0 and no alpha it is exactly cross-entropy.
+With gamma = 0 and no alpha it is exactly cross-entropy. 1 - p_t is computed as -expm1(log p_t) and raised to
+gamma by ``modulating_pow`` (base.py), so values and gradients stay finite where p_t rounds to 1.
 """
 
 import torch
 import torch.nn.functional as F
 
-from .base import ClassificationLoss, require
+from .base import ClassificationLoss, modulating_pow, require
 from .registry import register
 
 
@@ -29,7 +30,7 @@ class FocalLoss(ClassificationLoss):
         if self.gamma == 0 and self.alpha is None:
             return F.cross_entropy(logits, target)
         logpt = F.log_softmax(logits, dim=1).gather(1, target[:, None])[:, 0]
-        loss = -logpt if self.gamma == 0 else -(-torch.expm1(logpt)).pow(self.gamma) * logpt
+        loss = -logpt if self.gamma == 0 else -modulating_pow(-torch.expm1(logpt), self.gamma) * logpt
         if self.alpha is not None:
             loss = self.alpha.to(loss.dtype)[target] * loss
         return loss.mean()

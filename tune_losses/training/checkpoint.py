@@ -1,5 +1,7 @@
-"""Per-epoch checkpoints: replicas (models, optimizers, loss state such as DAL's soft labels, shuffling RNGs),
-the global RNG state, the epoch and the metric history. Written atomically, loaded with weights_only=True."""
+"""Per-epoch checkpoints: replicas (models, optimizers, loss state such as DAL's soft labels, each replica's
+shuffling generator and its own random stream, CPU and CUDA), the global RNG states (CPU; CUDA when training on
+a GPU), the epoch and, under the row-space reduction, the basis-independent form of the first layer
+(rowspace.py). Written atomically, loaded with weights_only=True."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Callable
 
 import numpy as np
@@ -23,10 +24,35 @@ Report = Callable[[dict, dict], None]
 SUMMARY_METRICS = ("val_acc", "test_acc", "val_f1", "test_f1", "test_nmi")
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def pick_device(name: str, gpu_ids=None, visible: str | None = None) -> torch.device:
+    """The device a run trains on, from the config's ``device`` (auto / cpu / cuda).
+
+    Outside Ray (``gpu_ids`` None: `tune-losses train`, scripts) ``auto`` is CUDA when a GPU is visible, else the
+    CPU. In a Ray trial ``gpu_ids`` are the accelerators Ray assigned it (``ray.get_gpu_ids()``): the trial uses
+    the first of them, the CPU when there is none, never a GPU Ray did not give it (Ray 2.60 leaves every GPU
+    visible to a task that reserved none, so checking ``torch.cuda.is_available()`` is not enough).
+    ``device: cuda`` in a trial with no GPU assigned is an error, not a silent fallback to the CPU, and so is an
+    assigned GPU that torch cannot see. Ray's ids are physical indices; ``visible`` (default: the environment's
+    CUDA_VISIBLE_DEVICES, which Ray sets to the assigned ids) maps them to torch's index.
+    """
+    if name == "cpu":
+        return torch.device("cpu")
+    if gpu_ids is None:
+        if name == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(name)
+    if not gpu_ids:
+        if name == "cuda":
+            raise ValueError("device='cuda' is not allowed in a trial that Ray assigned no GPU: set resources.gpu "
+                             "> 0 in the search space, or device: auto or cpu")
+        return torch.device("cpu")
+    gpu = str(gpu_ids[0])
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES") if visible is None else visible
+    entries = [v.strip() for v in visible.split(",")] if visible is not None else None
+    if not torch.cuda.is_available() or (entries is not None and gpu not in entries):
+        raise ValueError(f"device={name!r}: Ray assigned this trial GPU {gpu}, which torch cannot use here "
+                         f"(CUDA available: {torch.cuda.is_available()}, CUDA_VISIBLE_DEVICES={visible!r})")
+    return torch.device("cuda", entries.index(gpu) if entries is not None else int(gpu))
 
 
 def model_params(cfg: TrainConfig, input_shape: tuple[int, ...]) -> dict:
@@ -65,7 +91,7 @@ def evaluate(replicas, splits, num_classes: int) -> tuple[dict, np.ndarray]:
 
 
 def train(config: dict | TrainConfig, report: Report | None = None, resume_from=None,
-          return_model: bool = False, splits=None) -> dict:
+          return_model: bool = False, splits=None, gpu_ids=None) -> dict:
     """Train ``repeats`` replicas for ``epochs`` epochs; after each epoch call ``report(metrics, state)``.
 
     ``metrics`` holds the epoch, the mean training loss and validation / test accuracy, macro-F1 and NMI (mean
@@ -76,9 +102,11 @@ def train(config: dict | TrainConfig, report: Report | None = None, resume_from=
     training loss becomes NaN or inf (nothing is reported for that epoch). With ``return_model`` the result
     also holds replica 0's trained model under ``"model"`` and two training inputs under ``"input_example"``.
     ``splits`` is the data set already built (a sweep ships it to its trials); by default it is built here.
+    ``gpu_ids``: the GPUs Ray assigned a trial (see ``pick_device``); None outside Ray. Every metrics dict holds
+    the device trained on under ``"device"`` (e.g. ``"cpu"``, ``"cuda:0"``).
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.model_validate(config)
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, gpu_ids)
     if splits is None:
         splits = build_dataset(cfg.dataset.name, root=cfg.dataset.root, download=cfg.dataset.download,
                                seed=cfg.data_seed, **cfg.dataset.options)
@@ -101,10 +129,12 @@ def train(config: dict | TrainConfig, report: Report | None = None, resume_from=
     start = 0
     if resume_from is not None:
         state = load_checkpoint(resume_from)
-        replicas.load_state_dict(state["replicas"])
+        replicas.load_state_dict(rowspace.restore(replicas, state) if rowspace is not None else state["replicas"])
         torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
         start = state["epoch"]
-    metrics = {"status": "completed", "epoch": start}
+    metrics = {"status": "completed", "epoch": start, "device": str(device)}
     for epoch in range(start + 1, cfg.epochs + 1):
         losses, train_confusion = replicas.train_epoch(splits.train, cfg.batch_size)
         bad = [i for i, v in enumerate(losses.tolist()) if not math.isfinite(v)]
@@ -114,12 +144,16 @@ def train(config: dict | TrainConfig, report: Report | None = None, resume_from=
                               f"(replica seeds {[replicas.seeds[i] for i in bad]})"}
         replicas.update_losses(train_confusion)
         metrics, confusion = evaluate(replicas, splits, c)
-        metrics = {"epoch": epoch, "train_loss": float(losses.mean()), **metrics,
+        metrics = {"epoch": epoch, "device": str(device), "train_loss": float(losses.mean()), **metrics,
                    "test_confusion": confusion.tolist()}
         if replicas.k > 1:
             metrics.update({f"train_loss_r{i}": float(v) for i, v in enumerate(losses)})
         if report is not None:
             state = {"epoch": epoch, "replicas": replicas.state_dict(), "torch_rng": torch.get_rng_state()}
+            if device.type == "cuda":  # only then: reading it would start CUDA in a CPU trial
+                state["cuda_rng"] = torch.cuda.get_rng_state(device)
+            if rowspace is not None:
+                state["rowspace"] = rowspace.checkpoint(replicas, state["replicas"])
             report(metrics, state)
     metrics["status"] = "completed"
     metrics["replicas"] = type(replicas).__name__

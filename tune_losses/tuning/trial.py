@@ -136,6 +136,8 @@ def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
 
     def report(metrics: dict, state: dict) -> None:
         epoch = int(metrics["epoch"])
+        if not last and metrics.get("device"):  # the device this attempt trains on (training/loop.py pick_device)
+            ledger.set_tags(run_id, {"device": metrics["device"]})
         if epoch > last_step:  # an epoch re-run from an older checkpoint is already in the ledger
             ledger.log_epoch(run_id, metrics, epoch)
         checkpoints.save(state)
@@ -147,7 +149,8 @@ def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
         resume_from = checkpoints.fetch(Path(tmp))
         if resume_from is None and last_step > 0:
             ledger.set_tags(run_id, {"restarted_from_scratch": "true"})  # checkpoint lost: epochs re-run, not re-logged
-        result = train(cfg, report=report, resume_from=resume_from, splits=data)
+        # exactly the GPUs Ray assigned this trial (none: the CPU), whatever else the node has
+        result = train(cfg, report=report, resume_from=resume_from, splits=data, gpu_ids=ray.get_gpu_ids())
     if last.get("test_confusion") is not None:
         ledger.log_dict(run_id, last["test_confusion"], "confusion_matrix.json")
     if result.get("status") == "diverged":
