@@ -28,7 +28,7 @@ def applies(cfg, splits: Splits) -> bool:
 
 class RowSpace:
     def __init__(self, splits: Splits):
-        x = torch.cat([s.x.reshape(len(s), -1) for s in (splits.train, splits.val, splits.test)]).double()
+        x = torch.cat([s.x.flatten(1) for s in (splits.train, splits.val, splits.test)]).double()
         evals, evecs = torch.linalg.eigh(x @ x.T)  # Gram matrix N x N: X = U S V^T, Q = V = X^T U / S
         keep = evals > evals.max() * 1e-10
         evecs = evecs * torch.sign(evecs.gather(0, evecs.abs().argmax(0, keepdim=True)))  # canonical signs,
@@ -37,7 +37,7 @@ class RowSpace:
 
     def reduce(self, splits: Splits) -> Splits:
         def coords(s: Split) -> Split:
-            return Split(s.x.reshape(len(s), -1) @ self.basis, s.y)
+            return Split(s.x.flatten(1) @ self.basis, s.y)  # flatten(1): an empty split too
 
         return Splits(coords(splits.train), coords(splits.val), coords(splits.test), splits.num_classes,
                       splits.class_names, {**splits.info, "rowspace_rank": self.basis.shape[1]})
