@@ -64,7 +64,7 @@ def _searcher(space: Space):
     return OptunaSearch(seed=space.train.seed)
 
 
-def _start_parent(client, exp_id: str, space: Space, path: Path, text: str, name: str, uri: str):
+def _start_parent(client, exp_id: str, space: Space, path: Path, text: str, name: str, uri: str, data=None):
     tags = {"tune_losses.sweep": name, "tune_losses.role": "sweep", "mlflow.runName": name,
             "git_commit": git_commit(), "space_file": str(path), "study": space.study or ""}
     run = client.create_run(exp_id, run_name=name, tags=tags)
@@ -79,6 +79,9 @@ def _start_parent(client, exp_id: str, space: Space, path: Path, text: str, name
         params.update({"asha.max_t": s.scheduler.max_t or space.train.epochs,
                        "asha.grace_period": s.scheduler.grace_period,
                        "asha.reduction_factor": s.scheduler.reduction_factor})
+    from tune_losses.reports.protocol import parent_params
+
+    params.update(parent_params(space.model_dump(mode="json"), data))  # protocol, selection, split sizes
     client.log_batch(rid, params=[Param(k, str(v)) for k, v in params.items()])
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / path.name).write_text(text)
@@ -89,22 +92,20 @@ def _start_parent(client, exp_id: str, space: Space, path: Path, text: str, name
 
 
 def summarize(results, space: Space) -> dict:
-    completed = stopped = failed = diverged = epochs_run = 0
+    """How the trials ended, by the rule their MLflow tags follow (tracking/callback.py ``_on_end``: the trial's
+    own status, else error / completed; stopped early when completed before the last epoch), counted by the
+    function the report counts those tags with (reports/protocol.py), and the epochs run."""
+    from tune_losses.reports.protocol import count_trials
+
+    rows, epochs_run = [], 0
     for r in results:
         m = r.metrics or {}
         epoch = int(m.get("epoch", 0) or 0)
         epochs_run += epoch
-        if r.error is not None:
-            failed += 1
-        elif m.get("trial_status") == "diverged":
-            diverged += 1
-        elif epoch < space.train.epochs:
-            stopped += 1
-        else:
-            completed += 1
+        status = m.get("trial_status") or ("error" if r.error is not None else "completed")
+        rows.append((status, status == "completed" and epoch < space.train.epochs))
     n = len(results)
-    return {"trials": n, "completed": completed, "stopped_early": stopped, "failed": failed, "diverged": diverged,
-            "epochs_run": epochs_run, "epochs_full_budget": n * space.train.epochs}
+    return {**count_trials(rows), "epochs_run": epochs_run, "epochs_full_budget": n * space.train.epochs}
 
 
 def run_sweep(space_or_path, name: str | None = None, address: str | None = None, tracking_uri: str | None = None,
@@ -156,7 +157,7 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
     from .trial import run_trial
 
     exp_id = tracking.experiment_id(client)
-    parent_id = parent.info.run_id if resume else _start_parent(client, exp_id, space, path, text, name, uri)
+    parent_id = parent.info.run_id if resume else _start_parent(client, exp_id, space, path, text, name, uri, data)
     if resume:
         client.update_run(parent_id, status="RUNNING")
     space_json = space.model_dump(mode="json")
@@ -197,8 +198,9 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
     summary["tracking_ms_per_epoch"] = 1000 * (sum(logger.enqueue_seconds) / max(len(logger.enqueue_seconds), 1))
     best_config = best_metric = None
     try:
-        best = results.get_best_result(metric=space.search.metric, mode=space.search.mode, scope="last")
-        best_config, best_metric = best.config.get("params", {}), best.metrics.get(space.search.metric)
+        if space.selection_metric is not None:  # protocol paper without select_on_test chooses nothing (spaces.py)
+            best = results.get_best_result(metric=space.search.metric, mode=space.search.mode, scope="last")
+            best_config, best_metric = best.config.get("params", {}), best.metrics.get(space.search.metric)
     except RuntimeError:
         pass
     metrics = [Metric(f"sweep.{k}", float(v), int(time.time() * 1000), 0) for k, v in summary.items()]
@@ -222,12 +224,19 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
 
 
 def print_summary(result: SweepResult, metric: str) -> None:
+    """What the sweep ran and chose, from what MLflow holds (the trial runs' tags, the parent run's params): the
+    same facts and sentences as its report."""
+    from tune_losses.reports.collect import sweep_runs
+    from tune_losses.reports.protocol import count_trials, describe_trials, statement, trial_outcomes
+
     s = result.summary
-    print(f"\nSweep {result.name!r}: {s['trials']} trials: {s['completed']} completed, {s['stopped_early']} stopped "
-          f"early by ASHA, {s['diverged']} diverged, {s['failed']} failed")
+    _, parent, runs, space = sweep_runs(result.parent_run_id, result.tracking_uri)
+    print(f"\nSweep {result.name!r}: {describe_trials(count_trials(trial_outcomes(runs)))}")
     print(f"Epochs run: {s['epochs_run']} of a full budget of {s['epochs_full_budget']} "
           f"({100 * s['epochs_run'] / max(s['epochs_full_budget'], 1):.0f}%)")
-    print(f"Best {metric}: {result.best_metric} with {result.best_config}")
+    print("\n".join(line.removeprefix("- ") for line in statement(space, parent.data.params)))
+    if result.best_config is not None:
+        print(f"Best {metric}: {result.best_metric} with {result.best_config}")
     print(f"MLflow: {tracking.redact(result.tracking_uri)}, parent run {result.parent_run_id} "
           f"(browse with `tune-losses ui`)")
     if result.report is not None:
