@@ -47,7 +47,7 @@ def parent_params(space: dict, splits=None) -> dict[str, str]:
 
 
 def _n(params: dict, split: str) -> str:
-    n = params.get(SIZE_OF[split], "not recorded")
+    n = params.get(SIZE_OF[split], "size not recorded")
     return f"{n} images" if n.isdigit() else n
 
 
@@ -69,8 +69,10 @@ def statement(space: dict, params: dict) -> list[str]:
         split = split_of(metric)
         line = f"- Selection: the best config is chosen on `{metric}` ({split} split, {_n(params, split)})"
         if split == "test":
-            line += (f", by explicit opt-in (`search.select_on_test`): {space['search'].get('select_on_test_reason')}"
-                     ". A config chosen on the test split has seen the data its test numbers come from.")
+            reason = space["search"].get("select_on_test_reason")
+            line += (f", by explicit opt-in (`search.select_on_test`): {reason}" if reason else
+                     ", without the opt-in (a sweep recorded before selection on test data needed one)")
+            line += ". A config chosen on the test split has seen the data its test numbers come from"
         lines.append(line + ".")
     tables = ", ".join(f"`{m}`" for m in table_metrics(space))
     kinds = sorted({split_of(m) for m in table_metrics(space)})
