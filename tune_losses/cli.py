@@ -90,6 +90,7 @@ def cmd_best(args) -> int:
     best = best_trial(args.sweep, tracking_uri=args.tracking_uri)
     print(f"best trial of {best['sweep']}: {best['trial']}  {best['metric']} = {best['value']:.4f} "
           f"(run {best['trial_run_id']})")
+    print("\n".join(best["protocol"]))
     print(yaml.safe_dump(best["train"], sort_keys=False))
     if args.export:
         print(f"exported to {export(best, args.export)}")

@@ -4,6 +4,7 @@
     description: one line for `tune-losses spaces`
     study: dal_a                 # which published table a report sets beside it (optional)
     paper_dataset: LabelMe       # only when the trials run on the paper's own data set
+    protocol: standard           # or paper: train on exactly the paper's training set, no validation, no selection
     train:                       # the fixed training config (tune_losses.training.TrainConfig)
       dataset: {name: digits}
       loss: {name: dal}
@@ -14,6 +15,7 @@
       batch_size: {choice: [16, 32]}
     search: {searcher: grid, num_samples: 1, metric: val_acc, mode: max, max_concurrent: 2,
              scheduler: {name: asha, max_t: 10, grace_period: 2, reduction_factor: 2}}
+             # a test metric chooses on test data: only with select_on_test: true and select_on_test_reason
     resources: {cpu: 1, gpu: 0}
 
 Domains: ``value`` (fixed), ``grid``, ``choice``, ``uniform``, ``loguniform``, ``quniform`` ([lo, hi, q]),
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tune_losses.training.config import TrainConfig
 
@@ -90,16 +92,40 @@ class Scheduler(Strict):
 
 
 METRICS = ("val_acc", "val_f1", "val_nmi", "test_acc", "test_f1", "test_nmi", "train_loss")
+SPLIT_OF = {"val": "validation", "test": "test", "train": "training"}
+
+
+def metric_split(metric: str) -> str:
+    """The split a metric is measured on: 'validation', 'test' or 'training'."""
+    return SPLIT_OF[metric.split("_")[0]]
 
 
 class Search(Strict):
     searcher: Literal["grid", "random", "optuna"] = "grid"
     scheduler: Scheduler = Field(default_factory=Scheduler)
     num_samples: int = Field(1, ge=1)
+    # The metric that chooses: ASHA's stops, Optuna's samples, the best config (`best_config` tag, `tune-losses
+    # best`). A test metric chooses on the test split, whose numbers the report then gives: refused unless
+    # select_on_test is true with a one-line reason (e.g. reproducing a paper's own selection), which the
+    # parent run records and every report prints. Protocol `paper` holds out no validation (see Space).
     metric: Literal[METRICS] = "val_acc"
     mode: Literal["max", "min"] = "max"
     max_concurrent: int = Field(2, ge=1)
     max_failures: int = Field(2, ge=0)
+    select_on_test: bool = False
+    select_on_test_reason: str = ""
+
+    @model_validator(mode="after")
+    def opt_in_is_explained(self):
+        if self.select_on_test and not self.select_on_test_reason.strip():
+            raise ValueError("select_on_test: true needs select_on_test_reason: one line saying why a config may "
+                             "be chosen on the test split (e.g. reproducing a paper's own selection)")
+        if self.select_on_test_reason.strip() and not self.select_on_test:
+            raise ValueError("select_on_test_reason is given but select_on_test is not true")
+        if self.select_on_test and metric_split(self.metric) != "test":
+            raise ValueError(f"select_on_test: true with metric {self.metric}: the opt-in is for a test metric "
+                             "(test_acc, test_f1, test_nmi) only; drop it")
+        return self
 
 
 class Resources(Strict):
@@ -112,10 +138,73 @@ class Space(Strict):
     description: str = ""
     study: Literal["dal_a", "cc_lambda", "cc_batch", "beta_gamma"] | None = None
     paper_dataset: str | None = None  # set when `train` runs the study on the paper's own data set
-    train: TrainConfig = Field(default_factory=TrainConfig)
+    # standard: validation is held out of the training part (the data set's val_fraction / ratios), and the
+    # search metric chooses on it. paper: the models train on exactly the paper's training set (its train / test
+    # split, nothing held out: val_fraction 0, and split half unless the data set has an official test set), so
+    # there is no validation split and the sweep selects nothing (a table of test numbers per value, as the
+    # papers give), unless search.select_on_test says why it may choose on the test split.
+    protocol: Literal["standard", "paper"] = "standard"
+    train: TrainConfig = Field(default_factory=TrainConfig, validate_default=True)
     params: dict[str, Domain] = Field(default_factory=dict)
-    search: Search = Field(default_factory=Search)
+    search: Search = Field(default_factory=Search, validate_default=True)
     resources: Resources = Field(default_factory=Resources)
+
+    @field_validator("train")
+    @classmethod
+    def paper_training_set(cls, train: TrainConfig, info: ValidationInfo) -> TrainConfig:
+        if info.data.get("protocol") != "paper":
+            return train
+        options = train.dataset.options
+        if options.get("val_fraction", 0) != 0:
+            raise ValueError(f"dataset.options.val_fraction: {options['val_fraction']!r} is not allowed with "
+                             "protocol: paper, which trains on exactly the paper's training set: allowed: 0 (or "
+                             "leave it out), or protocol: standard to hold validation out of the training part")
+        if options.get("split", "half") != "half":
+            raise ValueError(f"dataset.options.split: {options['split']!r} is not allowed with protocol: paper "
+                             "(the ratios split holds out validation data): allowed: half, or protocol: standard")
+        options.update(val_fraction=0, split="half")  # an official test set is kept whatever split says
+        return train
+
+    @field_validator("params")
+    @classmethod
+    def paper_split_not_swept(cls, params: dict, info: ValidationInfo) -> dict:
+        swept = [p for path in params for p in path.split(",") if p in ("dataset.val_fraction", "dataset.split")]
+        if swept and info.data.get("protocol") == "paper":
+            raise ValueError(f"{swept[0]} cannot be swept with protocol: paper, whose split is the paper's (half, "
+                             "val_fraction 0): allowed: protocol: standard")
+        return params
+
+    @field_validator("search")
+    @classmethod
+    def selection_on_allowed_data(cls, search: Search, info: ValidationInfo) -> Search:
+        split, paper = metric_split(search.metric), info.data.get("protocol") == "paper"
+        if paper and split == "validation":
+            raise ValueError(f"metric: {search.metric} is not allowed with protocol: paper, which holds out no "
+                             "validation split: allowed: a test metric (the table's; nothing is selected), or "
+                             "protocol: standard to select on validation data")
+        train = info.data.get("train")
+        if split == "validation" and train is not None and train.dataset.options.get("val_fraction") == 0:
+            raise ValueError(f"metric: {search.metric} is not allowed with train.dataset.options.val_fraction: 0, "
+                             "which holds out no validation split: allowed: a val_fraction in (0, 1), train_loss, "
+                             "or protocol: paper (a table of test numbers, nothing selected)")
+        if split == "test" and not search.select_on_test:
+            if not paper:
+                raise ValueError(f"metric: {search.metric} would choose the best config on the test split, the "
+                                 "data whose numbers are reported: allowed: val_acc, val_f1, val_nmi, train_loss; "
+                                 "or select_on_test: true with select_on_test_reason (e.g. reproducing a paper's "
+                                 "own selection), recorded on the sweep and printed in its reports")
+            adaptive = [x for x in (search.searcher == "optuna" and "searcher optuna",
+                                    search.scheduler.name == "asha" and "scheduler asha") if x]
+            if adaptive:
+                raise ValueError(f"{' and '.join(adaptive)} would choose trials on {search.metric}, the test split: "
+                                 "allowed with protocol: paper: searcher grid or random and scheduler fifo, or "
+                                 "select_on_test: true with select_on_test_reason")
+        return search
+
+    @property
+    def selection_metric(self) -> str | None:
+        """The metric the sweep chooses its best config on, or None when it chooses nothing (protocol paper)."""
+        return None if self.protocol == "paper" and not self.search.select_on_test else self.search.metric
 
 
 def param_target(path: str) -> tuple[str, ...]:

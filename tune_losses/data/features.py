@@ -24,6 +24,7 @@ from .registry import build_dataset, register
 from .splits import Split, Splits
 
 DEFAULT_CACHE = Path(os.environ.get("TUNE_LOSSES_FEATURES", Path.home() / ".cache" / "tune_losses" / "features"))
+SPLIT_DEFAULTS = {"val_fraction": None, "split": "ratios", "max_per_class": None}  # make_splits' defaults
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -53,7 +54,8 @@ def cache_key(dataset: str, options: dict, backbone: str, weights, image_size: i
 
 
 @torch.no_grad()
-def _embed(trunk, split: Split, image_size: int, batch_size: int, device) -> np.ndarray:
+def _embed(trunk, split: Split, image_size: int, batch_size: int, device) -> np.ndarray | None:
+    """The features of a split's images, or None for an empty split (e.g. no validation split)."""
     out = []
     mean = torch.tensor(IMAGENET_MEAN, device=device)[:, None, None]
     std = torch.tensor(IMAGENET_STD, device=device)[:, None, None]
@@ -64,7 +66,7 @@ def _embed(trunk, split: Split, image_size: int, batch_size: int, device) -> np.
             x = x.expand(-1, 3, -1, -1)
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
         out.append(trunk((x - mean) / std).flatten(1).float().cpu().numpy())
-    return np.concatenate(out)
+    return np.concatenate(out) if out else None
 
 
 def compute_features(dataset: str, backbone: str = "vgg16", weights=None, random_init: bool = False,
@@ -84,8 +86,11 @@ def compute_features(dataset: str, backbone: str = "vgg16", weights=None, random
     trunk = model.features.to(device)
     arrays = {name: (_embed(trunk, getattr(splits, name), image_size, batch_size, device), getattr(splits, name).y)
               for name in ("train", "val", "test")}
+    width = arrays["train"][0].shape[1]
+    arrays = {name: (np.zeros((0, width), np.float32) if f is None else f, y) for name, (f, y) in arrays.items()}
     meta = {"dataset": dataset, "backbone": backbone, "weights": model.weights_source, "image_size": image_size,
-            "num_classes": splits.num_classes, "class_names": splits.class_names, "options": options}
+            "num_classes": splits.num_classes, "class_names": splits.class_names, "options": options,
+            "split": splits.info.get("split")}
     write_features(path, arrays, meta)
     return path
 
@@ -96,8 +101,9 @@ def write_features(path, arrays: dict, meta: dict) -> Path:
     for name, (feats, labels) in arrays.items():
         feats = np.asarray(feats, dtype=np.float32)
         column = pa.FixedSizeListArray.from_arrays(pa.array(feats.reshape(-1), type=pa.float32()), feats.shape[1])
-        tables.append(pa.table({"split": pa.array([name] * len(feats)), "label": pa.array(np.asarray(labels)),
-                                "features": column}))
+        tables.append(pa.table({"split": pa.array([name] * len(feats), type=pa.string()),
+                               "label": pa.array(np.asarray(labels), type=pa.int64()),
+                               "features": column}))
     table = pa.concat_tables(tables).replace_schema_metadata({"tune_losses": json.dumps(meta, default=str)})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,15 +131,26 @@ def load_features(path) -> Splits:
         parts[name] = Split(torch.from_numpy(np.ascontiguousarray(feats[mask])),
                             torch.as_tensor(labels[mask], dtype=torch.long))
     info = {"features": str(path), "source": meta["dataset"], "backbone": meta["backbone"],
-            "weights": meta["weights"]}
+            "weights": meta["weights"], "options": meta.get("options", {}),
+            "split": meta.get("split") or "as stored in the features table (rule not recorded)"}
     return Splits(parts["train"], parts["val"], parts["test"], meta["num_classes"], meta["class_names"], info)
 
 
 @register("features")
 def features(root=None, download=False, seed=0, path=None, source: str = "digits", backbone: str = "vgg16",
              weights=None, random_init: bool = False, image_size: int = 256, cache_dir=None, **options):
-    """``dataset: features``: a cached features table (``path``), or the one for ``source`` + ``backbone``."""
+    """``dataset: features``: a cached features table (``path``), or the one for ``source`` + ``backbone``.
+    A table's splits were fixed when it was computed: with ``path``, split options (``val_fraction``, ``split``,
+    ...) must equal the ones the table was computed with, or the table's splits would silently differ from them."""
     if path is None:
         path = compute_features(source, backbone=backbone, weights=weights, random_init=random_init,
                                 image_size=image_size, cache_dir=cache_dir, root=root, seed=seed, **options)
-    return load_features(path)
+        return load_features(path)
+    splits = load_features(path)
+    stored = splits.info["options"]
+    differ = {k: v for k, v in options.items() if stored.get(k, SPLIT_DEFAULTS.get(k)) != v}
+    if differ:
+        raise ValueError(f"features path={str(path)!r}: options {differ} are not allowed: the table's splits were "
+                         f"made with {stored or 'the defaults'} ({splits.info['split']}). Compute a table with "
+                         "these options (dataset: features with source and options, without path), or drop them")
+    return splits

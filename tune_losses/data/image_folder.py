@@ -12,7 +12,8 @@ from .torchvision_sets import images_to_array
 def image_folder(root=None, download=False, seed=0, image_size: int = 64, split: str = "half", **options):
     from torchvision.datasets import ImageFolder
 
-    if root is None or not Path(root).is_dir():
+    root = None if root is None else Path(root).expanduser()
+    if root is None or not root.is_dir():
         raise ValueError(f"root={root!r} is not allowed: dataset 'image_folder' needs root to be a directory "
                          "with one sub-directory of images per class")
     data = ImageFolder(str(root))

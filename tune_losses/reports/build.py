@@ -11,7 +11,10 @@ from pathlib import Path
 import pandas as pd
 
 from . import plots
+from .best import ranked
 from .collect import histories, sweep_runs, trial_table
+from .protocol import (chosen_on, count_trials, describe_trials, split_of, statement, table_metrics,
+                       trial_outcomes)
 from .tables import as_percent, grid, grouped, is_continuous, with_paper
 from .trial_figures import draw_trial_figures
 
@@ -24,6 +27,8 @@ class Report:
     figures: list[Path] = field(default_factory=list)
     markdown: str = ""
     trials: pd.DataFrame | None = None
+    counts: dict = field(default_factory=dict)  # how the trials ended, from their tags (reports/protocol.py)
+    protocol: list[str] = field(default_factory=list)  # which protocol, split sizes, what chose what
 
 
 def _param_columns(space: dict) -> list[str]:
@@ -60,13 +65,15 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir=None, log:
     metric, mode = space["search"]["metric"], space["search"]["mode"]
     study, paper_dataset = space.get("study"), space.get("paper_dataset")
     df = trial_table(runs, list(space["params"]))
-    report = Report(name, out, trials=df)
+    report = Report(name, out, trials=df, counts=count_trials(trial_outcomes(runs)),
+                    protocol=statement(space, parent.data.params))
     dataset = space["train"]["dataset"]["name"]
+    chooser = chosen_on(space)
     lines = [f"# Report of sweep `{name}`", "",
-             f"{df['run_id'].nunique()} trials ({(df.drop_duplicates('run_id')['status'] == 'completed').sum()} "
-             f"completed), {df.groupby('run_id').size().max() if len(df) else 0} replica(s) per trial; data set "
-             f"`{dataset}`, model `{space['train']['model']['name']}`, loss `{space['train']['loss']['name']}`, "
-             f"metric `{metric}` ({mode}). Source: MLflow parent run `{parent.info.run_id}`.", ""]
+             f"{describe_trials(report.counts)}; {df.groupby('run_id').size().max() if len(df) else 0} "
+             f"replica(s) per trial; data set `{dataset}`, model `{space['train']['model']['name']}`, loss "
+             f"`{space['train']['loss']['name']}`, search metric `{metric}` ({mode}). Source: MLflow parent run "
+             f"`{parent.info.run_id}`.", "", "## Protocol and selection", "", *report.protocol, ""]
     if not paper_dataset:
         lines += [f"These tables hold data set `{dataset}` with this space's protocol, not the paper's data set, "
                   "so the paper's published numbers are not set beside them.", ""]
@@ -88,9 +95,7 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir=None, log:
         report.figures.append(path)
         lines.extend([f"![{path.stem}]({path.name})", ""])
 
-    metrics = ["test_acc"] if study in ("dal_a", "cc_lambda", "cc_batch") else [metric]
-    if study == "beta_gamma":
-        metrics = ["test_f1", "test_nmi"]
+    metrics = table_metrics(space)
     continuous = [p for p in params if is_continuous(df, p)]
     discrete = [p for p in params if p not in continuous]
     for p in discrete:
@@ -106,8 +111,12 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir=None, log:
             table, source = with_paper(table, p, study, paper_dataset)
             key = f"{p.split('.')[-1]}_{m}"
             save(key, as_percent(table), f"{m} vs {p}" + (f" at {fixed}" if fixed else ""),
-                 "Percent. `distinguishable`: the value's replicas differ from the best value's (Welch t-test, "
-                 "Benjamini-Hochberg corrected, alpha 0.05); empty without repeats." + (f" {source}" if source else ""))
+                 f"Percent, {m} per value. `is_best`: the best mean in this table (a description of the table, "
+                 "not a selection); `distinguishable`: the value's replicas differ from that value's (Welch "
+                 "t-test, Benjamini-Hochberg corrected, alpha 0.05); empty without repeats."
+                 + (" Trials stopped early by ASHA count with their values at the epoch they stopped (`epochs` in "
+                    "trials_per_replica.csv)." if subset["stopped_early"].any() else "")
+                 + (f" {source}" if source else ""))
             png = out / f"{key}_box.png"
             plots.boxplot_png(subset[subset["status"] == "completed"], p, m, png, f"{m} per {p}")
             figure(png)
@@ -133,14 +142,26 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir=None, log:
         png = out / "slice.png"
         plots.slice_png(trials, continuous, metric, png)
         figure(png)
-    finished = df[df["status"] == "completed"].groupby("run_id")[metric].mean()
+    names = df.drop_duplicates("run_id").set_index("run_id")["trial"]
+    chosen = ranked(df, chooser, mode) if chooser else pd.Series(dtype=float)
+    if chooser is None:
+        lines += ["**Best config: none** (this sweep selects nothing; see Protocol and selection).", ""]
+    elif len(chosen):
+        rid = chosen.index[0]
+        also = f", {metrics[0]} = {df[df['run_id'] == rid][metrics[0]].mean():.4g}" if metrics[0] != chooser else ""
+        lines += [f"**Best config** (selected on `{chooser}`, {split_of(chooser)} split, mean over replicas): "
+                  f"`{names[rid]}`, {chooser} = {chosen.iloc[0]:.4g}{also}.", ""]
+    # the curves of the best and worst configs by the selecting metric, else (nothing selected) by the table's
+    by = chooser or metrics[0]
+    finished = chosen if chooser else ranked(df, by, mode if by == metric else "max")
     if len(finished):
-        ends = [finished.idxmax(), finished.idxmin()] if mode == "max" else [finished.idxmin(), finished.idxmax()]
-        names = df.drop_duplicates("run_id").set_index("run_id")["trial"]
+        ends = [finished.index[0], finished.index[-1]]
         curves = {f"{label}: {names[rid]}": h for label, rid, h in
                   zip(("best", "worst"), ends, histories(client, ends).values())}
         png = out / "learning_curves_best_worst.png"
-        plots.curves_compare_png(curves, png, key="val_acc")
+        key = "val_acc" if any(h["val_acc"].notna().any() for h in curves.values()) else "test_acc"
+        lines += [f"Learning curves ({key}) of the best and worst configs by mean `{by}`:", ""]
+        plots.curves_compare_png(curves, png, key=key)
         figure(png)
     df.to_csv(out / "trials_per_replica.csv", index=False)
     report.markdown = "\n".join(lines)

@@ -11,7 +11,7 @@ import pandas as pd
 from tune_losses import tracking
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-FINAL = ("val_acc", "test_acc", "val_f1", "test_f1", "val_nmi", "test_nmi")
+FINAL = ("val_acc", "test_acc", "val_f1", "test_f1", "val_nmi", "test_nmi", "train_loss")
 
 
 def _value(text: str):

@@ -68,10 +68,13 @@ def model_params(cfg: TrainConfig, input_shape: tuple[int, ...]) -> dict:
 
 
 def evaluate(replicas, splits, num_classes: int) -> tuple[dict, np.ndarray]:
-    """Per-replica val/test metrics, their mean (the trial's metric) and spread, and the test confusion."""
+    """Per-replica val/test metrics, their mean (the trial's metric) and spread, and the test confusion. An
+    empty split (no validation: val_fraction 0) has no metrics."""
     out, per = {}, {}
     for name in ("val", "test"):
         split = getattr(splits, name)
+        if len(split) == 0:
+            continue
         preds = replicas.predict(split).numpy()
         truth = split.y.numpy()
         rows = [classification_metrics(truth, p) for p in preds]

@@ -50,7 +50,7 @@ def row_basis(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class RowSpace:
     def __init__(self, splits: Splits):
-        x = torch.cat([s.x.reshape(len(s), -1) for s in (splits.train, splits.val, splits.test)]).double()
+        x = torch.cat([s.x.flatten(1) for s in (splits.train, splits.val, splits.test)]).double()
         basis, self.rows = row_basis(x)  # (D, r) with orthonormal columns, (N, r) float64
         self.basis = basis.float()
         self.digest = hashlib.sha256(str(tuple(self.basis.shape)).encode() + self.basis.numpy().tobytes()).hexdigest()
@@ -80,7 +80,7 @@ class RowSpace:
 
     def reduce(self, splits: Splits) -> Splits:
         def coords(s: Split) -> Split:
-            return Split(s.x.reshape(len(s), -1) @ self.basis, s.y)
+            return Split(s.x.flatten(1) @ self.basis, s.y)  # flatten(1): an empty split too
 
         return Splits(coords(splits.train), coords(splits.val), coords(splits.test), splits.num_classes,
                       splits.class_names, {**splits.info, "rowspace_rank": self.basis.shape[1]})

@@ -150,7 +150,7 @@ def _create_parent(client, exp_id: str, name: str, tags: dict) -> str:
     return found[0].info.run_id
 
 
-def _parent_params(space: Space, uri: str) -> dict:
+def _parent_params(space: Space, uri: str, data=None) -> dict:
     s = space.search
     params = {"searcher": s.searcher, "scheduler": s.scheduler.name, "num_samples": s.num_samples,
               "metric": s.metric, "mode": s.mode, "max_concurrent": s.max_concurrent,
@@ -161,16 +161,19 @@ def _parent_params(space: Space, uri: str) -> dict:
         params.update({"asha.max_t": s.scheduler.max_t or space.train.epochs,
                        "asha.grace_period": s.scheduler.grace_period,
                        "asha.reduction_factor": s.scheduler.reduction_factor})
+    from tune_losses.reports.protocol import parent_params
+
+    params.update(parent_params(space.model_dump(mode="json"), data))  # protocol, selection, split sizes
     order = grid_order(space)
     if order is not None:
         params["grid_order"] = json.dumps([list(p.values()) for p in order])[:6000]
     return {k: str(v) for k, v in params.items()}
 
 
-def check_resumable(parent, space: Space, uri: str, source: str) -> None:
+def check_resumable(parent, space: Space, uri: str, source: str, data=None) -> None:
     """A resumed sweep must be the sweep it continues: the same search, data, model, loss and budget."""
     recorded = parent.data.params
-    changed = [f"{k}: {recorded[k]} in the sweep, {v} now" for k, v in _parent_params(space, uri).items()
+    changed = [f"{k}: {recorded[k]} in the sweep, {v} now" for k, v in _parent_params(space, uri, data).items()
                if k in recorded and recorded[k] != v and k != "tracking_uri"]
     if changed:
         raise SpaceError(f"{source}: --resume: this space differs from the one the sweep {parent.info.run_name!r} "
@@ -179,14 +182,14 @@ def check_resumable(parent, space: Space, uri: str, source: str) -> None:
 
 
 def _start_parent(client, exp_id: str, space: Space, path: Path, text: str, name: str, uri: str,
-                  parent_id: str | None = None) -> str:
+                  parent_id: str | None = None, data=None) -> str:
     """Create the parent run (or, resuming, complete one whose creation a kill cut short): params and the space
     file; every write may be repeated."""
     if parent_id is None:
         tags = {"tune_losses.sweep": name, "tune_losses.role": "sweep", "mlflow.runName": name,
                 "git_commit": git_commit(), "space_file": str(path), "study": space.study or "", "status": "running"}
         parent_id = _create_parent(client, exp_id, name, tags)
-    retrying(client.log_batch, parent_id, params=[Param(k, v) for k, v in _parent_params(space, uri).items()])
+    retrying(client.log_batch, parent_id, params=[Param(k, v) for k, v in _parent_params(space, uri, data).items()])
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / path.name).write_text(text)
         (Path(tmp) / "resolved_space.json").write_text(json.dumps(space.model_dump(), indent=2, default=str))
@@ -196,22 +199,20 @@ def _start_parent(client, exp_id: str, space: Space, path: Path, text: str, name
 
 
 def summarize(results, space: Space) -> dict:
-    completed = stopped = failed = diverged = epochs_run = 0
+    """How the trials ended, by the rule their MLflow tags follow (tracking/callback.py ``_on_end``: the trial's
+    own status, else error / completed; stopped early when completed before the last epoch), counted by the
+    function the report counts those tags with (reports/protocol.py), and the epochs run."""
+    from tune_losses.reports.protocol import count_trials
+
+    rows, epochs_run = [], 0
     for r in results:
         m = r.metrics or {}
         epoch = int(m.get("epoch", 0) or 0)
         epochs_run += epoch
-        if r.error is not None:
-            failed += 1
-        elif m.get("trial_status") == "diverged":
-            diverged += 1
-        elif epoch < space.train.epochs:
-            stopped += 1
-        else:
-            completed += 1
+        status = m.get("trial_status") or ("error" if r.error is not None else "completed")
+        rows.append((status, status == "completed" and epoch < space.train.epochs))
     n = len(results)
-    return {"trials": n, "completed": completed, "stopped_early": stopped, "failed": failed, "diverged": diverged,
-            "epochs_run": epochs_run, "epochs_full_budget": n * space.train.epochs}
+    return {**count_trials(rows), "epochs_run": epochs_run, "epochs_full_budget": n * space.train.epochs}
 
 
 def _quiet_ray_resume_hint() -> None:
@@ -312,7 +313,7 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
     if resume and parent is None:
         raise SpaceError(f"--resume: no sweep named {name!r} in the tracking store {tracking.redact(uri)}")
     if resume:
-        check_resumable(parent, space, uri, str(path))
+        check_resumable(parent, space, uri, str(path), data)
     if not resume and parent is not None:
         raise SpaceError(f"--name: a sweep named {name!r} is already in {tracking.redact(uri)}; continue it with "
                          "--resume, or give this one another --name")
@@ -330,7 +331,8 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
     from .trial import run_trial
 
     exp_id = tracking.experiment_id(client)
-    parent_id = _start_parent(client, exp_id, space, path, text, name, uri, parent.info.run_id if resume else None)
+    parent_id = _start_parent(client, exp_id, space, path, text, name, uri, parent.info.run_id if resume else None,
+                              data)
     ledger = Ledger(uri, exp_id, parent_id)
     checkpoints = f"{storage_path.rstrip('/')}/{name}/checkpoints"
     done: list[TrialRecord] = []
@@ -390,8 +392,9 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
     summary["trials_resumed_finished"] = len(done)
     best_config = best_metric = None
     try:
-        best = results.get_best_result(metric=space.search.metric, mode=space.search.mode, scope="last")
-        best_config, best_metric = best.config.get("params", {}), best.metrics.get(space.search.metric)
+        if space.selection_metric is not None:  # protocol paper without select_on_test chooses nothing (spaces.py)
+            best = results.get_best_result(metric=space.search.metric, mode=space.search.mode, scope="last")
+            best_config, best_metric = best.config.get("params", {}), best.metrics.get(space.search.metric)
     except RuntimeError:
         pass
     metrics = [Metric(f"sweep.{k}", float(v), int(time.time() * 1000), 0) for k, v in summary.items()]
@@ -424,12 +427,19 @@ class SweepInterrupted(KeyboardInterrupt):
 
 
 def print_summary(result: SweepResult, metric: str) -> None:
+    """What the sweep ran and chose, from what MLflow holds (the trial runs' tags, the parent run's params): the
+    same facts and sentences as its report."""
+    from tune_losses.reports.collect import sweep_runs
+    from tune_losses.reports.protocol import count_trials, describe_trials, statement, trial_outcomes
+
     s = result.summary
-    print(f"\nSweep {result.name!r}: {s['trials']} trials: {s['completed']} completed, {s['stopped_early']} stopped "
-          f"early by ASHA, {s['diverged']} diverged, {s['failed']} failed")
+    _, parent, runs, space = sweep_runs(result.parent_run_id, result.tracking_uri)
+    print(f"\nSweep {result.name!r}: {describe_trials(count_trials(trial_outcomes(runs)))}")
     print(f"Epochs run: {s['epochs_run']} of a full budget of {s['epochs_full_budget']} "
           f"({100 * s['epochs_run'] / max(s['epochs_full_budget'], 1):.0f}%)")
-    print(f"Best {metric}: {result.best_metric} with {result.best_config}")
+    print("\n".join(line.removeprefix("- ") for line in statement(space, parent.data.params)))
+    if result.best_config is not None:
+        print(f"Best {metric}: {result.best_metric} with {result.best_config}")
     print(f"MLflow: {tracking.redact(result.tracking_uri)}, parent run {result.parent_run_id} "
           f"(browse with `tune-losses ui`)")
     if result.report is not None:

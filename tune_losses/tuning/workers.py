@@ -2,10 +2,12 @@
 
 Trials start in warm processes. Ray prestarts one worker process per CPU when it starts; with
 ``preload_python_modules`` those processes import the trial code (torch, Ray Tune, the package) while the
-driver is still setting up, instead of after the first trial is scheduled. Measured with
-benchmarks/sweep_overhead.py: the sweep's start-up (its start to the first trial running) fell from ~4 s to
-~0.3 s on 2 CPUs. On a cluster started with ``ray start``, give every node the same list through the
-environment: ``RAY_preload_python_modules=tune_losses.tuning.trial`` (docker/compose.yaml does).
+driver is still setting up, instead of after the first trial is scheduled. The sweep's start-up with them (its
+start to the first trial's MLflow run, the "one-time start-up" line of ``.venv/bin/python
+benchmarks/sweep_overhead.py``, a local Ray with 2 CPUs) measured about 4 s on an otherwise idle 2-CPU machine
+(the run reported in issue 13), and 58 s with ``--trials 4 --epochs 2`` on the same machine at a load average of
+about 20. On a cluster started with ``ray start``, give every node the same list through the environment:
+``RAY_preload_python_modules=tune_losses.tuning.trial`` (docker/compose.yaml does).
 """
 
 from __future__ import annotations

@@ -1,0 +1,212 @@
+"""Protocol and selection: nothing is chosen on test data without a recorded reason, the paper protocol trains on
+exactly the paper's training set, and every summary, report and `best` says which split chose what."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tune_losses import tracking
+from tune_losses.data import build_dataset
+from tune_losses.reports.best import best_trial, export
+from tune_losses.reports.protocol import count_trials, describe_trials, trial_outcomes
+from tune_losses.spaces import SpaceError, bundled_names, load_space, parse_space
+from tune_losses.training import train
+
+from helpers import write_space
+
+BASE = {"name": "p", "train": {"dataset": {"name": "digits"}, "model": {"name": "mlp"}, "epochs": 2},
+        "params": {"loss.a": {"grid": [5.0, 15.0]}}}
+
+
+def space(**over):
+    return parse_space({**BASE, **over, "train": {**BASE["train"], "loss": {"name": "dal"}, **over.get("train", {})}})
+
+
+@pytest.mark.parametrize("over, match", [
+    ({"search": {"metric": "test_acc"}}, r"search: metric: test_acc would choose the best config on the test split"),
+    ({"search": {"metric": "test_f1", "select_on_test": True}}, "needs select_on_test_reason"),
+    ({"search": {"metric": "val_acc", "select_on_test": True, "select_on_test_reason": "x"}}, "test metric"),
+    ({"protocol": "paper"}, "metric: val_acc is not allowed with protocol: paper"),
+    ({"protocol": "paper", "search": {"metric": "test_acc", "scheduler": {"name": "asha"}}},
+     "scheduler asha would choose trials on test_acc"),
+    ({"protocol": "paper", "search": {"metric": "test_acc", "searcher": "optuna", "scheduler": {"name": "fifo"}},
+      "params": {"loss.a": {"uniform": [3, 20]}}}, "searcher optuna would choose trials on test_acc"),
+    ({"protocol": "paper", "search": {"metric": "test_acc", "scheduler": {"name": "fifo"}},
+      "train": {"dataset": {"name": "digits", "options": {"val_fraction": 0.2}}}}, "val_fraction: 0.2 is not allowed"),
+    ({"train": {"dataset": {"name": "digits", "options": {"split": "half", "val_fraction": 0}}}},
+     "metric: val_acc is not allowed with train.dataset.options.val_fraction: 0"),
+    ({"protocol": "paper", "search": {"metric": "test_acc", "scheduler": {"name": "fifo"}},
+      "params": {"dataset.val_fraction": {"grid": [0.1, 0.2]}}}, "dataset.val_fraction cannot be swept"),
+])
+def test_selection_on_test_data_or_missing_validation_is_refused(over, match):
+    with pytest.raises(SpaceError, match=match):
+        space(**over)
+
+
+def test_a_test_metric_needs_the_recorded_opt_in_and_the_paper_protocol_selects_nothing():
+    opted = space(search={"metric": "test_acc", "select_on_test": True,
+                          "select_on_test_reason": "reproduces the paper's own choice"})
+    assert opted.selection_metric == "test_acc"
+    paper = space(protocol="paper", search={"metric": "test_acc", "scheduler": {"name": "fifo"}})
+    assert paper.selection_metric is None
+    assert paper.train.dataset.options == {"val_fraction": 0, "split": "half"}
+    assert space().selection_metric == "val_acc"
+
+
+def test_the_cli_refuses_a_test_metric_before_anything_starts(tmp_path):
+    path = write_space(tmp_path / "s.yaml", search={"metric": "test_acc"})
+    proc = subprocess.run([sys.executable, "-m", "tune_losses.cli", "sweep", str(path), "--tracking-uri",
+                           f"sqlite:///{tmp_path}/mlflow.db", "--storage", str(tmp_path / "ray")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "error:" in proc.stderr and "select_on_test" in proc.stderr
+    assert "search: metric: test_acc" in proc.stderr and not (tmp_path / "mlflow.db").exists()
+
+
+def test_bundled_spaces_select_on_validation_data_or_on_nothing():
+    for name in bundled_names():
+        s = load_space(name)[0]
+        assert s.selection_metric is None or s.selection_metric.startswith("val_"), name
+        if s.paper_dataset:  # the paper studies: exactly the paper's training set, nothing held out
+            assert s.protocol == "paper" and s.train.dataset.options["val_fraction"] == 0, name
+    dal = load_space("dal_a_table2")[0].train
+    assert (dal.epochs, dal.repeats, dal.optimizer.lr, dal.model.params["hidden"]) == (300, 60, 0.001, 32)
+    bg = load_space("beta_gamma_grid")[0].train
+    assert (bg.epochs, bg.optimizer.name, bg.optimizer.lr, bg.optimizer.weight_decay) == (70, "adam", 1e-5, 4e-4)
+    # --dataset digits (the offline run) keeps the protocol: per class half / half, no validation
+    offline = load_space("dal_a_table2", {"train.dataset": {"name": "digits"}, "paper_dataset": None})[0]
+    assert offline.train.dataset.options == {"val_fraction": 0, "split": "half"}
+
+
+def _image_folder(root, per_class=8, classes=3):
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (12, 12, 3)).astype(np.uint8)).save(root / f"class{c}" / f"{i}.png")
+    return root
+
+
+def test_the_paper_split_trains_on_exactly_the_training_half(tmp_path):
+    """LabelMe's shape (classes of equal size): the paper trains on half of each class and tests on the other."""
+    root = _image_folder(tmp_path / "lm")
+    paper = build_dataset("image_folder", root=root, image_size=8, split="half", val_fraction=0)
+    held = build_dataset("image_folder", root=root, image_size=8, split="half")
+    assert torch.bincount(paper.train.y).tolist() == [4, 4, 4] and len(paper.val) == 0
+    assert torch.bincount(paper.test.y).tolist() == [4, 4, 4]
+    assert torch.equal(paper.test.x, held.test.x)  # the same test half; the held-out variant trains on less
+    assert len(held.train) + len(held.val) == len(paper.train) and len(held.val) > 0
+    assert "validation: none (val_fraction 0)" in paper.info["split"]
+    d = build_dataset("digits", split="half", val_fraction=0)
+    assert (len(d.train), len(d.val), len(d.test)) == (898, 0, 899)
+    with pytest.raises(ValueError, match="val_fraction=0 is not allowed with split='ratios'"):
+        build_dataset("digits", val_fraction=0)
+    with pytest.raises(ValueError, match=r"val_fraction=1 is not allowed: val_fraction must be a number in \[0, 1\)"):
+        build_dataset("digits", split="half", val_fraction=1)
+
+
+def test_val_fraction_0_trains_with_no_validation_metrics(tmp_path):
+    result = train({"dataset": {"name": "digits", "options": {"split": "half", "val_fraction": 0}},
+                    "model": {"name": "mlp"}, "epochs": 2, "repeats": 2})
+    assert result["status"] == "completed" and 0 < result["test_acc"] <= 1
+    assert not [k for k in result if k.startswith("val_")]
+    # the same through a features table (the DAL head's path, with its row-space reduction)
+    from tune_losses.data.features import compute_features
+
+    path = compute_features("image_folder", backbone="vgg16", random_init=True, image_size=32, cache_dir=tmp_path,
+                            root=str(_image_folder(tmp_path / "lm")), split="half", val_fraction=0)
+    cfg = {"dataset": {"name": "features", "options": {"path": str(path), "split": "half", "val_fraction": 0}},
+           "model": {"name": "mlp"}, "loss": {"name": "dal", "params": {"a": 10}}, "epochs": 2, "repeats": 2,
+           "optimizer": {"lr": 0.01}}
+    result = train(cfg)
+    assert result["status"] == "completed" and not [k for k in result if k.startswith("val_")]
+    cfg["dataset"]["options"]["val_fraction"] = 0.2  # the table has no validation split: refused, not ignored
+    with pytest.raises(ValueError, match="options {'val_fraction': 0.2} are not allowed"):
+        train(cfg)
+
+
+@pytest.mark.slow
+def test_a_paper_protocol_sweep_selects_nothing_and_says_so(tmp_path, ray_local, capsys):
+    from tune_losses.tuning.runner import print_summary, run_sweep
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    path = write_space(tmp_path / "paper.yaml", name="paper_e2e", protocol="paper",
+                       search={"metric": "test_acc", "scheduler": {"name": "fifo"}})
+    result = run_sweep(path, tracking_uri=uri, storage=str(tmp_path / "ray"), verbose=0)
+    assert result.best_config is None and result.report is not None
+    c = tracking.client(uri)
+    parent = c.get_run(result.parent_run_id)
+    assert "best_config" not in parent.data.tags
+    p = parent.data.params
+    assert (p["protocol"], p["selection.metric"], p["select_on_test"]) == ("paper", "none", "false")
+    assert (p["data.n_train"], p["data.n_val"], p["data.n_test"]) == ("898", "0", "899")
+    for run in tracking.trial_runs(c, parent.info.run_id, parent.info.experiment_id):
+        assert "test_acc" in run.data.metrics and not [k for k in run.data.metrics if k.startswith("val_")]
+    md = result.report.markdown
+    assert "Protocol `paper`" in md and "- Selection: none." in md and "**Best config: none**" in md
+    assert "training 898 images, validation 0 images, test 899 images" in md
+    assert "per class half train / half test" in md
+    print_summary(result, "test_acc")
+    out = capsys.readouterr().out
+    assert "Selection: none." in out and "Best test_acc" not in out
+    with pytest.raises(ValueError, match="selects no config"):
+        best_trial("paper_e2e", tracking_uri=uri)
+
+
+@pytest.mark.slow
+def test_summary_report_and_best_state_the_same_facts(tmp_path, ray_local, capsys):
+    """ASHA stops the weaker trials: the summary, the report and the tags give the same counts, and each says
+    which split chose the best config."""
+    from tune_losses.tuning.runner import print_summary, run_sweep
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    path = write_space(tmp_path / "asha.yaml", name="asha_facts", replace=("params",), study="dal_a",
+                       train={"epochs": 3, "repeats": 1},
+                       params={"optimizer.lr": {"grid": [0.1, 0.05, 0.0001]}},
+                       search={"max_concurrent": 1,
+                               "scheduler": {"name": "asha", "max_t": 3, "grace_period": 1, "reduction_factor": 2}})
+    result = run_sweep(path, tracking_uri=uri, storage=str(tmp_path / "ray"), verbose=0)
+    c = tracking.client(uri)
+    runs = tracking.trial_runs(c, result.parent_run_id, tracking.experiment_id(c))
+    counts = count_trials(trial_outcomes(runs))
+    assert counts["stopped_early"] >= 1 and counts["completed"] >= 1 and counts["trials"] == 3
+    assert {k: result.summary[k] for k in counts} == counts
+    sentence = describe_trials(counts)
+    assert sentence in result.report.markdown
+    print_summary(result, "val_acc")
+    out = capsys.readouterr().out
+    assert sentence in out
+    stated = "Selection: the best config is chosen on `val_acc` (validation split, 360 images)"
+    assert stated in result.report.markdown and stated in out
+    assert "`test_acc` per value on the test split (359 images)" in result.report.markdown
+    best = best_trial("asha_facts", tracking_uri=uri)
+    assert best["metric"] == "val_acc" and best["split"] == "validation"
+    assert stated in export(best, tmp_path / "best.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_selection_on_test_data_is_recorded_and_printed_with_its_reason(tmp_path, ray_local):
+    from tune_losses.tuning.runner import run_sweep
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    reason = "reproduces the paper's own choice of a on its test split"
+    path = write_space(tmp_path / "opt.yaml", name="opt_in", train={"epochs": 1, "repeats": 1},
+                       search={"metric": "test_acc", "select_on_test": True, "select_on_test_reason": reason})
+    result = run_sweep(path, tracking_uri=uri, storage=str(tmp_path / "ray"), verbose=0)
+    params = tracking.client(uri).get_run(result.parent_run_id).data.params
+    assert (params["select_on_test"], params["select_on_test_reason"]) == ("true", reason)
+    assert params["selection.split"] == "test" and result.best_config is not None
+    assert f"by explicit opt-in (`search.select_on_test`): {reason}" in result.report.markdown
+    proc = subprocess.run([sys.executable, "-m", "tune_losses.cli", "best", "opt_in", "--tracking-uri", uri],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and reason in proc.stdout and "(test split, 359 images)" in proc.stdout
+
+
+def test_workers_docstring_states_the_measured_start_up_with_its_command():
+    from tune_losses.tuning import workers
+
+    doc = workers.__doc__
+    assert "benchmarks/sweep_overhead.py" in doc and "0.3 s" not in doc
