@@ -129,16 +129,17 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
         storage or str(tracking.run_dir() / "ray"))
     experiment_dir = Path(storage_path) / name if "://" not in storage_path else None
     # Everything that can be wrong is found here, before Ray starts or MLflow is written to.
+    preflight.check_sweep_name(name)
     if experiment_dir is not None:
         preflight.check_writable(Path(storage_path), "--storage")
     preflight.check_tracking(uri, resume, name)
     preflight.check_ray_address(address, address_option)
     if not address:
-        preflight.check_gpus(space, str(path), _local_gpus(), "machine")
+        preflight.check_local_resources(space, str(path), num_cpus, _local_gpus())
     if resume and experiment_dir is not None and not experiment_dir.is_dir():
         raise SpaceError(f"--resume: no Ray Tune state for sweep {name!r} under {storage_path}")
     data = preflight.load_data(space, str(path))
-    client = tracking.client(uri)  # opening a SQLite store creates it: only once all else is known to be fine
+    client = tracking.client(uri) if resume else None  # a new store is made below, once all else is known fine
     parent = tracking.find_sweep(client, name) if resume else None
     if resume and parent is None:
         raise SpaceError(f"--resume: no sweep named {name!r} in the tracking store {tracking.redact(uri)}")
@@ -148,10 +149,8 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
     from .workers import init_ray
 
     init_ray(address, num_cpus, verbose)
-    if address:
-        import ray
-
-        preflight.check_gpus(space, str(path), ray.cluster_resources().get("GPU", 0), "cluster")
+    preflight.check_ray_resources(space, str(path), "cluster" if address else "local Ray")
+    client = client or tracking.client(uri)  # opening a SQLite store creates it: only once all else is known fine
 
     from .trial import run_trial
 
