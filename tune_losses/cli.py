@@ -12,13 +12,26 @@ import yaml
 
 
 def _overrides(pairs: list[str]) -> dict:
+    from tune_losses import yaml_io
+
     out = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
-        if not sep:
+        if not sep or not all(key.split(".")):
             raise ValueError(f"--set {pair!r} is not allowed: use --set path=value (e.g. train.epochs=3)")
-        out[key] = yaml.safe_load(value)
+        out[key] = yaml_io.loads(value, f"--set {pair!r}")
     return out
+
+
+def _output_path(path: str, option: str, directory: bool = False) -> None:
+    """An output path must be creatable: checked before any work (and before a store is opened)."""
+    p = Path(path)
+    if directory:
+        if p.exists() and not p.is_dir():
+            raise ValueError(f"{option}={path!r} is a file; allowed: a directory (it is created if missing)")
+    elif p.is_dir() or not p.parent.is_dir():
+        why = f"{p} is a directory" if p.is_dir() else f"the directory {p.parent} does not exist"
+        raise ValueError(f"{option}={path!r}: {why}; allowed: a file path in an existing directory")
 
 
 def cmd_spaces(args) -> int:
@@ -35,6 +48,10 @@ def cmd_sweep(args) -> int:
     from tune_losses.spaces import load_space
     from tune_losses.tuning.runner import SweepInterrupted, print_summary, run_sweep
 
+    if args.name is not None:
+        from tune_losses.tuning.preflight import check_sweep_name
+
+        check_sweep_name(args.name)
     overrides = _overrides(args.set)
     if args.dataset:
         overrides["train.dataset"] = {"name": args.dataset}
@@ -53,22 +70,32 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from pydantic import ValidationError
+
+    from tune_losses import yaml_io
+    from tune_losses.spaces import format_validation_error, set_path
     from tune_losses.training.config import TrainConfig
     from tune_losses.training.run import train_and_record
 
     path = Path(args.config)
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"{path}: no such config file")
-    doc = yaml.safe_load(path.read_text()) or {}
-    data = doc.get("train", doc)
+    _, doc = yaml_io.load_file(path)  # errors name the file: a directory, not UTF-8, malformed, a key twice
+    doc = {} if doc is None else doc
+    prefix = "train." if isinstance(doc, dict) and "train" in doc else ""
+    data = doc.get("train", doc) if isinstance(doc, dict) else doc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: invalid training config\n  {prefix.rstrip('.') or '(top level)'}: must be a "
+                         "mapping of training fields (dataset, model, loss, epochs, ...)")
     for key, value in _overrides(args.set).items():
-        from tune_losses.spaces import set_path
-
-        set_path(data, tuple(key.removeprefix("train.").split(".")), value)
+        try:
+            set_path(data, tuple(key.removeprefix("train.").split(".")), value)
+        except ValueError as exc:
+            raise ValueError(f"{path}: --set {key}: {exc}") from None
     try:
         cfg = TrainConfig.model_validate(data)
-    except Exception as exc:
-        raise ValueError(f"{path}: invalid training config:\n{exc}") from None
+    except ValidationError as exc:
+        raise ValueError(format_validation_error(exc, str(path), "training config", prefix)) from None
     result = train_and_record(cfg, tracking_uri=args.tracking_uri, name=args.name or path.stem,
                               sweep_run_id=doc.get("from_sweep"), register=args.register)
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, list)}, indent=2))
@@ -78,6 +105,8 @@ def cmd_train(args) -> int:
 def cmd_report(args) -> int:
     from tune_losses.reports.build import build_report
 
+    if args.out:
+        _output_path(args.out, "--out", directory=True)
     report = build_report(args.sweep, tracking_uri=args.tracking_uri, out_dir=args.out)
     print(report.markdown)
     print(f"\nWritten to {report.directory} and logged to the sweep's parent run under report/")
@@ -87,6 +116,8 @@ def cmd_report(args) -> int:
 def cmd_best(args) -> int:
     from tune_losses.reports.best import best_trial, export
 
+    if args.export:
+        _output_path(args.export, "--export")
     best = best_trial(args.sweep, tracking_uri=args.tracking_uri)
     print(f"best trial of {best['sweep']}: {best['trial']}  {best['metric']} = {best['value']:.4f} "
           f"(run {best['trial_run_id']})")
@@ -113,6 +144,7 @@ def cmd_ui(args) -> int:
     from tune_losses import tracking
 
     uri = args.tracking_uri or tracking.default_tracking_uri()
+    tracking.store.check_uri(uri)  # a scheme MLflow cannot serve: an error here, not the server's traceback
     # MLflow 3's UI opens on its GenAI pages; workflowType=machine_learning shows experiments' runs tables.
     print(f"MLflow UI for {tracking.redact(uri)} at "
           f"http://{args.host}:{args.port}/#/experiments?workflowType=machine_learning", flush=True)
@@ -182,6 +214,12 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except ValueError as exc:  # SpaceError included: file, field, what is allowed
+        from pydantic import ValidationError
+
+        if isinstance(exc, ValidationError):  # one not formatted where it arose: the project's form, no URL
+            from tune_losses.spaces import format_validation_error
+
+            exc = format_validation_error(exc, exc.title, "input")
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # before a sweep's trials started, or outside a sweep: nothing half-written

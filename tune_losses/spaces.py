@@ -25,13 +25,15 @@ Domains: ``value`` (fixed), ``grid``, ``choice``, ``uniform``, ``loguniform``, `
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
-from tune_losses.training.config import TrainConfig
+from tune_losses import yaml_io
+from tune_losses.training.config import TrainConfig, check_finite
 
 BUNDLED = Path(__file__).parent / "search_spaces"
 DOMAINS = ("value", "grid", "choice", "uniform", "loguniform", "quniform", "randint")
@@ -42,7 +44,17 @@ class SpaceError(ValueError):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+NAME_RULE = "letters, digits, '_', '.' and '-', not starting with '.' or '-', no '..', at most 128 characters"
+
+
+def check_name(value: str) -> str:
+    """A sweep's name becomes a directory under --storage and an MLflow tag: no path, nothing hidden, not empty."""
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", value) or ".." in value:
+        raise ValueError(f"{value!r} is not allowed; allowed: {NAME_RULE}")
+    return value
 
 
 class Domain(Strict):
@@ -67,6 +79,8 @@ class Domain(Strict):
             raise ValueError(f"loguniform needs low > 0, got {bounds[0]}")
         if kind == "quniform" and bounds[2] <= 0:
             raise ValueError(f"quniform needs q > 0, got {bounds[2]}")
+        if kind in ("value", "grid", "choice"):  # the ranges are floats / ints, which pydantic checks
+            check_finite(bounds, kind)
         return self
 
     @property
@@ -134,7 +148,7 @@ class Resources(Strict):
 
 
 class Space(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: Annotated[str, AfterValidator(check_name)]
     description: str = ""
     study: Literal["dal_a", "cc_lambda", "cc_batch", "beta_gamma"] | None = None
     paper_dataset: str | None = None  # set when `train` runs the study on the paper's own data set
@@ -218,8 +232,11 @@ def param_target(path: str) -> tuple[str, ...]:
 
 
 def set_path(tree: dict, keys: tuple[str, ...], value) -> None:
-    for key in keys[:-1]:
+    for i, key in enumerate(keys[:-1]):
         tree = tree.setdefault(key, {})
+        if not isinstance(tree, dict):
+            raise ValueError(f"{'.'.join(keys[:i + 1])} is {tree!r}, not a mapping, so {'.'.join(keys)} cannot be "
+                             "set; allowed: a path to a field, e.g. train.epochs")
     tree[keys[-1]] = value
 
 
@@ -284,9 +301,26 @@ def _check_semantics(space: Space) -> list[tuple[str, str]]:
     return problems
 
 
-def _format(source: str, problems: list[tuple[str, str]]) -> str:
-    lines = [f"{source}: invalid search space"] + [f"  {field}: {msg}" for field, msg in problems]
+def _format(source: str, problems: list[tuple[str, str]], what: str = "search space") -> str:
+    lines = [f"{source}: invalid {what}"] + [f"  {field}: {msg}" for field, msg in problems]
     return "\n".join(lines)
+
+
+def validation_problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    """pydantic's errors as (field path, message) pairs, without its URLs and input dumps."""
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        problems.append((prefix + loc if loc else "(top level)", msg))
+    return problems
+
+
+def format_validation_error(exc: ValidationError, source: str, what: str, prefix: str = "") -> str:
+    """``source: invalid WHAT`` then one ``  field: message`` line per problem (the CLI's form of pydantic's)."""
+    return _format(source, validation_problems(exc, prefix), what)
 
 
 def parse_space(data: Any, source: str = "<space>") -> Space:
@@ -295,14 +329,7 @@ def parse_space(data: Any, source: str = "<space>") -> Space:
     try:
         space = Space.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown field"
-            problems.append((loc or "(top level)", msg))
-        raise SpaceError(_format(source, problems)) from None
+        raise SpaceError(_format(source, validation_problems(exc))) from None
     problems = _check_semantics(space)
     if problems:
         raise SpaceError(_format(source, problems))
@@ -319,17 +346,19 @@ def resolve_path(name_or_path: str | Path) -> Path:
 def load_space(name_or_path: str | Path, overrides: dict | None = None) -> tuple[Space, Path, str]:
     """Read, override (dotted keys, e.g. {"train.epochs": 3}) and validate a space; returns (space, path, text)."""
     path = resolve_path(name_or_path)
-    if not path.is_file():
+    if not path.exists():
         raise SpaceError(f"{path}: no such search space (bundled ones: {', '.join(bundled_names())})")
-    text = path.read_text()
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SpaceError(f"{path}: malformed YAML: {exc}") from None
+    try:  # a directory, bytes that are not UTF-8, malformed YAML, a key given twice
+        text, data = yaml_io.load_file(path)
+    except ValueError as exc:
+        raise SpaceError(str(exc)) from None
     data = copy.deepcopy(data)
     for key, value in (overrides or {}).items():
         if isinstance(data, dict):
-            set_path(data, tuple(key.split(".")), value)
+            try:
+                set_path(data, tuple(key.split(".")), value)
+            except ValueError as exc:
+                raise SpaceError(f"{path}: --set {key}: {exc}") from None
     return parse_space(data, str(path)), path, text
 
 
@@ -340,6 +369,6 @@ def bundled_names() -> list[str]:
 def describe_bundled() -> list[tuple[str, str]]:
     out = []
     for name in bundled_names():
-        data = yaml.safe_load((BUNDLED / f"{name}.yaml").read_text())
+        _, data = yaml_io.load_file(BUNDLED / f"{name}.yaml")
         out.append((name, data.get("description", "")))
     return out

@@ -23,7 +23,7 @@ def _value(text: str):
 
 def sweep_runs(sweep: str, tracking_uri: str | None = None):
     """(client, parent run, child runs, resolved space dict) of a sweep given by name or parent run id."""
-    c = tracking.client(tracking_uri)
+    c = tracking.client(tracking_uri, must_exist=True)  # reading: a store that is not there is an error
     parent = tracking.find_sweep(c, sweep)
     if parent is None:
         try:

@@ -28,10 +28,101 @@ def redact(uri: str) -> str:
     return re.sub(r"//[^/@]+@", "//***@", uri)
 
 
-def client(tracking_uri: str | None = None) -> MlflowClient:
+def option_for(uri: str) -> str:
+    """The option a URI came from, for error messages."""
+    return "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") == uri else "--tracking-uri"
+
+
+# Used only where MLflow's registry cannot be read (tracking_schemes() returns None).
+KNOWN_SCHEMES = ["databricks", "file", "http", "https", "mssql", "mysql", "postgresql", "sqlite"]
+
+
+def _store_registry():
+    """MLflow's registry of tracking store schemes. MLflow has no public way to ask which schemes it serves;
+    this is the one place that reads its private registry (tests/test_bad_input.py fails if it moves)."""
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    return _tracking_store_registry
+
+
+UNSERVED = {"uc", "databricks-uc"}  # registered, but MLflow refuses them as tracking stores (model registry only)
+
+
+def tracking_schemes() -> list[str] | None:
+    """The URI schemes this MLflow serves as a tracking store ('' and file: are local paths), or None."""
+    try:
+        return sorted(s for s in _store_registry()._registry if s and s not in UNSERVED)
+    except (ImportError, AttributeError):
+        return None
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///").split("?")[0]) if uri.startswith("sqlite:///") else None
+
+
+def check_uri(uri: str, option: str | None = None) -> None:
+    """Fail, naming the option and what is allowed, when MLflow cannot serve ``uri``: an unknown scheme (a typo
+    such as htp://), a database driver that SQLAlchemy does not know or that is not installed, a SQLite path that
+    is a directory. Nothing is opened or created."""
+    option, shown = option or option_for(uri), redact(uri)
+    schemes = tracking_schemes()
+    allowed = ("allowed: " + ", ".join(f"{s}:" for s in (schemes or KNOWN_SCHEMES))
+               + " (a database as SCHEME+DRIVER://), or a local path")
+    scheme = uri.split("://")[0].lower() if "://" in uri else ""
+    if scheme in UNSERVED:
+        raise ValueError(f"{option}={shown!r}: MLflow serves {scheme}: as a model registry only; {allowed}")
+    if schemes is not None:
+        try:
+            _store_registry().get_store_builder(uri)
+        except Exception as exc:  # UnsupportedModelRegistryStoreURIException, MlflowException (a bad database URI)
+            raise ValueError(f"{option}={shown!r}: MLflow cannot serve this tracking URI "
+                             f"({type(exc).__name__}); {allowed}") from None
+    elif scheme.split("+")[0] not in KNOWN_SCHEMES + [""]:
+        raise ValueError(f"{option}={shown!r}: MLflow cannot serve this tracking URI; {allowed}")
+    if scheme.split("+")[0] in ("postgresql", "mysql", "mssql", "sqlite"):
+        from sqlalchemy.engine import make_url
+
+        try:
+            make_url(uri).get_dialect().import_dbapi()
+        except Exception as exc:  # NoSuchModuleError (unknown driver), ImportError (driver not installed)
+            raise ValueError(f"{option}={shown!r}: its database driver cannot be loaded ({type(exc).__name__}: "
+                             f"{exc}); allowed: SCHEME+DRIVER:// with a driver SQLAlchemy knows and that is installed, "
+                             "e.g. postgresql+psycopg2:// or mysql+pymysql://") from None
+    db = _sqlite_path(uri)
+    if db is not None and db.is_dir():
+        raise ValueError(f"{option}={shown!r}: {db} is a directory; allowed: the path of a SQLite file, "
+                         f"e.g. sqlite:///{db / 'mlflow.db'}")
+
+
+def check_exists(uri: str, option: str | None = None) -> None:
+    """Fail when a local store (a SQLite file, a file: directory) does not exist, without creating it."""
+    option, shown = option or option_for(uri), redact(uri)
+    db = _sqlite_path(uri)
+    scheme = uri.split("://")[0].lower() if "://" in uri else ""
+    local = db if db is not None else (Path(uri.removeprefix("file://")) if scheme in ("", "file") else None)
+    if local is not None and not local.exists():
+        raise ValueError(f"{option}={shown!r}: no MLflow store exists there ({local} does not exist); allowed: "
+                         "the tracking URI a sweep recorded into (this command reads a store, it never makes one)")
+
+
+def store_exists(uri: str) -> bool:
+    """Whether a store is there to read: always for a server or database, for a local one when its file is."""
+    try:
+        check_exists(uri)
+        return True
+    except ValueError:
+        return False
+
+
+def client(tracking_uri: str | None = None, must_exist: bool = False) -> MlflowClient:
+    """A client of the store; ``must_exist`` (read-only commands): a local store that is not there is an error
+    instead of a new, empty store."""
     uri = tracking_uri or default_tracking_uri()
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    check_uri(uri)
+    if must_exist:
+        check_exists(uri)
+    elif uri.startswith("sqlite:///"):
+        _sqlite_path(uri).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     return MlflowClient(tracking_uri=uri)
 

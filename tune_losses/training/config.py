@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # .inf / .nan: "should be a finite number"
+
+
+def check_finite(value, path: str = ""):
+    """Refuse inf and nan anywhere in a free-form value (nested dicts and lists), naming where."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{path or 'value'}={value!r} is not allowed; allowed: finite numbers")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_finite(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_finite(v, f"{path}[{i}]")
+    return value
+
+
+FreeForm = Annotated[dict[str, Any], AfterValidator(check_finite)]
 
 
 _REGISTRY_MODULES = {"dataset": "tune_losses.data", "model": "tune_losses.models", "loss": "tune_losses.losses"}
@@ -32,17 +49,17 @@ class DatasetConfig(Strict):
     name: _registered("dataset") = "digits"
     root: str | None = None
     download: bool = False
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: FreeForm = Field(default_factory=dict)
 
 
 class ModelConfig(Strict):
     name: _registered("model") = "small_cnn"
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: FreeForm = Field(default_factory=dict)
 
 
 class LossConfig(Strict):
     name: _registered("loss") = "ce"
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: FreeForm = Field(default_factory=dict)
 
 
 class OptimizerConfig(Strict):
@@ -76,8 +93,8 @@ class TrainConfig(Strict):
     batch_size: int = Field(32, ge=1)
     epochs: int = Field(10, ge=1)
     repeats: int = Field(1, ge=1)
-    seed: int = 0  # replica k trains with seed + k (initialisation and shuffling)
-    data_seed: int = 0  # the train / val / test split, the same for every replica and trial
+    seed: int = Field(0, ge=0)  # replica k trains with seed + k (initialisation and shuffling)
+    data_seed: int = Field(0, ge=0)  # the train / val / test split, the same for every replica and trial
     vectorize: bool = True
     rowspace: bool = True  # the exact row-space reduction of the DAL head, where it applies
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -1,18 +1,30 @@
-"""Checks a sweep makes before anything starts: writable paths, GPUs, a reachable tracking store and Ray cluster,
-a sweep to resume, the data set. Each failure is one SpaceError naming the file or option, the value and what
-is allowed; none of them starts Ray or writes to MLflow."""
+"""Checks a sweep makes before anything starts: the sweep's name, writable paths, CPUs and GPUs per trial, a
+tracking store MLflow can serve and reach, a reachable Ray cluster, a sweep to resume, the data set. Each failure
+is one SpaceError naming the file or option, the value and what is allowed; none of them starts Ray or writes to
+MLflow (the one check that needs a joined cluster, check_ray_resources, runs before MLflow is written)."""
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
 from tune_losses import tracking
-from tune_losses.spaces import Space, SpaceError
+from tune_losses.spaces import Space, SpaceError, check_name
 
 CONNECT_TIMEOUT = 5.0
+#: Seconds to wait, on a cluster an autoscaler may grow, for a node that can hold one trial (default 0: fail at once).
+RESOURCE_WAIT_ENV = "TUNE_LOSSES_RESOURCE_WAIT_S"
+
+
+def check_sweep_name(name: str, option: str = "--name") -> None:
+    """The sweep's name is a directory under --storage: no path, no hidden or empty name."""
+    try:
+        check_name(name)
+    except ValueError as exc:
+        raise SpaceError(f"{option}={name!r} {str(exc).removeprefix(repr(name) + ' ')}") from None
 
 
 def check_writable(path: Path, what: str) -> None:
@@ -36,22 +48,27 @@ def _reachable(host: str, port: int) -> str | None:
 
 
 def check_tracking(uri: str, resume: bool, name: str) -> None:
-    """An MLflow server must answer; a sweep to resume needs a store that exists (without creating one)."""
-    shown = tracking.redact(uri)
+    """MLflow must serve the URI's scheme, an MLflow server must answer; a sweep to resume needs a store that exists
+    (without creating one)."""
+    shown, option = tracking.redact(uri), tracking.store.option_for(uri)
+    try:
+        tracking.store.check_uri(uri, option)
+    except ValueError as exc:
+        raise SpaceError(str(exc)) from None
     parsed = urlparse(uri)
     if parsed.scheme in ("http", "https"):
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
         why = _reachable(parsed.hostname or "", port)
         if why:
-            raise SpaceError(f"--tracking-uri={shown!r}: no MLflow server answers at {parsed.hostname}:{port} "
+            raise SpaceError(f"{option}={shown!r}: no MLflow server answers at {parsed.hostname}:{port} "
                              f"({why}); allowed: the URI of a running MLflow server, or a sqlite:/// path")
     elif parsed.scheme.startswith(("postgresql", "mysql")) and parsed.hostname:
         why = _reachable(parsed.hostname, parsed.port or (5432 if parsed.scheme.startswith("postgresql") else 3306))
         if why:
-            raise SpaceError(f"--tracking-uri={shown!r}: the database server does not answer ({why})")
+            raise SpaceError(f"{option}={shown!r}: the database server does not answer ({why})")
     elif uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
-        check_writable(db.parent, "--tracking-uri")
+        check_writable(db.parent, option)
         if resume and not db.is_file():
             raise SpaceError(f"--resume: no sweep named {name!r}: the tracking store {db} does not exist; "
                              "allowed: the name of a sweep recorded in that store")
@@ -71,13 +88,72 @@ def check_ray_address(address: str | None, option: str = "--address") -> None:
                          f"running Ray head (`ray start --head` prints it), or no {option} for a local Ray")
 
 
-def check_gpus(space: Space, source: str, available: float, where: str) -> None:
-    want = space.resources.gpu
-    if want <= 0:
+def check_resources(space: Space, source: str, nodes: list[dict], where: str, waited: float = 0) -> None:
+    """One trial runs on one node: fail when no node of ``nodes`` (Ray resource dicts, {"CPU": 2, "GPU": 1, ...})
+    has the CPUs and GPUs one trial asks for. Ray would queue such a trial forever. More trials than fit at once is
+    fine (Ray queues them until others finish)."""
+    want = {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
+    if any(all(n.get(k.upper(), 0) >= v for k, v in want.items() if v > 0) for n in nodes):
         return
-    if want > available or available == 0:
-        raise SpaceError(f"{source}: resources.gpu: {want} GPU per trial is more than the {where} has "
-                         f"({available:g}); allowed: 0" + (f" to {available:g}" if available else " (no GPU found)"))
+    largest = {k: max((n.get(k.upper(), 0) for n in nodes), default=0) for k in want}
+    after = f" (after waiting {waited:g} s for one)" if waited else ""
+    place = f"the {where}" if len(nodes) <= 1 else f"the largest node of the {where}"
+    for k, v in want.items():
+        if v > largest[k]:
+            unit = k.upper()
+            if k == "gpu":
+                allowed = f"0 to {largest[k]:g}" if largest[k] else "0 (no GPU found)"
+            else:
+                allowed = f"> 0, up to {largest[k]:g}" if largest[k] else "none here: no node has a CPU to give"
+            raise SpaceError(f"{source}: resources.{k}: {v:g} {unit} per trial is more than {place} has "
+                             f"({largest[k]:g}){after}; allowed: {allowed}")
+    sizes = [{k: n.get(k, 0) for k in ("CPU", "GPU")} for n in nodes]
+    raise SpaceError(f"{source}: resources: {want['cpu']:g} CPU and {want['gpu']:g} GPU per trial: no node of the "
+                     f"{where} has both at once{after} (nodes: {sizes}); allowed: what one node has")
+
+
+def check_local_resources(space: Space, source: str, num_cpus: int | None, gpus: int) -> None:
+    """Before a local Ray starts: one trial must fit this machine (its CPUs, or ``num_cpus``, and its GPUs)."""
+    where = f"local Ray (num_cpus={num_cpus})" if num_cpus else "machine"
+    check_resources(space, source, [{"CPU": num_cpus or os.cpu_count() or 1, "GPU": gpus}], where)
+
+
+def resource_wait_s() -> float:
+    raw = os.environ.get(RESOURCE_WAIT_ENV, "") or "0"
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1
+    if not 0 <= value < float("inf"):
+        raise SpaceError(f"{RESOURCE_WAIT_ENV}={raw!r} is not allowed; allowed: seconds >= 0 (0: no wait)")
+    return value
+
+
+def check_ray_resources(space: Space, source: str, where: str = "cluster", poll_s: float = 2.0) -> None:
+    """Once Ray is up (local or joined): one trial must fit the largest live node. With TUNE_LOSSES_RESOURCE_WAIT_S
+    > 0 (an autoscaler may add nodes) it waits up to that long for such a node, saying so in one line."""
+    import ray
+
+    wait = resource_wait_s()
+    nodes = lambda: [n["Resources"] for n in ray.nodes() if n.get("Alive")]  # noqa: E731
+    try:
+        check_resources(space, source, nodes(), where)
+        return
+    except SpaceError:
+        if wait <= 0:
+            raise
+    print(f"No node of the {where} has {space.resources.cpu:g} CPU and {space.resources.gpu:g} GPU for one trial; "
+          f"waiting up to {wait:g} s ({RESOURCE_WAIT_ENV}) for an autoscaler to add one", flush=True)
+    deadline = time.monotonic() + wait
+    while True:
+        time.sleep(min(poll_s, max(deadline - time.monotonic(), 0)))
+        last = time.monotonic() >= deadline
+        try:
+            check_resources(space, source, nodes(), where, waited=wait if last else 0)
+            return
+        except SpaceError:
+            if last:
+                raise
 
 
 def data_is_swept(space: Space) -> bool:

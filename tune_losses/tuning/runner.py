@@ -301,15 +301,17 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
         storage or str(tracking.run_dir() / "ray"))
     remote_storage = "://" in storage_path
     # Everything that can be wrong is found here, before Ray starts or MLflow is written to.
+    preflight.check_sweep_name(name)
     if not remote_storage:
         preflight.check_writable(Path(storage_path), "--storage")
     preflight.check_tracking(uri, resume, name)
     preflight.check_ray_address(address, address_option)
     if not address:
-        preflight.check_gpus(space, str(path), _local_gpus(), "machine")
+        preflight.check_local_resources(space, str(path), num_cpus, _local_gpus())
     data = preflight.load_data(space, str(path))
-    client = tracking.client(uri)  # opening a SQLite store creates it: only once all else is known to be fine
-    parent = tracking.find_sweep(client, name)
+    # opening a SQLite store creates it: a new sweep opens it only once all else is known to be fine (below)
+    client = tracking.client(uri) if resume or tracking.store_exists(uri) else None
+    parent = tracking.find_sweep(client, name) if client is not None else None
     if resume and parent is None:
         raise SpaceError(f"--resume: no sweep named {name!r} in the tracking store {tracking.redact(uri)}")
     if resume:
@@ -323,10 +325,8 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
     from .workers import init_ray
 
     init_ray(address, num_cpus, verbose)
-    if address:
-        import ray
-
-        preflight.check_gpus(space, str(path), ray.cluster_resources().get("GPU", 0), "cluster")
+    preflight.check_ray_resources(space, str(path), "cluster" if address else "local Ray")
+    client = client or tracking.client(uri)  # opening a SQLite store creates it: only once all else is known fine
 
     from .trial import run_trial
 
