@@ -206,3 +206,29 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path):
     out = resume(cmd, tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert faults.check(uri, "twice", 6, {}) == []
+
+
+def test_a_sweep_name_in_the_store_is_resumed_never_started_twice(tmp_path):
+    """A new sweep under a name the store holds, or --resume with a space other than the sweep's, is refused before
+    Ray starts or anything is written."""
+    from mlflow.entities import Param
+
+    from tune_losses.spaces import SpaceError, load_space
+    from tune_losses.tuning.runner import _parent_params, run_sweep
+
+    from helpers import write_space
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    path = write_space(tmp_path / "s.yaml", name="taken")
+    space, _, _ = load_space(path)
+    c = tracking.client(uri)
+    exp = tracking.experiment_id(c)
+    parent = c.create_run(exp, tags={"tune_losses.role": "sweep", "tune_losses.sweep": "taken"}).info.run_id
+    c.log_batch(parent, params=[Param(k, v) for k, v in _parent_params(space, uri).items()])
+    with pytest.raises(SpaceError, match="--name: a sweep named 'taken' is already in"):
+        run_sweep(path, tracking_uri=uri, storage=str(tmp_path / "ray"), make_report=False)
+    with pytest.raises(SpaceError, match="epochs: 3 in the sweep, 5 now"):
+        run_sweep(path, tracking_uri=uri, storage=str(tmp_path / "ray"), resume=True, make_report=False,
+                  overrides={"train.epochs": 5})
+    assert not (tmp_path / "ray").exists() or not any((tmp_path / "ray").iterdir())
+    assert len(c.search_runs([exp])) == 1

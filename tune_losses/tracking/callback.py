@@ -59,8 +59,10 @@ class LedgerCallback(Callback):
     #: seconds between two heartbeats of the driver on the parent run (tag ``heartbeat``, Unix time)
     HEARTBEAT_S = 30.0
 
-    def __init__(self, ledger: Ledger, epochs: int):
-        self.ledger, self.epochs = ledger, epochs
+    def __init__(self, ledger: Ledger, epochs: int, interrupted=None):
+        """``interrupted``: a threading.Event set on Ctrl-C; trials Ray Tune stops after it are not finished (the
+        runner marks them interrupted, and ``--resume`` continues them)."""
+        self.ledger, self.epochs, self.interrupted = ledger, epochs, interrupted
         self.trials: list = []
         self._retries: dict[str, int] = {}
         self._beat = 0.0
@@ -96,6 +98,8 @@ class LedgerCallback(Callback):
         last = trial.last_result or {}
         if last.get("replayed"):
             return  # finished in an earlier run of the sweep: its run already says how
+        if self.interrupted is not None and self.interrupted.is_set() and last.get("trial_status") is None:
+            return  # stopped by Ctrl-C, not by the scheduler: it stays resumable
 
         def write(run_id):
             epoch = int(last.get("epoch", 0) or 0)
@@ -121,6 +125,9 @@ class LedgerCallback(Callback):
             run_id, {"retries": n, "status": "retrying", "last_error": error_text(trial)}))
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        if self.interrupted is not None and self.interrupted.is_set():
+            return  # a trial process that the Ctrl-C reached too: the runner marks it interrupted
+
         def write(run_id):
             self.ledger.set_tags(run_id, {"status": "error", "ray_status": "ERROR", "reason": error_text(trial)})
             self.ledger.set_status(run_id, "FAILED")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import logging
 import os
 import random
 import signal
@@ -215,37 +214,54 @@ def summarize(results, space: Space) -> dict:
     return {**count_trials(rows), "epochs_run": epochs_run, "epochs_full_budget": n * space.train.epochs}
 
 
-def _quiet_ray_resume_hint() -> None:
-    """Ray Tune ends an interrupted run with "Resume experiment with: Tuner.restore(...)"; a sweep is resumed with
-    `tune-losses sweep SPACE --resume` (which rebuilds it from MLflow), so that line would mislead."""
-    logger = logging.getLogger("ray.tune.tune")
-    if not any(isinstance(f, _DropResumeHint) for f in logger.filters):
-        logger.addFilter(_DropResumeHint())
+class Interrupt:
+    """Ctrl-C during a sweep. The first stops the sweep through Ray Tune's Stopper API (trials end after their
+    current step; each keeps its run and its last checkpoint) and the parent run is tagged ``interrupted``; a
+    second exits at once. Ray Tune's own SIGINT handler is turned off (TUNE_DISABLE_SIGINT_HANDLER) so that this
+    one sees the first Ctrl-C: Ray Tune would otherwise end the run as if every trial had completed."""
 
+    def __init__(self):
+        self.event = threading.Event()
 
-class _DropResumeHint(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Tuner.restore" not in record.getMessage()
+    def stopper(self):
+        from ray.tune.stopper import Stopper
 
+        event = self.event
 
-@contextlib.contextmanager
-def _second_interrupt_exits():
-    """During the sweep Ray Tune takes the first Ctrl-C (it stops the trials; each keeps its last checkpoint) and
-    then puts back the handler found before it: this one, so a second Ctrl-C exits at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+        class StopOnInterrupt(Stopper):
+            def __call__(self, trial_id, result):
+                return False
 
-    def at_once(sig, frame):
-        print("\nInterrupted again: exiting now. Finished trials and checkpoints are kept; resume with --resume.",
+            def stop_all(self):
+                return event.is_set()
+
+        return StopOnInterrupt()
+
+    def _handle(self, sig, frame):
+        if self.event.is_set():
+            print("\nInterrupted again: exiting now. Finished trials and checkpoints are kept; resume with --resume.",
+                  file=sys.stderr, flush=True)
+            os._exit(130)
+        self.event.set()
+        print("\nInterrupted: stopping the trials (each keeps its last checkpoint); Ctrl-C again to exit at once.",
               file=sys.stderr, flush=True)
-        os._exit(130)
 
-    previous = signal.signal(signal.SIGINT, at_once)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    @contextlib.contextmanager
+    def catching(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        previous = signal.signal(signal.SIGINT, self._handle)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            if previous_env is None:
+                os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+            else:
+                os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = previous_env
 
 
 def _finish_runs(ledger: Ledger, results, epochs: int) -> None:
@@ -351,7 +367,8 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
         retrying(client.log_batch, parent_id, tags=[RunTag("status", "running"), RunTag("resumes", str(resumes))])
     space_json = space.model_dump(mode="json")
     sweep = {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent_id, "checkpoints": checkpoints}
-    callback = LedgerCallback(ledger, space.train.epochs)
+    interrupt = Interrupt()
+    callback = LedgerCallback(ledger, space.train.epochs, interrupt.event)
     # the splits go once into Ray's object store; trials on every node read them from there
     trainable = tune.with_resources(tune.with_parameters(run_trial, space_json=space_json, sweep=sweep, data=data),
                                     {"cpu": space.resources.cpu, "gpu": space.resources.gpu})
@@ -364,28 +381,28 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     s = space.search
     num_samples = 1 if s.searcher != "optuna" else max(s.num_samples - len(done), 0)
-    _quiet_ray_resume_hint()
     tuner = tune.Tuner(
         trainable, param_space=ps,
         tune_config=tune.TuneConfig(metric=s.metric, mode=s.mode, scheduler=_scheduler(space),
                                     search_alg=_searcher(space, ps, done, todo), num_samples=num_samples,
                                     max_concurrent_trials=s.max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(name=name, storage_path=storage_path, callbacks=[callback], verbose=verbose,
+                                  stop=interrupt.stopper(),
                                   failure_config=tune.FailureConfig(max_failures=s.max_failures)))
     try:
-        with _second_interrupt_exits():
+        with interrupt.catching():
             results = tuner.fit()
     except BaseException:
         retrying(client.log_batch, parent_id, tags=[RunTag("status", "interrupted")])
         raise
-    interrupted = results.num_terminated + results.num_errors < len(results)
-    if interrupted:  # Ctrl-C: Ray Tune stopped the trials; each keeps its run and its last checkpoint
+    if interrupt.event.is_set():  # Ctrl-C: Ray Tune stopped the trials; each keeps its run and its last checkpoint
         for run_id in ledger.running():
             ledger.set_tags(run_id, {"status": "interrupted"})
             ledger.set_status(run_id, "KILLED")
         retrying(client.log_batch, parent_id, tags=[RunTag("status", "interrupted"), RunTag("ended_by", "interrupted")])
         retrying(client.set_terminated, parent_id, "KILLED")
-        raise SweepInterrupted(name, results.num_terminated, len(results))
+        records = ledger.trials()
+        raise SweepInterrupted(name, sum(r.finished for r in records.values()), len(records))
     _finish_runs(ledger, results, space.train.epochs)
     summary = summarize(results, space)
     summary["grid_points"] = grid_size(space)
@@ -421,8 +438,8 @@ class SweepInterrupted(KeyboardInterrupt):
     """A sweep stopped by Ctrl-C; its parent run is tagged `interrupted` and `--resume` continues it."""
 
     def __init__(self, name: str, finished: int, total: int):
-        super().__init__(f"sweep {name!r} interrupted: {finished} of {total} trials finished; the others keep their "
-                         "checkpoints")
+        super().__init__(f"sweep {name!r} interrupted: {finished} of the {total} trials started had finished; the "
+                         "others keep their checkpoints")
         self.name = name
 
 
