@@ -75,17 +75,36 @@ def tear_ray_state(storage: Path) -> list[str]:
     return torn
 
 
-def finished_end_times(uri: str, name: str) -> dict[str, int]:
-    from tune_losses import tracking
-    from tune_losses.tracking.ledger import KEY_TAG
+def _query(uri: str, sql: str, *args) -> list[tuple]:
+    """A read-only query of the SQLite store with sqlite3 itself: opening it with MLflow while the sweep creates it
+    would run MLflow's schema migration twice at once."""
+    import sqlite3
 
-    c = tracking.client(uri)
-    parent = tracking.find_sweep(c, name)
-    if parent is None:
-        return {}
-    return {r.data.tags[KEY_TAG]: r.info.end_time for r in tracking.trial_runs(c, parent.info.run_id,
-                                                                              parent.info.experiment_id)
-            if r.info.status == "FINISHED" and KEY_TAG in r.data.tags}
+    db = Path(uri.removeprefix("sqlite:///"))
+    if not db.exists():
+        return []
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as con:
+            return con.execute(sql, args).fetchall()
+    except sqlite3.OperationalError:  # the tables are not made yet
+        return []
+
+
+TRIALS = """SELECT k.value, r.end_time, r.status FROM runs r
+    JOIN tags k ON k.run_uuid = r.run_uuid AND k.key = 'tune_losses.trial_key'
+    JOIN tags s ON s.run_uuid = r.run_uuid AND s.key = 'tune_losses.sweep' AND s.value = ?
+    WHERE r.lifecycle_stage = 'active'"""
+
+
+def finished_end_times(uri: str, name: str) -> dict[str, int]:
+    """Trial key -> end time of every FINISHED trial run of the sweep."""
+    return {k: end for k, end, status in _query(uri, TRIALS, name) if status == "FINISHED"}
+
+
+def epochs_logged(uri: str, name: str) -> int:
+    return _query(uri, f"SELECT count(*) FROM metrics m WHERE m.key = 'epoch' AND m.run_uuid IN "
+                       f"(SELECT r.run_uuid FROM ({TRIALS.replace('k.value, r.end_time, r.status', 'r.run_uuid')}) r)",
+                  name)[0][0] if Path(uri.removeprefix("sqlite:///")).exists() else 0
 
 
 def check(uri: str, name: str, epochs: int, before: dict[str, int]) -> list[str]:
@@ -142,11 +161,8 @@ def kill_and_resume(directory: Path, name: str, delays: tuple[float, float], tea
 
 
 def _has_parent(uri: str, name: str) -> bool:
-    from tune_losses import tracking
-
-    if not Path(uri.removeprefix("sqlite:///")).exists():
-        return False
-    return tracking.find_sweep(tracking.client(uri), name) is not None
+    return bool(_query(uri, "SELECT 1 FROM tags WHERE key = 'tune_losses.sweep' AND value = ? AND run_uuid IN "
+                            "(SELECT run_uuid FROM tags WHERE key = 'tune_losses.role' AND value = 'sweep')", name))
 
 
 def main() -> None:

@@ -214,6 +214,25 @@ def summarize(results, space: Space) -> dict:
     return {**count_trials(rows), "epochs_run": epochs_run, "epochs_full_budget": n * space.train.epochs}
 
 
+class Flag:
+    """A threading.Event that Ray Tune can pickle with the run config it saves (a copy starts unset)."""
+
+    def __init__(self):
+        self._event = threading.Event()
+
+    def set(self):
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def __getstate__(self):
+        return {}
+
+    def __setstate__(self, state):
+        self._event = threading.Event()
+
+
 class Interrupt:
     """Ctrl-C during a sweep. The first stops the sweep through Ray Tune's Stopper API (trials end after their
     current step; each keeps its run and its last checkpoint) and the parent run is tagged ``interrupted``; a
@@ -221,7 +240,7 @@ class Interrupt:
     one sees the first Ctrl-C: Ray Tune would otherwise end the run as if every trial had completed."""
 
     def __init__(self):
-        self.event = threading.Event()
+        self.event = Flag()
 
     def stopper(self):
         from ray.tune.stopper import Stopper
