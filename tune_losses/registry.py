@@ -28,6 +28,10 @@ class Registry:
 
         return wrap
 
+    def unregister(self, name: str) -> None:
+        """Forget ``name`` (a test's or a session's own entry); a name not registered is no error."""
+        self._items.pop(name, None)
+
     def names(self) -> list[str]:
         return sorted(self._items)
 
