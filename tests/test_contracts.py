@@ -320,7 +320,7 @@ def test_data_set_gives_consistent_seeded_splits(name, tmp_path):
     for part in ("train", "val", "test"):
         split = getattr(splits, part)
         assert len(split) > 0 and split.x.shape[0] == split.y.shape[0], part
-        assert split.y.dtype == torch.int64 and 0 <= int(split.y.min()) and int(split.y.max()) < splits.num_classes
+        assert split.y.dtype == torch.int64 and int(split.y.min()) >= 0 and int(split.y.max()) < splits.num_classes
         assert tuple(split.x.shape[1:]) == splits.input_shape, part
         assert split.x.dtype in (torch.uint8, torch.float32), split.x.dtype
         x, y = split.batch(torch.arange(min(4, len(split))))

@@ -88,8 +88,8 @@ def test_fused_losses_under_vmap_equal_a_loop_over_replicas_in_value_and_gradien
         y = torch.randint(0, c, (k, b), generator=g)
         att = torch.rand(k, b, 7, generator=g, dtype=dtype, requires_grad=True)
 
-        def one(bufs, logits, target, attention):
-            return functional_call(losses[0], bufs, (logits, target), {"attention": attention, "validate": False})
+        def one(bufs, logits, target, attention, base=losses[0]):
+            return functional_call(base, bufs, (logits, target), {"attention": attention, "validate": False})
 
         batched = torch.vmap(one)(buffers, z, y, att)
         grads = torch.autograd.grad(batched.sum(), (z, att), allow_unused=True)
@@ -100,6 +100,7 @@ def test_fused_losses_under_vmap_equal_a_loop_over_replicas_in_value_and_gradien
         for got, want in zip(grads, expected):
             assert (got is None and want is None) or torch.equal(got, want), name
         # unbatched target and attention (expanded by the vmap rule), and vmap over another dimension
-        same = torch.vmap(lambda lg, loss=losses[0]: loss(lg, y[0], attention=att[0], validate=False), in_dims=1)
+        same = torch.vmap(lambda lg, loss=losses[0], t=y[0], a=att[0]: loss(lg, t, attention=a, validate=False),
+                          in_dims=1)
         want = torch.stack([losses[0](z[i], y[0], attention=att[0]) for i in range(k)])
         assert torch.equal(same(z.transpose(0, 1)), want), name

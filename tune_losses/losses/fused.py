@@ -112,7 +112,7 @@ def kernels():
                     reason = next((ln.strip() for ln in lines if "error" in ln.lower()), lines[-1])
                     warnings.warn(f"tune_losses: the fused CPU loss kernels (DAL, beta/gamma, CC) could not be "
                                   f"built ({reason}); using their tensor-expression versions (same values, "
-                                  f"slower on CPU)")
+                                  f"slower on CPU)", stacklevel=2)
                 _resolved = True
     return _kernels
 
