@@ -10,9 +10,11 @@ float parameter, an unknown keyword, ``num_classes`` < 2 and each parameter set 
 with a ValueError naming the parameter.
 """
 
+import ast
 import inspect
 import io
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -359,3 +361,44 @@ def test_a_taken_name_is_refused_unless_replaced_on_purpose():
     with pytest.raises(ValueError, match=r"loss='dal' is already registered \(tune_losses\.losses\.dal\."):
         register("dal")(LabelSmoothingLoss)
     assert losses.get("dal").__name__ == "DynamicAttentionLoss"
+
+
+# The layering of ARCHITECTURE.md: which parts of the package each part may import (at any depth of a module).
+ALLOWED = {"registry": set(), "_internals": set(), "losses": {"registry"}, "models": {"registry"},
+           "data": {"registry", "models"}, "training": {"data", "losses", "models", "tracking"},
+           "spaces": {"training", "losses", "models"}, "tracking": {"spaces", "training"},
+           "tuning": {"spaces", "training", "tracking", "data", "reports", "_internals"}, "reports": {"tracking"},
+           "cli": {"__init__", "data", "reports", "spaces", "training", "tuning", "tracking"},
+           "__init__": {"tuning"}}
+PACKAGE = Path(__file__).resolve().parents[1] / "tune_losses"
+
+
+def imported_parts(path: Path) -> set[str]:
+    """The package's top-level parts a module imports (relative imports resolved)."""
+    own = path.relative_to(PACKAGE).parts[:-1]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = list(own[:len(own) - node.level + 1])
+                names = [".".join(base + [node.module] if node.module else base)]
+                names = [f"{names[0]}.{a.name}" if not node.module else names[0] for a in node.names]
+            elif node.module and node.module.split(".")[0] == "tune_losses":
+                names = [node.module.removeprefix("tune_losses").lstrip(".") or "__init__"]
+                if names == ["__init__"]:
+                    names = [a.name for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name.removeprefix("tune_losses.") for a in node.names if a.name.startswith("tune_losses.")]
+        out |= {n.split(".")[0] for n in names if n}
+    return out
+
+
+def test_parts_import_only_what_architecture_md_lists():
+    modules = sorted(p for p in PACKAGE.rglob("*.py") if "csrc" not in p.parts)
+    assert len(modules) > 40
+    for path in modules:
+        parts = path.relative_to(PACKAGE).parts
+        part = parts[0] if len(parts) > 1 else path.stem
+        extra = imported_parts(path) - ALLOWED[part] - {part}
+        assert not extra, f"{path.relative_to(PACKAGE)} imports {sorted(extra)}: not allowed by ARCHITECTURE.md"
