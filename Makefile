@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench setup data services clean
+.PHONY: run test check lint bench setup data services clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -40,7 +40,18 @@ services:
 run: setup
 	$(BIN)/tune-losses sweep quickstart
 
-test: setup services
+# ruff (lint, then the formatting) and mypy on tune_losses/, as configured in pyproject.toml.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+# The inner loop: lint, types and the fast tests (not marked slow), under 90 s on 2 CPUs.
+check: lint
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# Everything (what CI runs: .ci/run).
+test: setup services lint
 	$(BIN)/python -m pytest -q
 
 bench: setup
@@ -49,4 +60,4 @@ bench: setup
 	$(BIN)/python benchmarks/sweep_overhead.py
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache .ruff_cache .mypy_cache

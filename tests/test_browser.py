@@ -15,7 +15,7 @@ from tune_losses.tuning.runner import run_sweep
 
 from helpers import free_port, start_mlflow_server, stop_server, write_space
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
 CHROMIUM = "/usr/bin/chromium"
 # Chromium on these machines: no sandbox as root, no GPU, and none of its own network traffic.
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -23,7 +23,7 @@ from tune_losses.tuning.workers import PRELOAD_MODULES
 
 from helpers import free_port, write_space
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 BIN = Path(sys.executable).parent
 EPOCHS = 60
 

@@ -100,6 +100,7 @@ def test_image_folder_half_split(tmp_path):
     assert s.train.x[0].float().mean() > 0
 
 
+@pytest.mark.slow  # VGG16 features of 1797 images (pytest --durations: 24 s on 2 CPUs)
 def test_feature_cache_refuses_random_init_unless_asked(tmp_path):
     with pytest.raises(ValueError, match="--random-init"):
         compute_features("digits", backbone="vgg16", image_size=32, cache_dir=tmp_path)

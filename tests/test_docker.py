@@ -82,6 +82,7 @@ def test_compose_services_are_wired_as_promised(compose):
         assert node["build"]["dockerfile"] == "docker/Dockerfile"
 
 
+@pytest.mark.slow  # runs the image's smoke command (`tune-losses spaces`) in a fresh interpreter
 def test_dockerfile_uses_the_pins_and_its_entry_points_exist():
     text = (DOCKER / "Dockerfile").read_text()
     assert "ARG CUDA_IMAGE=nvidia/cuda:" in text and "FROM ${CUDA_IMAGE}" in text

@@ -8,7 +8,7 @@ from tune_losses.losses import build_loss
 from tune_losses.models import build_model
 from tune_losses.training import load_checkpoint, save_checkpoint, train
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 LOSSES = [("ce", {}), ("focal", {"gamma": 2.0}), ("dal", {"a": 8.0}), ("beta_gamma", {"beta": 4.0, "gamma": 3.0}),
           ("cc", {"lam": 1.0})]

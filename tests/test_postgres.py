@@ -16,7 +16,7 @@ from tune_losses.tuning.runner import run_sweep
 from helpers import free_port, postgres_bin, start_mlflow_server, start_postgres, stop_postgres, stop_server, \
     write_space
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 
 @pytest.fixture(scope="module")

@@ -1,24 +1,47 @@
-"""A name -> builder registry, one per kind (loss, model, dataset): ``@REG.register(name)``, ``REG.get(name)``."""
+"""A name -> builder registry, one per kind (loss, model, dataset): ``@REG.register(name)``, ``REG.get(name)``.
+
+A name is registered once: registering another object under a taken name (a plugin's ``"dal"``, say) raises a
+ValueError instead of silently replacing the built-in; ``register(name, replace=True)`` replaces it on purpose.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class Registry:
     def __init__(self, kind: str):
         self.kind = kind
-        self._items: dict[str, object] = {}
+        self._items: dict[str, Any] = {}
 
-    def register(self, name: str):
-        def wrap(obj):
+    def register(self, name: str, *, replace: bool = False) -> Callable[[T], T]:
+        def wrap(obj: T) -> T:
+            taken = self._items.get(name)
+            if taken is not None and taken is not obj and not replace:
+                raise ValueError(f"{self.kind}={name!r} is already registered ({describe(taken)}); registering "
+                                 f"{describe(obj)} under that name needs register({name!r}, replace=True)")
             self._items[name] = obj
             return obj
 
         return wrap
 
+    def unregister(self, name: str) -> None:
+        """Forget ``name`` (a test's or a session's own entry); a name not registered is no error."""
+        self._items.pop(name, None)
+
     def names(self) -> list[str]:
         return sorted(self._items)
 
-    def get(self, name: str):
+    def get(self, name: str) -> Any:
         if name not in self._items:
             raise ValueError(f"{self.kind}={name!r} is not allowed: {self.kind} must be one of {self.names()}")
         return self._items[name]
+
+
+def describe(obj: object) -> str:
+    """``module.qualname`` of a class or function (a partial: of the function it wraps)."""
+    obj = getattr(obj, "func", obj)
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"

@@ -26,6 +26,8 @@ from .registry import register
 
 @register("beta_gamma")
 class BetaGammaLoss(ClassificationLoss):
+    invalid_params = [{"beta": 0.0}, {"gamma": -1.0}]  # refused: tests/test_contracts.py checks each
+
     def __init__(self, num_classes: int, beta: float = 4.0, gamma: float = 5.0):
         super().__init__(num_classes)
         require(float(beta) > 0, "beta", beta, "> 0 (the paper sweeps 2..16)")

@@ -30,6 +30,7 @@ EPS = 1e-6
 @register("cc")
 class ChannelCorrelationLoss(ClassificationLoss):
     needs_attention = True
+    invalid_params = [{"lam": -0.5}, {"lambda": -0.5}]  # refused: tests/test_contracts.py checks each
 
     def __init__(self, num_classes: int, lam: float = 1.0, **kwargs):
         name = "lam"

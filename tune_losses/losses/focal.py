@@ -15,6 +15,8 @@ from .registry import register
 
 @register("focal")
 class FocalLoss(ClassificationLoss):
+    invalid_params = [{"gamma": -0.1}, {"alpha": [1.0]}]  # refused: tests/test_contracts.py checks each
+
     def __init__(self, num_classes: int, gamma: float = 2.0, alpha=None):
         super().__init__(num_classes)
         require(float(gamma) >= 0, "gamma", gamma, ">= 0")

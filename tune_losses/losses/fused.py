@@ -1,5 +1,5 @@
 """Fused CPU forward+backward of DAL, beta/gamma and CC-Loss (csrc/fused.cpp), built with PyTorch's C++
-extension tools.
+extension tools as PyTorch operators.
 
 Why: on CPU, at the batch sizes of this field, a loss costs PyTorch's per-operator overhead, not arithmetic.
 Cross-entropy is two fused kernels; DAL and beta/gamma as tensor expressions are five to nine operators with
@@ -8,11 +8,17 @@ autograd node each.
 
 The extension is compiled on first use (about 40 s, once per machine and torch version: PyTorch caches it under
 ``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``); ``make`` builds it at set-up
-(``fused.build()``). It is used for float32/float64 CPU tensors outside ``torch.func``
-transforms; everything else (CUDA, half precision, the vectorised repeats under ``vmap``) takes the
-tensor-expression version in the loss module, which computes the same values. Where no C++ compiler is
-available (one warning), or with ``TUNE_LOSSES_FUSED=0``, the tensor-expression version is used everywhere.
-The fused gradient is differentiable once; ``create_graph=True`` raises an error that says so.
+(``fused.build()``). It defines the operators ``torch.ops.tune_losses.dal_loss``, ``beta_gamma_loss`` and
+``cc_loss`` (``TORCH_LIBRARY``, with CPU and autograd kernels in C++); this module gives them, with the public
+``torch.library`` API, a vmap rule (``register_vmap``: the replicas become leading dimensions, one mean per
+replica, so the vectorised repeats under ``torch.func.vmap`` run the fused kernels too) and a fake kernel
+(``register_fake``). They are used for float32/float64 CPU tensors; everything else (CUDA, half precision)
+takes the tensor-expression version in the loss module, which computes the same values. Where no C++ compiler
+is available (one warning), or with ``TUNE_LOSSES_FUSED=0``, the tensor-expression version is used everywhere.
+The fused gradient is differentiable once: ``create_graph=True`` raises an error that says so, and so do the
+other ``torch.func`` transforms (``grad``, ``jacrev``, ...); set ``TUNE_LOSSES_FUSED=0`` for those.
+(``torch.library.custom_op`` with ``register_autograd`` is the all-Python way; tried, its Python autograd and
+dispatch per call cost more than the kernel itself at these batch sizes.)
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 SOURCE = Path(__file__).with_name("csrc") / "fused.cpp"
 FLOAT_TYPES = (torch.float32, torch.float64)
@@ -49,14 +56,51 @@ def _build():
     try:
         from torch.utils.cpp_extension import load
 
-        return load("tune_losses_fused", [str(SOURCE)], extra_cflags=["-O3", "-fopenmp-simd"], verbose=False)
+        module = load("tune_losses_fused", [str(SOURCE)], extra_cflags=["-O3", "-fopenmp-simd"], verbose=False)
     finally:
         os.environ["PATH"] = path
         log.setLevel(level)
+    return _operators(module)
+
+
+def _replicas_leading(info, in_dims, *args):
+    """vmap rule: the batch dimension first in every tensor (unbatched ones expanded), as the kernels take it."""
+    return tuple(a if d is None and not isinstance(a, Tensor) else
+                 a.movedim(d, 0) if d is not None else a.expand(info.batch_size, *a.shape)
+                 for a, d in zip(args, in_dims))
+
+
+def _vmap_rule(op, outputs: int):
+    def rule(info, in_dims, *args):
+        return op(*_replicas_leading(info, in_dims, *args)), (0,) * outputs
+
+    return rule
+
+
+def _fake(*like):
+    """A fake kernel (shapes only, for torch.compile): the loss per replica, then gradients shaped like inputs."""
+    def fake(logits, *args):
+        inputs = (logits, *args)
+        return (logits.new_empty(logits.shape[:-2]), *(torch.empty_like(inputs[i]) for i in like))
+
+    return fake
+
+
+def _operators(module):
+    """The extension, its operators (``torch.ops.tune_losses.dal_loss``, ``beta_gamma_loss``, ``cc_loss``: CPU
+    and autograd kernels in C++; each returns the loss, then its gradients) given their vmap and fake rules. The
+    module's functions of the same names return the loss alone."""
+    ops = torch.ops.tune_losses
+    for op, outputs, like in ((ops.dal_loss.default, 2, (0,)), (ops.beta_gamma_loss.default, 2, (0,)),
+                              (ops.cc_loss.default, 3, (0, 2))):
+        torch.library.register_vmap(op, _vmap_rule(op, outputs))
+        torch.library.register_fake(op, _fake(*like))
+    return module
 
 
 def kernels():
-    """The compiled module, or None (disabled, or it could not be built: then warned once)."""
+    """The fused losses (``dal_loss``, ``beta_gamma_loss``, ``cc_loss``, each returning the batch mean), or None
+    (disabled, or they could not be built: then warned once)."""
     global _kernels, _resolved
     if not _resolved:
         with _lock:
@@ -68,7 +112,7 @@ def kernels():
                     reason = next((ln.strip() for ln in lines if "error" in ln.lower()), lines[-1])
                     warnings.warn(f"tune_losses: the fused CPU loss kernels (DAL, beta/gamma, CC) could not be "
                                   f"built ({reason}); using their tensor-expression versions (same values, "
-                                  f"slower on CPU)")
+                                  f"slower on CPU)", stacklevel=2)
                 _resolved = True
     return _kernels
 
@@ -81,5 +125,4 @@ def build() -> str:
 
 def usable(logits: torch.Tensor) -> bool:
     """Whether the fused kernels apply to these logits (called every step: kept cheap)."""
-    return (logits.is_cpu and logits.dtype in FLOAT_TYPES and (_kernels if _resolved else kernels()) is not None
-            and not torch._C._functorch.is_functorch_wrapped_tensor(logits))
+    return logits.is_cpu and logits.dtype in FLOAT_TYPES and (_kernels if _resolved else kernels()) is not None

@@ -1,4 +1,7 @@
-"""The one registry of losses: ``@register(name)`` on the class, ``build_loss(name, ...)`` to make one."""
+"""The one registry of losses: ``@register(name)`` on the class, ``build_loss(name, ...)`` to make one.
+
+A loss class may list parameter sets it must refuse in ``invalid_params`` (e.g. ``[{"a": 1.0}]``): the contract
+tests (tests/test_contracts.py) check that each raises a ValueError naming the parameter."""
 
 from __future__ import annotations
 
@@ -8,10 +11,13 @@ LOSSES = Registry("loss")
 names, get = LOSSES.names, LOSSES.get
 
 
-def register(name: str):
+def register(name: str, *, replace: bool = False):
+    """Class decorator: register a ClassificationLoss under ``name`` (a taken name needs ``replace=True``)."""
+
     def wrap(cls):
+        LOSSES.register(name, replace=replace)(cls)
         cls.registry_name = name
-        return LOSSES.register(name)(cls)
+        return cls
 
     return wrap
 

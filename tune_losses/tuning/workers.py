@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 
+from tune_losses import _internals
+
 #: What a prestarted worker imports before it takes work: everything a trial needs (see trial.py).
 PRELOAD_MODULES = ["tune_losses.tuning.trial"]
 
@@ -27,11 +29,7 @@ def use_prestarted_workers() -> None:
     variable is set in the trial process instead (trial.py); nothing else of Tune's environment changes (AWS
     credentials and Ray Train's variables are still passed on, at the price of fresh processes).
     """
-    try:
-        from ray.tune.execution import class_cache
-    except ImportError:  # another Ray layout: trials then start in fresh processes, slower but the same
-        return
-    getattr(class_cache, "DEFAULT_ENV_VARS", {}).pop("PL_DISABLE_FORK", None)
+    _internals.drop_tune_actor_env_var("PL_DISABLE_FORK")  # another Ray: fresh processes, slower but the same
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, verbose: int = 1) -> None:
@@ -42,9 +40,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, verbose: i
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     # A local Ray takes the preload list as system config; a cluster's nodes take it from their environment.
-    system_config = None if address else {"preload_python_modules": PRELOAD_MODULES}
-    ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
-             log_to_driver=verbose > 1, configure_logging=verbose > 1, _system_config=system_config)
+    _internals.init_ray(preload_modules=None if address else PRELOAD_MODULES, address=address,
+                        num_cpus=None if address else num_cpus, include_dashboard=False, log_to_driver=verbose > 1,
+                        configure_logging=verbose > 1)
 
 
 def trial_environment() -> None:

@@ -1,0 +1,106 @@
+"""The private interfaces tune_losses/_internals.py uses, checked against the pinned versions (constraints.txt):
+each test says what changed and what to revisit when a new Ray or PyTorch changes them. And the fused loss
+kernels, which need none: their vmap rule (public torch.library API) gives what a loop over replicas gives."""
+
+import inspect
+import mmap
+from pathlib import Path
+
+import pytest
+import torch
+
+from tune_losses import _internals
+from tune_losses.losses import build_loss, fused
+
+ROOT = Path(__file__).resolve().parents[1]
+PINS = dict(ln.split("==") for ln in (ROOT / "constraints.txt").read_text().splitlines()
+            if "==" in ln and not ln.startswith("#"))
+
+
+def changed(what: str, package: str = "ray") -> str:
+    import importlib
+
+    version = importlib.import_module(package).__version__
+    return (f"{package} {version} (pinned: {PINS.get(package)}) changed {what}; revisit tune_losses/_internals.py "
+            "and the code that calls it")
+
+
+def test_ray_tune_gives_trial_actors_only_the_environment_variable_workers_py_drops():
+    from ray.tune import Trainable
+    from ray.tune.execution.class_cache import _ActorClassCache
+
+    env = _internals.tune_actor_env_vars()
+    assert env is not None, changed("ray.tune.execution.class_cache.DEFAULT_ENV_VARS (gone, or not a dict): "
+                                    "trials start in fresh processes again")
+    assert set(env) <= {"PL_DISABLE_FORK"}, changed(f"Tune's default trial environment (now {env})")
+    assert _internals.drop_tune_actor_env_var("PL_DISABLE_FORK") and env == {}
+
+    class Probe(Trainable):
+        pass
+
+    class Other(Trainable):
+        pass
+
+    options = getattr(_ActorClassCache().get(Probe), "_default_options", None)
+    assert options is not None and not options.get("runtime_env"), changed(
+        f"how Tune makes its trial actors (runtime_env {options and options.get('runtime_env')}, none expected)")
+    env["TUNE_LOSSES_PROBE"] = "1"  # the actor class cache reads that very dict (no copy made at import)
+    try:
+        options = _ActorClassCache().get(Other)._default_options
+    finally:
+        env.pop("TUNE_LOSSES_PROBE")
+    assert options["runtime_env"].get("env_vars") == {"TUNE_LOSSES_PROBE": "1"}, changed(
+        "where Tune's actor class cache takes its default environment from (DEFAULT_ENV_VARS is not read)")
+
+
+def test_ray_init_takes_a_system_config_with_the_preload_key():
+    """That the key has its effect (prestarted workers import the trial code) is checked end to end, slowly, by
+    tests/test_sweep.py::test_trials_run_in_prestarted_workers_that_have_the_trial_code_imported."""
+    import ray
+
+    assert "_system_config" in inspect.getsource(ray.init), changed("ray.init: it takes no _system_config")
+    raylet = Path(ray.__file__).parent / "_raylet.so"
+    with open(raylet, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as binary:
+        known = binary.find(_internals.PRELOAD_CONFIG_KEY.encode()) >= 0
+    assert known, changed(f"Ray's system config: it has no key {_internals.PRELOAD_CONFIG_KEY!r} any more")
+
+
+@pytest.fixture
+def kernels():
+    if fused.kernels() is None:
+        pytest.skip("the fused kernels could not be built here")
+    return fused.kernels()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_losses_under_vmap_equal_a_loop_over_replicas_in_value_and_gradient(kernels, dtype):
+    """The vectorised repeats' call (training/replicas.py): buffers, logits, targets and attention batched."""
+    from torch.func import functional_call
+
+    k, b, c = 3, 16, 5
+    g = torch.Generator().manual_seed(4)
+    for name, params in (("dal", {"a": 5.0}), ("beta_gamma", {"beta": 4.0, "gamma": 2.0}), ("cc", {"lam": 1.0})):
+        losses = [build_loss(name, num_classes=c, **params).to(dtype) for _ in range(k)]
+        for loss in losses:
+            loss.update(torch.randint(0, 9, (c, c), generator=g))
+        buffers = {n: torch.stack([dict(lo.named_buffers())[n] for lo in losses]) for n, _ in losses[0].named_buffers()}
+        z = torch.randn(k, b, c, generator=g, dtype=dtype, requires_grad=True)
+        y = torch.randint(0, c, (k, b), generator=g)
+        att = torch.rand(k, b, 7, generator=g, dtype=dtype, requires_grad=True)
+
+        def one(bufs, logits, target, attention, base=losses[0]):
+            return functional_call(base, bufs, (logits, target), {"attention": attention, "validate": False})
+
+        batched = torch.vmap(one)(buffers, z, y, att)
+        grads = torch.autograd.grad(batched.sum(), (z, att), allow_unused=True)
+        looped = torch.stack([loss(z[i], y[i], attention=att[i]) for i, loss in enumerate(losses)])
+        expected = torch.autograd.grad(looped.sum(), (z, att), allow_unused=True)
+        assert "CppNode" in batched.grad_fn.name(), f"{name}: the fused kernel did not run under vmap"
+        assert torch.equal(batched, looped), name
+        for got, want in zip(grads, expected):
+            assert (got is None and want is None) or torch.equal(got, want), name
+        # unbatched target and attention (expanded by the vmap rule), and vmap over another dimension
+        same = torch.vmap(lambda lg, loss=losses[0], t=y[0], a=att[0]: loss(lg, t, attention=a, validate=False),
+                          in_dims=1)
+        want = torch.stack([losses[0](z[i], y[0], attention=att[0]) for i in range(k)])
+        assert torch.equal(same(z.transpose(0, 1)), want), name

@@ -1,0 +1,50 @@
+"""Every use of a private Ray / Ray Tune interface, in one place. Each is checked against the pinned versions
+(constraints.txt) by tests/test_internals.py, which fails with a message naming what changed and what to revisit.
+
+* ``ray.tune.execution.class_cache.DEFAULT_ENV_VARS`` (ray 2.60.0: ``{"PL_DISABLE_FORK": "1"}``): the
+  environment variables Ray Tune gives every trial actor as its own ``runtime_env``. A trial actor with a
+  runtime environment of its own cannot run in a worker that Ray prestarted, so tuning/workers.py drops the one
+  variable (and sets it in the trial process instead): :func:`drop_tune_actor_env_var`.
+* ``ray.init(_system_config=...)`` (ray 2.60.0, "testing only" in its docstring) with the key
+  ``preload_python_modules``: what a local Ray's prestarted workers import before they take work
+  (:func:`init_ray`). A cluster's nodes take the same from ``RAY_preload_python_modules`` in their environment.
+
+The fused loss kernels need no private interface: they are ``torch.library.custom_op`` operators with autograd
+and vmap rules (losses/fused.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: The key of Ray's system config (RayConfig, C++) that lists the modules prestarted workers import.
+PRELOAD_CONFIG_KEY = "preload_python_modules"
+
+
+def tune_actor_env_vars() -> dict[str, str] | None:
+    """Ray Tune's default environment of trial actors (the dict it copies for each), or None when this Ray has
+    none where expected (then trials start in fresh processes: slower, the same results)."""
+    try:
+        from ray.tune.execution import class_cache
+    except ImportError:
+        return None
+    env = getattr(class_cache, "DEFAULT_ENV_VARS", None)
+    return env if isinstance(env, dict) else None
+
+
+def drop_tune_actor_env_var(name: str) -> bool:
+    """Stop Ray Tune from giving trial actors the environment variable ``name``; False where this Ray has no
+    such default environment (nothing done)."""
+    env = tune_actor_env_vars()
+    if env is None:
+        return False
+    env.pop(name, None)
+    return True
+
+
+def init_ray(*, preload_modules: list[str] | None = None, **kwargs: Any) -> None:
+    """``ray.init(**kwargs)``; with ``preload_modules``, a local Ray whose prestarted workers import them."""
+    import ray
+
+    system_config = {PRELOAD_CONFIG_KEY: preload_modules} if preload_modules else None
+    ray.init(**kwargs, _system_config=system_config)
