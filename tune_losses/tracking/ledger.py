@@ -36,6 +36,8 @@ KEY_TAG = "tune_losses.trial_key"
 REFUSED = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE",
            "PERMISSION_DENIED", "UNAUTHENTICATED", "BAD_REQUEST", "ENDPOINT_NOT_FOUND", "NOT_IMPLEMENTED",
            "FEATURE_DISABLED", "CUSTOMER_UNAUTHORIZED"}
+#: what a store says when it is only busy, whatever its error code
+BUSY_MESSAGES = ("QueuePool limit", "database is locked", "too many connections", "Too many connections")
 #: result keys that Ray Tune adds and that are not the trial's metrics
 RAY_KEYS = {"epoch", "training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "pid",
             "time_since_restore", "iterations_since_restore", "done", "replayed"}
@@ -60,7 +62,9 @@ def transient(exc: BaseException) -> bool:
                             TimeoutError, sqlalchemy.exc.OperationalError)):
             return True
         if isinstance(exc, MlflowException):
-            return exc.error_code not in REFUSED
+            # a server whose database connections are all busy answers BAD_REQUEST: a busy store, not a bad request
+            busy = any(m in str(exc) for m in BUSY_MESSAGES)
+            return busy or exc.error_code not in REFUSED
         exc = exc.__cause__ or exc.__context__
     return False
 
