@@ -56,11 +56,13 @@ def _scheduler(space: Space):
                          reduction_factor=s.reduction_factor)
 
 
-def _searcher(space: Space):
+def _searcher(space: Space, warm=None):
     if space.search.searcher != "optuna":
         return None  # Ray's BasicVariantGenerator: grids are expanded, ranges sampled at random
     from ray.tune.search.optuna import OptunaSearch
 
+    if warm is not None:  # --warm-start: the earlier sweep's trials enter the study with their results
+        return OptunaSearch(seed=space.train.seed, points_to_evaluate=warm.points, evaluated_rewards=warm.rewards)
     return OptunaSearch(seed=space.train.seed)
 
 
@@ -110,8 +112,13 @@ def summarize(results, space: Space) -> dict:
 def run_sweep(space_or_path, name: str | None = None, address: str | None = None, tracking_uri: str | None = None,
               storage: str | None = None, resume: bool = False, dataset: str | None = None,
               overrides: dict | None = None, verbose: int = 1, num_cpus: int | None = None,
-              make_report: bool = True) -> SweepResult:
-    """Validate the space, start (or join) Ray, run the Tuner, record everything in MLflow, return a summary."""
+              make_report: bool = True, progress: bool = False, warm_start: str | None = None) -> SweepResult:
+    """Validate the space, start (or join) Ray, run the Tuner, record everything in MLflow, return a summary.
+    ``progress``: show the live view (tuning/progress.py); ``warm_start``: an earlier sweep (tuning/warm_start.py)."""
+    from . import budgets, warm_start as warm_starts
+    from .progress import SweepProgress, header, quiet
+
+    quiet(verbose)
     overrides = dict(overrides or {})
     if dataset:
         overrides["train.dataset"] = {"name": dataset}
@@ -138,6 +145,9 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
     if resume and experiment_dir is not None and not experiment_dir.is_dir():
         raise SpaceError(f"--resume: no Ray Tune state for sweep {name!r} under {storage_path}")
     data = preflight.load_data(space, str(path))
+    warm = warm_starts.load(warm_start, space, uri) if warm_start else None
+    if progress:
+        print(header(space, name), flush=True)  # Ray takes seconds to start
     client = tracking.client(uri)  # opening a SQLite store creates it: only once all else is known to be fine
     parent = tracking.find_sweep(client, name) if resume else None
     if resume and parent is None:
@@ -157,6 +167,11 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
 
     exp_id = tracking.experiment_id(client)
     parent_id = parent.info.run_id if resume else _start_parent(client, exp_id, space, path, text, name, uri)
+    if warm is not None:
+        client.set_tag(parent_id, "tune_losses.warm_start", warm_start)
+        print("\n".join(warm.describe()), flush=True)
+    budget = budgets.Budget(space.search)
+    extra = [budget] + ([SweepProgress(space, budget, bar=None if verbose == 0 else False)] if progress else [])
     if resume:
         client.update_run(parent_id, status="RUNNING")
     space_json = space.model_dump(mode="json")
@@ -174,21 +189,23 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
     if resume:
         tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True, resume_errored=True,
                                    param_space=param_space)
-        tuner._local_tuner._run_config.callbacks = [logger]  # the logger is made anew for this driver
+        tuner._local_tuner._run_config.callbacks = [logger] + extra  # the logger is made anew for this driver
+        tuner._local_tuner._run_config.stop = budget.stopper  # budgets as the space says now (the clock restarts)
     else:
         s = space.search
         tuner = tune.Tuner(
             trainable, param_space=param_space,
             tune_config=tune.TuneConfig(metric=s.metric, mode=s.mode, scheduler=_scheduler(space),
-                                        search_alg=_searcher(space), num_samples=s.num_samples,
+                                        search_alg=_searcher(space, warm), num_samples=s.num_samples,
                                         max_concurrent_trials=s.max_concurrent, reuse_actors=True),
-            run_config=tune.RunConfig(name=name, storage_path=storage_path, callbacks=[logger], verbose=verbose,
+            run_config=tune.RunConfig(name=name, storage_path=storage_path, callbacks=[logger] + extra,
+                                      verbose=verbose, stop=budget.stopper,
                                       failure_config=tune.FailureConfig(max_failures=s.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
     try:
         results = tuner.fit()
     except BaseException:
-        client.set_tag(parent_id, "status", "interrupted")
+        client.log_batch(parent_id, tags=[RunTag("status", "interrupted"), RunTag("ended_by", "interrupted")])
         raise
     finally:
         logger.close()
@@ -202,7 +219,8 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
     except RuntimeError:
         pass
     metrics = [Metric(f"sweep.{k}", float(v), int(time.time() * 1000), 0) for k, v in summary.items()]
-    tags = [RunTag("status", "completed")]
+    tags = [RunTag("status", "interrupted" if budget.ended_by == "interrupted" else "completed"),
+            RunTag("ended_by", budget.ended_by)]
     if best_metric is not None:
         metrics.append(Metric(f"best_{space.search.metric}", float(best_metric), int(time.time() * 1000), 0))
         tags.append(RunTag("best_config", json.dumps(best_config)))
