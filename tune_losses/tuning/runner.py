@@ -115,8 +115,8 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
               make_report: bool = True, progress: bool = False, warm_start: str | None = None) -> SweepResult:
     """Validate the space, start (or join) Ray, run the Tuner, record everything in MLflow, return a summary.
     ``progress``: show the live view (tuning/progress.py); ``warm_start``: an earlier sweep (tuning/warm_start.py)."""
-    from . import budgets, warm_start as warm_starts
-    from .progress import SweepProgress, header, quiet
+    from . import warm_start as warm_starts
+    from .console import header, quiet
 
     quiet(verbose)
     overrides = dict(overrides or {})
@@ -170,7 +170,10 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
     if warm is not None:
         client.set_tag(parent_id, "tune_losses.warm_start", warm_start)
         print("\n".join(warm.describe()), flush=True)
-    budget = budgets.Budget(space.search)
+    from .budgets import Budget
+    from .progress import SweepProgress
+
+    budget = Budget(space.search)
     extra = [budget] + ([SweepProgress(space, budget, bar=None if verbose == 0 else False)] if progress else [])
     if resume:
         client.update_run(parent_id, status="RUNNING")
