@@ -1,8 +1,8 @@
 """The MLflow UI in a real browser: a small sweep against an MLflow server, then headless Chromium (Debian's,
 driven by Playwright) checks what a user sees: the sweep's parent run, its nested trial runs under their
-readable names, a trial's metric chart and the report artifacts. Screenshots go to the test's directory (and
-to $TUNE_LOSSES_SCREENSHOTS when set). `make test` installs Debian's chromium and Playwright; without them the
-test is skipped, except under CI, where that is a failure."""
+readable names, a trial's metric chart, the report artifacts and the self-contained report.html. Screenshots go
+to the test's directory (and to $TUNE_LOSSES_SCREENSHOTS when set). `make test` installs Debian's chromium and
+Playwright; without them the test is skipped, except under CI, where that is a failure."""
 
 import os
 import shutil
@@ -86,10 +86,22 @@ def test_mlflow_ui_shows_the_sweep_its_trials_a_chart_and_the_report(browser_rea
             page.get_by_text("report.md", exact=True).first.click()
             page.get_by_text("Report of sweep").first.wait_for()
             page.screenshot(path=shots / "report.png")
+
+            # report.html, as downloaded from the run: its table and its embedded figures render, offline
+            (tmp_path / "dl").mkdir()
+            local = Path(c.download_artifacts(parent.info.run_id, "report/report.html", str(tmp_path / "dl")))
+            page.goto(local.as_uri())
+            page.get_by_role("heading", name="Report of sweep browser_e2e").wait_for()
+            assert page.locator("table tbody tr").count() >= 2  # one row per swept value
+            images = page.locator("img")
+            assert images.count() == sum(n.endswith(".png") for n in logged)
+            for i in range(images.count()):  # decoded and drawn: a broken data: URL has no natural size
+                assert images.nth(i).evaluate("img => img.complete && img.naturalWidth > 100")
+            page.screenshot(path=shots / "report_html.png", full_page=True)
             context.close()
     finally:
         stop_server(server)
-    for name in ("runs.png", "trial_metrics.png", "report.png"):
+    for name in ("runs.png", "trial_metrics.png", "report.png", "report_html.png"):
         assert (shots / name).stat().st_size > 10_000
     if os.environ.get("TUNE_LOSSES_SCREENSHOTS"):
         shutil.copytree(shots, os.environ["TUNE_LOSSES_SCREENSHOTS"], dirs_exist_ok=True)

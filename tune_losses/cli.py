@@ -1,4 +1,4 @@
-"""The `tune-losses` command: spaces, sweep, train, features, ui."""
+"""The `tune-losses` command: spaces, sweep, sweeps, status, train, report, best, features, ui."""
 
 from __future__ import annotations
 
@@ -60,7 +60,8 @@ def cmd_sweep(args) -> int:
     space, _, _ = load_space(args.space, overrides)  # validate before anything starts
     try:
         result = run_sweep(args.space, name=args.name, address=args.address, tracking_uri=args.tracking_uri,
-                           storage=args.storage, resume=args.resume, overrides=overrides)
+                           storage=args.storage, resume=args.resume, overrides=overrides,
+                           verbose=args.verbose, progress=True, warm_start=args.warm_start)
     except SweepInterrupted as exc:
         again = [a for a in sys.argv[1:] if a != "--resume"] + ["--resume"]
         print(f"\n{exc}. Resume with: tune-losses {' '.join(shlex.quote(a) for a in again)}", file=sys.stderr)
@@ -97,7 +98,7 @@ def cmd_train(args) -> int:
     except ValidationError as exc:
         raise ValueError(format_validation_error(exc, str(path), "training config", prefix)) from None
     result = train_and_record(cfg, tracking_uri=args.tracking_uri, name=args.name or path.stem,
-                              sweep_run_id=doc.get("from_sweep"), register=args.register)
+                              sweep_run_id=doc.get("from_sweep"), register=args.register, progress=True)
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, list)}, indent=2))
     return 0 if result.get("status") == "completed" else 1
 
@@ -133,8 +134,22 @@ def cmd_features(args) -> int:
 
     path = compute_features(args.dataset, backbone=args.backbone, weights=args.weights,
                             random_init=args.random_init, image_size=args.image_size, root=args.root,
-                            cache_dir=args.cache_dir)
+                            cache_dir=args.cache_dir, progress=True)
     print(path)
+    return 0
+
+
+def cmd_sweeps(args) -> int:
+    from tune_losses.tracking.sweeps import format_sweeps, list_sweeps
+
+    print(format_sweeps(list_sweeps(args.tracking_uri)))
+    return 0
+
+
+def cmd_status(args) -> int:
+    from tune_losses.tracking.sweeps import format_status, sweep_status
+
+    print(format_status(sweep_status(args.sweep, args.tracking_uri)))
     return 0
 
 
@@ -142,12 +157,12 @@ def cmd_ui(args) -> int:
     import os
 
     from tune_losses import tracking
+    from tune_losses.tracking.sweeps import ui_url
 
     uri = args.tracking_uri or tracking.default_tracking_uri()
     tracking.store.check_uri(uri)  # a scheme MLflow cannot serve: an error here, not the server's traceback
-    # MLflow 3's UI opens on its GenAI pages; workflowType=machine_learning shows experiments' runs tables.
-    print(f"MLflow UI for {tracking.redact(uri)} at "
-          f"http://{args.host}:{args.port}/#/experiments?workflowType=machine_learning", flush=True)
+    page = ui_url(f"http://{args.host}:{args.port}", uri, args.sweep)  # an unknown sweep: error before starting
+    print(f"MLflow UI for {tracking.redact(uri)}: {page}", flush=True)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
            "--port", str(args.port), "--workers", "1"]
     os.execv(sys.executable, cmd)  # become the MLflow server: stopping this process stops it
@@ -169,7 +184,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue an interrupted sweep of this name")
     s.add_argument("--dataset", help="run the study on another data set (e.g. digits, fashion_mnist)")
     s.add_argument("--set", action="append", metavar="PATH=VALUE", help="override a field, e.g. train.epochs=3")
+    s.add_argument("--warm-start", metavar="EARLIER_SWEEP",
+                   help="start Optuna from an earlier sweep's results (searcher optuna; tuning/warm_start.py)")
+    s.add_argument("-v", "--verbose", action="count", default=0,
+                   help="-v: Ray Tune's own tables instead of the progress display; -vv: also its logs")
     s.set_defaults(func=cmd_sweep)
+
+    s = sub.add_parser("sweeps", help="the sweeps in the tracking store: status, trials, best, times")
+    s.add_argument("--tracking-uri")
+    s.set_defaults(func=cmd_sweeps)
+
+    s = sub.add_parser("status", help="the state of one sweep (running, interrupted, finished), from MLflow alone")
+    s.add_argument("sweep", help="the sweep's name or its parent run id")
+    s.add_argument("--tracking-uri")
+    s.set_defaults(func=cmd_status)
 
     s = sub.add_parser("train", help="one training run from a config (e.g. exported by `best`)")
     s.add_argument("config")
@@ -202,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_features)
 
     s = sub.add_parser("ui", help="start the MLflow UI for the project's store on 127.0.0.1")
+    s.add_argument("sweep", nargs="?", help="print this sweep's parent run page (default: the runs table)")
     s.add_argument("--tracking-uri")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=5000)

@@ -105,6 +105,11 @@ class Scheduler(Strict):
     reduction_factor: float = Field(2.0, gt=1)
 
 
+class Plateau(Strict):
+    patience: int = Field(ge=1)  # finished trials without an improvement of the best by more than min_delta
+    min_delta: float = Field(0.0, ge=0)
+
+
 METRICS = ("val_acc", "val_f1", "val_nmi", "test_acc", "test_f1", "test_nmi", "train_loss")
 SPLIT_OF = {"val": "validation", "test": "test", "train": "training"}
 
@@ -126,6 +131,8 @@ class Search(Strict):
     mode: Literal["max", "min"] = "max"
     max_concurrent: int = Field(2, ge=1)
     max_failures: int = Field(2, ge=0)
+    time_budget_s: float | None = Field(None, gt=0)  # wall-clock limit of the whole sweep (tuning/budgets.py)
+    plateau: Plateau | None = None  # end the sweep when its best stalls (tuning/budgets.py)
     select_on_test: bool = False
     select_on_test_reason: str = ""
 

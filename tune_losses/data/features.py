@@ -54,12 +54,17 @@ def cache_key(dataset: str, options: dict, backbone: str, weights, image_size: i
 
 
 @torch.no_grad()
-def _embed(trunk, split: Split, image_size: int, batch_size: int, device) -> np.ndarray | None:
-    """The features of a split's images, or None for an empty split (e.g. no validation split)."""
+def _embed(trunk, split: Split, image_size: int, batch_size: int, device,
+           desc: str | None = None) -> np.ndarray | None:
+    """The trunk's features of every image of ``split``, or None for an empty split (e.g. no validation split);
+    ``desc``: show a tqdm bar over the batches so named."""
+    from tqdm import tqdm
+
     out = []
     mean = torch.tensor(IMAGENET_MEAN, device=device)[:, None, None]
     std = torch.tensor(IMAGENET_STD, device=device)[:, None, None]
-    for start in range(0, len(split), batch_size):
+    for start in tqdm(range(0, len(split), batch_size), desc=desc, unit="batch", disable=desc is None,
+                      dynamic_ncols=True):
         x, _ = split.batch(slice(start, start + batch_size))
         x = x.to(device)
         if x.shape[1] == 1:
@@ -71,8 +76,9 @@ def _embed(trunk, split: Split, image_size: int, batch_size: int, device) -> np.
 
 def compute_features(dataset: str, backbone: str = "vgg16", weights=None, random_init: bool = False,
                      image_size: int = 256, cache_dir=None, root=None, seed: int = 0, batch_size: int = 64,
-                     **options) -> Path:
-    """Compute (or find) the cached features of a data set; returns the Parquet file's path."""
+                     progress: bool = False, **options) -> Path:
+    """Compute (or find) the cached features of a data set; returns the Parquet file's path. ``progress``: a tqdm
+    bar per split over its batches (on stderr)."""
     from tune_losses.models import build_model
 
     weights = resolve_weights(backbone, weights, random_init)
@@ -84,7 +90,8 @@ def compute_features(dataset: str, backbone: str = "vgg16", weights=None, random
     model = build_model(backbone, num_classes=splits.num_classes, weights=weights).eval()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     trunk = model.features.to(device)
-    arrays = {name: (_embed(trunk, getattr(splits, name), image_size, batch_size, device), getattr(splits, name).y)
+    arrays = {name: (_embed(trunk, getattr(splits, name), image_size, batch_size, device,
+                            f"{backbone} features, {name}" if progress else None), getattr(splits, name).y)
               for name in ("train", "val", "test")}
     width = arrays["train"][0].shape[1]
     arrays = {name: (np.zeros((0, width), np.float32) if f is None else f, y) for name, (f, y) in arrays.items()}

@@ -10,11 +10,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from tune_losses.tracking.sweeps import sweep_names
+
 from . import plots
 from .best import ranked
 from .collect import histories, sweep_runs, trial_table
 from .protocol import (chosen_on, count_trials, describe_trials, split_of, statement, table_metrics,
                        trial_outcomes)
+from .html import write_html
 from .tables import as_percent, grid, grouped, is_continuous, with_paper
 from .trial_figures import draw_trial_figures
 
@@ -64,7 +67,7 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir=None, log:
     params = _param_columns(space)
     metric, mode = space["search"]["metric"], space["search"]["mode"]
     study, paper_dataset = space.get("study"), space.get("paper_dataset")
-    df = trial_table(runs, list(space["params"]))
+    df = trial_table(runs, list(space["params"]), sweep_names(client, runs))
     report = Report(name, out, trials=df, counts=count_trials(trial_outcomes(runs)),
                     protocol=statement(space, parent.data.params))
     dataset = space["train"]["dataset"]["name"]
@@ -74,6 +77,9 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir=None, log:
              f"replica(s) per trial; data set `{dataset}`, model `{space['train']['model']['name']}`, loss "
              f"`{space['train']['loss']['name']}`, search metric `{metric}` ({mode}). Source: MLflow parent run "
              f"`{parent.info.run_id}`.", "", "## Protocol and selection", "", *report.protocol, ""]
+    by_sweep = df.drop_duplicates("run_id")["from_sweep"].value_counts()
+    if len(by_sweep) > 1:  # warm-started: the earlier sweep's trials are in the tables, marked in from_sweep
+        lines += ["Trials by sweep (warm start): " + ", ".join(f"`{k}` {v}" for k, v in by_sweep.items()) + ".", ""]
     if not paper_dataset:
         lines += [f"These tables hold data set `{dataset}` with this space's protocol, not the paper's data set, "
                   "so the paper's published numbers are not set beside them.", ""]
@@ -129,11 +135,13 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir=None, log:
         png = out / "grid_heatmap.png"
         plots.heatmap_png(pivot, png, f"{metrics[0]} (mean)")
         figure(png)
-    if continuous:
+    if continuous or len(by_sweep) > 1:  # warm-started: every trial is listed with the sweep it ran in
         trials = df.groupby("run_id", as_index=False).agg(
-            {**{p: "first" for p in params}, metric: "mean", "trial": "first"})
+            {**{p: "first" for p in params}, metric: "mean", "trial": "first",
+             **({"from_sweep": "first"} if len(by_sweep) > 1 else {})})
         save("trials", trials.sort_values(metric, ascending=mode == "min").reset_index(drop=True),
              f"trials by {metric} (mean over replicas)")
+    if continuous:
         if len(trials) >= 4:
             try:
                 save("importance", importance(trials, continuous, metric, mode), "parameter importance (fANOVA)")
@@ -166,6 +174,7 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir=None, log:
     df.to_csv(out / "trials_per_replica.csv", index=False)
     report.markdown = "\n".join(lines)
     (out / "report.md").write_text(report.markdown)
+    write_html(report)  # report.html: the same, self-contained (reports/html.py)
     if log:
         for f in sorted(out.iterdir()):
             client.log_artifact(parent.info.run_id, str(f), "report")

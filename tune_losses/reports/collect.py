@@ -9,6 +9,7 @@ import re
 import pandas as pd
 
 from tune_losses import tracking
+from tune_losses.tracking.sweeps import earlier_runs
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 FINAL = ("val_acc", "test_acc", "val_f1", "test_f1", "val_nmi", "test_nmi", "train_loss")
@@ -32,14 +33,16 @@ def sweep_runs(sweep: str, tracking_uri: str | None = None):
             raise ValueError(f"sweep={sweep!r}: no sweep of that name or run id in "
                              f"{tracking.redact(c.tracking_uri)}") from None
     runs = tracking.trial_runs(c, parent.info.run_id, parent.info.experiment_id)
+    runs = list(runs) + earlier_runs(c, parent)  # --warm-start: the earlier sweep's trials are part of this one
     path = c.download_artifacts(parent.info.run_id, "space/resolved_space.json")
     with open(path) as f:
         space = json.load(f)
     return c, parent, runs, space
 
 
-def trial_table(runs, swept: list[str]) -> pd.DataFrame:
-    """One row per (trial, replica): swept values, final metrics of that replica, status tags."""
+def trial_table(runs, swept: list[str], sweeps: dict | None = None) -> pd.DataFrame:
+    """One row per (trial, replica): swept values, final metrics of that replica, status tags, and the sweep it
+    ran in (``from_sweep``: ``sweeps`` maps parent run ids to sweep names, see tracking.sweeps.sweep_names)."""
     rows = []
     for run in runs:
         m, tags = run.data.metrics, run.data.tags
@@ -53,7 +56,8 @@ def trial_table(runs, swept: list[str]) -> pd.DataFrame:
             suffix = "" if r is None else f"_r{r}"
             row = {"run_id": run.info.run_id, "trial": run.info.run_name, "replica": r or 0, **values,
                    "status": tags.get("status", ""), "stopped_early": tags.get("stopped_early") == "true",
-                   "epochs": int(tags.get("stopped_at_epoch", 0)) or None, "reason": tags.get("reason", "")}
+                   "epochs": int(tags.get("stopped_at_epoch", 0)) or None, "reason": tags.get("reason", ""),
+                   "from_sweep": (sweeps or {}).get(tags.get("mlflow.parentRunId"), tags.get("tune_losses.sweep"))}
             for key in FINAL:
                 row[key] = m.get(key + suffix, m.get(key))
             rows.append(row)

@@ -14,9 +14,10 @@ from .loop import train
 
 
 def train_and_record(cfg: TrainConfig, tracking_uri: str | None = None, name: str = "train",
-                     sweep_run_id: str | None = None, register: str | None = None) -> dict:
+                     sweep_run_id: str | None = None, register: str | None = None, progress: bool = False) -> dict:
     """Train, log params / per-epoch metrics / the trained model (``mlflow.pytorch``) as one MLflow run, tagged
-    with the sweep it came from; ``register`` also registers the model under that name."""
+    with the sweep it came from; ``register`` also registers the model under that name. ``progress``: a tqdm bar
+    over the epochs (on stderr) with the last validation accuracy."""
     client = tracking.client(tracking_uri)
     exp_id = tracking.experiment_id(client)
     tags = {"tune_losses.role": "train", "mlflow.runName": name}
@@ -26,12 +27,25 @@ def train_and_record(cfg: TrainConfig, tracking_uri: str | None = None, name: st
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in flatten(cfg.model_dump()).items()]
                      + [Param("weights", weights_used(cfg.model_dump()))])
 
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.epochs, desc=name, unit="epoch", dynamic_ncols=True)
+
     def report(metrics, state):
+        if bar is not None:
+            bar.update(metrics["epoch"] - bar.n)
+            bar.set_postfix_str(f"val_acc {metrics.get('val_acc', float('nan')):.4f}")
         ts = int(time.time() * 1000)
         client.log_batch(run_id, metrics=[Metric(k, float(v), ts, metrics["epoch"]) for k, v in metrics.items()
                                           if isinstance(v, (int, float)) and k != "epoch"])
 
-    result = train(cfg, report=report, return_model=True)
+    try:
+        result = train(cfg, report=report, return_model=True)
+    finally:
+        if bar is not None:
+            bar.close()
     model, example = result.pop("model", None), result.pop("input_example", None)
     if model is not None:
         import mlflow

@@ -96,11 +96,12 @@ def grid_order(space: Space) -> list[dict] | None:
     return points
 
 
-def _searcher(space: Space, ps: dict, done: list[TrialRecord], todo: list[TrialRecord]):
+def _searcher(space: Space, ps: dict, done: list[TrialRecord], todo: list[TrialRecord], warm=None):
     """The search algorithm. Grid and random search are seeded (Ray's BasicVariantGenerator with random_state), so
     a resumed sweep generates the same trials with the same keys: the ledger's finished ones return at once.
     Optuna's suggestions depend on results, so a resumed Optuna sweep gets a study that already holds the finished
-    trials (their recorded metric) and suggests the interrupted ones first, to continue from their checkpoints."""
+    trials (their recorded metric) and suggests the interrupted ones first, to continue from their checkpoints.
+    ``warm`` (--warm-start, tuning/warm_start.py): an earlier sweep's trials, told to the study with their results."""
     seed = space.train.seed
     if space.search.searcher != "optuna":
         from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -108,7 +109,7 @@ def _searcher(space: Space, ps: dict, done: list[TrialRecord], todo: list[TrialR
         return BasicVariantGenerator(random_state=seed)
     from ray.tune.search.optuna import OptunaSearch
 
-    if not done and not todo:
+    if not done and not todo and warm is None:
         return OptunaSearch(seed=seed)
     import optuna
 
@@ -120,6 +121,8 @@ def _searcher(space: Space, ps: dict, done: list[TrialRecord], todo: list[TrialR
     def point(record: TrialRecord) -> dict:
         return {f"params/{p}": json.loads(record.params[f"swept.{p}"]) for p in space.params}
 
+    for point_, reward in zip(warm.points if warm else [], warm.rewards if warm else []):
+        study.add_trial(optuna.trial.create_trial(params=point_, distributions=dists, value=reward))
     for record in done:
         value = record.metrics.get(space.search.metric)
         if value is not None:
@@ -242,8 +245,9 @@ class Interrupt:
     def __init__(self):
         self.event = Flag()
 
-    def stopper(self):
-        from ray.tune.stopper import Stopper
+    def stopper(self, other=None):
+        """A Stopper that ends the sweep after a Ctrl-C (combined with ``other``, the space's budgets, if any)."""
+        from ray.tune.stopper import CombinedStopper, Stopper
 
         event = self.event
 
@@ -254,7 +258,7 @@ class Interrupt:
             def stop_all(self):
                 return event.is_set()
 
-        return StopOnInterrupt()
+        return StopOnInterrupt() if other is None else CombinedStopper(StopOnInterrupt(), other)
 
     def _handle(self, sig, frame):
         if self.event.is_set():
@@ -310,15 +314,20 @@ def _finish_runs(ledger: Ledger, results, epochs: int) -> None:
 def run_sweep(space_or_path, name: str | None = None, address: str | None = None, tracking_uri: str | None = None,
               storage: str | None = None, resume: bool = False, dataset: str | None = None,
               overrides: dict | None = None, verbose: int = 1, num_cpus: int | None = None,
-              make_report: bool = True) -> SweepResult:
+              make_report: bool = True, progress: bool = False, warm_start: str | None = None) -> SweepResult:
     """Validate the space, start (or join) Ray, run the Tuner, record everything in MLflow, return a summary.
 
     MLflow is the sweep's ledger (tracking/ledger.py): every trial is one child run of the parent, found by a key
     derived from its config. ``resume`` continues the sweep of that name from the ledger alone, whatever Ray
     Tune's own state files hold (torn by a kill, or gone with the storage directory): finished trials are not
     trained again, interrupted ones continue from their checkpoints (or from epoch 1 when the checkpoint is
-    gone) in their own runs, and the rest start.
+    gone) in their own runs, and the rest start. ``progress``: show the live view (tuning/progress.py);
+    ``warm_start``: an earlier sweep whose trials Optuna starts from (tuning/warm_start.py).
     """
+    from . import warm_start as warm_starts
+    from .console import header, quiet
+
+    quiet(verbose)
     overrides = dict(overrides or {})
     if dataset:
         overrides["train.dataset"] = {"name": dataset}
@@ -344,6 +353,9 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
     if not address:
         preflight.check_local_resources(space, str(path), num_cpus, _local_gpus())
     data = preflight.load_data(space, str(path))
+    warm = warm_starts.load(warm_start, space, uri) if warm_start else None
+    if progress:
+        print(header(space, name), flush=True)  # Ray takes seconds to start
     # opening a SQLite store creates it: a new sweep opens it only once all else is known to be fine (below)
     client = tracking.client(uri) if resume or tracking.store_exists(uri) else None
     parent = tracking.find_sweep(client, name) if client is not None else None
@@ -372,6 +384,14 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
     checkpoints = f"{storage_path.rstrip('/')}/{name}/checkpoints"
     done: list[TrialRecord] = []
     todo: list[TrialRecord] = []
+    if warm is not None:
+        retrying(client.set_tag, parent_id, "tune_losses.warm_start", warm_start)
+        print("\n".join(warm.describe()), flush=True)
+    from .budgets import Budget
+    from .progress import SweepProgress
+
+    budget = Budget(space.search)
+    extra = [budget] + ([SweepProgress(space, budget, bar=None if verbose == 0 else False)] if progress else [])
     if resume:
         records = ledger.trials()
         done = [r for r in records.values() if r.finished]
@@ -403,16 +423,16 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
     tuner = tune.Tuner(
         trainable, param_space=ps,
         tune_config=tune.TuneConfig(metric=s.metric, mode=s.mode, scheduler=_scheduler(space),
-                                    search_alg=_searcher(space, ps, done, todo), num_samples=num_samples,
+                                    search_alg=_searcher(space, ps, done, todo, warm), num_samples=num_samples,
                                     max_concurrent_trials=s.max_concurrent, reuse_actors=True),
-        run_config=tune.RunConfig(name=name, storage_path=storage_path, callbacks=[callback], verbose=verbose,
-                                  stop=interrupt.stopper(),
+        run_config=tune.RunConfig(name=name, storage_path=storage_path, callbacks=[callback] + extra, verbose=verbose,
+                                  stop=interrupt.stopper(budget.stopper),
                                   failure_config=tune.FailureConfig(max_failures=s.max_failures)))
     try:
         with interrupt.catching():
             results = tuner.fit()
     except BaseException:
-        retrying(client.log_batch, parent_id, tags=[RunTag("status", "interrupted")])
+        retrying(client.log_batch, parent_id, tags=[RunTag("status", "interrupted"), RunTag("ended_by", "interrupted")])
         raise
     if interrupt.event.is_set():  # Ctrl-C: Ray Tune stopped the trials; each keeps its run and its last checkpoint
         for run_id in ledger.running():
@@ -434,7 +454,8 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
     except RuntimeError:
         pass
     metrics = [Metric(f"sweep.{k}", float(v), int(time.time() * 1000), 0) for k, v in summary.items()]
-    tags = [RunTag("status", "completed")]
+    tags = [RunTag("status", "interrupted" if budget.ended_by == "interrupted" else "completed"),
+            RunTag("ended_by", budget.ended_by)]
     if best_metric is not None:
         metrics.append(Metric(f"best_{space.search.metric}", float(best_metric), int(time.time() * 1000), 0))
         tags.append(RunTag("best_config", json.dumps(best_config)))

@@ -1,0 +1,253 @@
+"""The live view of a sweep: one progress display instead of Ray Tune's tables, and one line per trial event.
+
+:class:`SweepProgress` is a Ray Tune callback. In a terminal it draws two lines with tqdm at the bottom of the
+screen, redrawn in place::
+
+    epochs 21/35 |█████████▋       | 60% 0:31 elapsed, ETA 0:20
+    trials: 2 running, 1 finished, 1 stopped by ASHA, 0 diverged, 0 failed (of 5) | best val_acc 0.9542: dal a=20
+
+and prints above them one line per trial event, under the name MLflow gives the trial's run::
+
+    dal a=3: stopped by ASHA at epoch 3, val_acc 0.1
+    dal a=20: finished 8 epochs, val_acc 0.9542 (best so far)
+
+The epoch total is the budget still possible: every trial's epochs, less those that trials stopped early will not
+run, so the bar ends full. The ETA is the epochs left at the rate since the first epoch was reported, capped by
+what is left of ``search.time_budget_s``. Where the output is not a terminal (a pipe, a log file) nothing is
+redrawn: the same status is printed as a line every ``interval`` seconds instead.
+
+What is hidden at the default verbosity, and the line a sweep starts with, are in console.py (no Ray import there:
+they run before Ray is imported).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+from ray.tune import Callback
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+def _num(value) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
+
+
+class SweepProgress(Callback):
+    """Progress of a sweep (``space``: a ``spaces.Space``) as Ray Tune runs it.
+
+    ``bar``: redraw a two-line display in place (default: when stderr is a terminal); otherwise print a status
+    line every ``interval`` seconds. ``budget``: the sweep's :class:`~tune_losses.tuning.budgets.Budget`, to tell
+    trials stopped by it from those stopped by ASHA and to cap the ETA. ``out``: where event lines go (stdout).
+    """
+
+    def __init__(self, space, budget=None, bar: bool | None = None, interval: float = 30.0, out=None):
+        from tune_losses.tracking.callback import trial_name
+
+        self._trial_name = trial_name
+        self.loss, self.paths = space.train.loss.name, list(space.params)
+        self.epochs, self.metric, self.mode = space.train.epochs, space.search.metric, space.search.mode
+        self.budget, self.interval = budget, interval
+        self.out = out
+        self.use_bar = sys.stderr.isatty() if bar is None else bar
+        self.total_trials: int | None = None
+        self.epochs_done: dict[str, int] = {}  # trial id -> epochs reported
+        self.value: dict[str, float] = {}  # trial id -> last metric value
+        self.names: dict[str, str] = {}
+        self.running: set[str] = set()
+        self.pending = 0  # trials waiting for resources, or for their process to start
+        self.counts = {"finished": 0, "stopped by ASHA": 0, "stopped by the budget": 0, "diverged": 0, "failed": 0}
+        self.unused_epochs = 0  # epochs that trials stopped early will not run
+        self.best: tuple[float, str] | None = None
+        self.start = self.first_epoch_at = None
+        self.first_epoch_done = 0
+        self.last_draw = self.last_line = 0.0
+        self.bars = None
+
+    # --- what is shown ----------------------------------------------------------------------------------------
+    def name(self, trial) -> str:
+        if trial.trial_id not in self.names:
+            given = (trial.config or {}).get("params", {})
+            values = {p: given[p] for p in self.paths if p in given}
+            self.names[trial.trial_id] = self._trial_name(self.loss, values)
+        return self.names[trial.trial_id]
+
+    @property
+    def total_epochs(self) -> int | None:
+        if self.total_trials is None or self.total_trials > 10**9:  # Ray's "infinite" samples
+            return None
+        return self.total_trials * self.epochs - self.unused_epochs
+
+    @property
+    def done(self) -> int:
+        return sum(self.epochs_done.values())
+
+    def eta(self, now: float) -> float | None:
+        total, left = self.total_epochs, None
+        if total is not None and self.first_epoch_at is not None and now > self.first_epoch_at:
+            rate = (self.done - self.first_epoch_done) / (now - self.first_epoch_at)
+            if rate > 0:
+                left = max(total - self.done, 0) / rate
+        if self.budget is not None and self.budget.time_budget_s and self.start is not None:
+            spare = self.budget.time_budget_s - (now - self.start)
+            left = spare if left is None else min(left, spare)
+        return left
+
+    def status(self) -> str:
+        counts = ", ".join(f"{n} {k}" for k, n in self.counts.items() if n or k in ("finished", "failed",
+                                                                                   "stopped by ASHA", "diverged"))
+        of = f" (of {self.total_trials})" if self.total_trials and self.total_trials < 10**9 else ""
+        best = ""
+        if self.value:  # every trial's last value, running ones too (as Ray's "current best trial")
+            pick = max if self.mode == "max" else min
+            tid = pick(self.value, key=self.value.get)
+            best = f" | best {self.metric} {_num(self.value[tid])}: {self.names.get(tid, tid)}"
+        pending = f"{self.pending} pending, " if self.pending else ""
+        return f"trials: {pending}{len(self.running)} running, {counts}{of}{best}"
+
+    def epochs_text(self, now: float) -> str:
+        total = self.total_epochs
+        eta = self.eta(now)
+        return (f"epochs {self.done}/{total if total is not None else '?'}, {_clock(now - (self.start or now))} "
+                f"elapsed, ETA {_clock(eta) if eta is not None else '?'}")
+
+    def say(self, text: str) -> None:
+        if self.bars:
+            from tqdm import tqdm
+
+            tqdm.write(text, file=self.out or sys.stdout)
+        else:
+            print(text, file=self.out or sys.stdout, flush=True)
+
+    def draw(self, force: bool = False, final: bool = False) -> None:
+        """Redraw the bars (``force``: even within 0.5 s of the last time); without bars print the status line every
+        ``interval`` seconds and at the end (``final``)."""
+        now = time.monotonic()
+        if self.bars:
+            if not force and now - self.last_draw < 0.5:
+                return
+            epochs, line = self.bars
+            total = self.total_epochs
+            if total is not None:
+                epochs.total = max(total, self.done)
+            epochs.n = self.done
+            eta = self.eta(now)
+            epochs.set_postfix_str(f"ETA {_clock(eta) if eta is not None else '?'}", refresh=False)
+            epochs.refresh()
+            line.set_description_str(self.status(), refresh=True)
+            self.last_draw = now
+        elif final or now - self.last_line >= self.interval:
+            self.say(f"[{self.epochs_text(now)}] {self.status()}")
+            self.last_line = now
+
+    # --- Ray Tune hooks ---------------------------------------------------------------------------------------
+    def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
+        self.total_trials = total_num_samples
+        self.start = self.last_line = time.monotonic()
+        if self.use_bar:
+            from tqdm import tqdm
+
+            fmt = "epochs {n_fmt}/{total_fmt} |{bar}| {percentage:3.0f}% {elapsed} elapsed{postfix}"
+            epochs = tqdm(total=self.total_epochs, bar_format=fmt, position=0, dynamic_ncols=True, leave=True)
+            line = tqdm(total=0, bar_format="{desc}", position=1, dynamic_ncols=True, leave=True)
+            self.bars = (epochs, line)
+            self.draw(force=True)
+
+    def on_step_end(self, iteration, trials, **info):
+        self.pending = sum(t.status == "PENDING" for t in trials)
+        self.draw()
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.running.add(trial.trial_id)
+        self.say(f"{self.name(trial)}: started")
+        self.draw(force=True)
+
+    def on_trial_restore(self, iteration, trials, trial, **info):
+        self.running.add(trial.trial_id)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        tid = trial.trial_id
+        epoch = int(result.get("epoch", 0) or 0)
+        self.epochs_done[tid] = max(self.epochs_done.get(tid, 0), epoch)
+        if self.first_epoch_at is None:
+            self.first_epoch_at, self.first_epoch_done = time.monotonic(), self.done
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            self.value[tid] = float(value)
+        self.draw()
+
+    def _is_best(self, tid: str) -> bool:
+        value = self.value.get(tid)
+        if value is None:
+            return False
+        better = self.best is None or (value > self.best[0] if self.mode == "max" else value < self.best[0])
+        if better:
+            self.best = (value, self.names.get(tid, tid))
+        return better
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        tid = trial.trial_id
+        self.running.discard(tid)
+        name, last = self.name(trial), trial.last_result or {}
+        epoch = self.epochs_done.get(tid, 0)
+        if not epoch:  # never ran: stopped while pending, when a budget ended the sweep
+            self.unused_epochs += self.epochs
+            self.draw(force=True)
+            return
+        value = self.value.get(tid)
+        shown = f"{self.metric} {_num(value)}" if value is not None else f"no {self.metric}"
+        had_best = self.best is not None
+        best = " (best so far)" if self._is_best(tid) and had_best else ""
+        if last.get("trial_status") == "diverged":
+            self.counts["diverged"] += 1
+            self.unused_epochs += self.epochs - epoch
+            self.say(f"{name}: diverged at epoch {epoch}: {last.get('reason', '')}")
+        elif epoch < self.epochs:
+            self.unused_epochs += self.epochs - epoch
+            by = self.budget.fired if self.budget is not None and self.budget.fired else None
+            key = "stopped by the budget" if by else "stopped by ASHA"
+            self.counts[key] += 1
+            why = {"time_budget": "the time budget", "plateau": "the plateau stop"}.get(by, "ASHA")
+            self.say(f"{name}: stopped by {why} at epoch {epoch}, {shown}{best}")
+        else:
+            self.counts["finished"] += 1
+            self.say(f"{name}: finished {epoch} epochs, {shown}{best}")
+        self.draw(force=True)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        from tune_losses.tracking.callback import error_text
+
+        last = error_text(trial).strip().splitlines()[-1:] or ["an error"]
+        self.say(f"{self.name(trial)}: raised ({last[0][:160]}); Ray retries it from its last checkpoint")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        from tune_losses.tracking.callback import error_text
+
+        tid = trial.trial_id
+        self.running.discard(tid)
+        self.counts["failed"] += 1
+        self.unused_epochs += self.epochs - self.epochs_done.get(tid, 0)
+        last = error_text(trial).strip().splitlines()[-1:] or ["an error"]
+        self.say(f"{self.name(trial)}: failed at epoch {self.epochs_done.get(tid, 0)}: {last[0][:160]}")
+        self.draw(force=True)
+
+    def on_experiment_end(self, trials, **info):
+        self.draw(force=True, final=True)
+        if self.bars:
+            for bar in self.bars:
+                bar.close()
+            self.bars = None
+        why = f" ({self.budget.describe()})" if self.budget is not None else ""
+        self.say(f"Sweep ended after {_clock(time.monotonic() - (self.start or time.monotonic()))}{why}: "
+                 f"{self.done} epochs run")
+
+    def __getstate__(self):  # Ray snapshots callbacks with the experiment state: not the terminal's bars
+        state = dict(self.__dict__)
+        state["bars"] = None
+        return state
