@@ -149,9 +149,10 @@ def kill_and_resume(directory: Path, name: str, delays: tuple[float, float], tea
     if kill_after(second, delays[1]):
         what.append(f"its resume killed at {delays[1]:.1f} s")
         before = finished_end_times(uri, name)  # every trial finished so far: none may be trained again
-        third = subprocess.run(cmd + ["--resume"] if _has_parent(uri, name) else cmd, stdout=open(log, "a"),
-                               stderr=subprocess.STDOUT, timeout=900,
-                               env={**os.environ, "RAY_ADDRESS": "", "TUNE_LOSSES_HOME": str(directory / "home")})
+        with open(log, "a") as out:
+            third = subprocess.run(cmd + ["--resume"] if _has_parent(uri, name) else cmd, stdout=out,
+                                   stderr=subprocess.STDOUT, timeout=900,
+                                   env={**os.environ, "RAY_ADDRESS": "", "TUNE_LOSSES_HOME": str(directory / "home")})
         returncode = third.returncode
     else:
         returncode = second.returncode

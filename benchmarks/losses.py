@@ -71,13 +71,13 @@ def main():
 
         def loss_only(loss):
             def step():
-                loss(logits, target, attention=attention).backward()
+                loss(logits, target, attention=attention).backward()  # noqa: B023 (called in this iteration)
             return step
 
         def cam_step(loss):
             def step():
-                out, w = head(feats)
-                loss(out, target, attention=w).backward()
+                out, w = head(feats)  # noqa: B023 (called in this iteration)
+                loss(out, target, attention=w).backward()  # noqa: B023
             return step
 
         samples = {(n, kind): [] for n in losses for kind in ("loss", "cam")}

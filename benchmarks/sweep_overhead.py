@@ -19,8 +19,8 @@ import time
 
 from tune_losses import tracking
 from tune_losses.spaces import parse_space, trial_config
-from tune_losses.tuning.runner import run_sweep
 from tune_losses.training import train
+from tune_losses.tuning.runner import run_sweep
 
 
 def space(name, trials, epochs, scheduler, width=96):

@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers import free_port, stop_server  # noqa: E402
-
 from tune_losses import tracking  # noqa: E402
 from tune_losses.tracking.ledger import Ledger  # noqa: E402
+
+from helpers import free_port, stop_server  # noqa: E402
 
 
 def metrics(n: int, epoch: int) -> dict:

@@ -45,7 +45,7 @@ def start_mlflow_server(backend_uri: str, port: int, artifacts, timeout: float =
             return proc
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {proc.returncode}")
+                raise RuntimeError(f"mlflow server exited with {proc.returncode}") from None
             time.sleep(0.5)
     stop_server(proc)
     raise RuntimeError(f"mlflow server did not answer on port {port} within {timeout} s")

@@ -55,7 +55,7 @@ def node_ids(address, env, procs) -> dict:
 def preloaded(address, env, ids) -> dict:
     """{'head': bool, 'worker': bool}: whether a worker process of each node had the trial code imported
     before it ran anything (RAY_preload_python_modules, as docker/compose.yaml sets it)."""
-    code = ("import json, sys, ray\n"
+    code = ("import json, sys, ray\n"  # noqa: UP031
             "from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as On\n"
             "ray.init(address=%r, log_to_driver=False)\n"
             "@ray.remote(num_cpus=0)\n"

@@ -167,7 +167,7 @@ def test_the_services_commands_run_with_the_pinned_versions(compose, tmp_path):
             procs.append(subprocess.Popen([str(BIN / cmd[0]), *cmd[1:]], env=env, stdout=log,
                                           stderr=subprocess.STDOUT, start_new_session=True))
             time.sleep(3)
-        code = ("import ray; ray.init(address='127.0.0.1:%d', log_to_driver=False); "
+        code = ("import ray; ray.init(address='127.0.0.1:%d', log_to_driver=False); "  # noqa: UP031
                 "print('CPUS', ray.cluster_resources().get('CPU'), 'NODES', len(ray.nodes()))" % gcs)
         out = ""
         for _ in range(30):

@@ -1,11 +1,11 @@
 """MLflow as the sweep's ledger: idempotent writes against a real SQLite store, and sweeps killed (SIGKILL, torn Ray
 state, storage deleted, Ctrl-C) and resumed end to end, audited with tune_losses.tracking.ledger.audit."""
 
+import contextlib
 import importlib.util
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -193,10 +193,8 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path):
     os.kill(driver.pid, signal.SIGINT)
     assert driver.wait(timeout=30) == 130, log.read_text()[-3000:]
     assert "Interrupted again: exiting now" in log.read_text()
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(driver.pid, signal.SIGKILL)  # what the driver's local Ray left behind
-    except ProcessLookupError:
-        pass
     out = resume(cmd, tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert faults.check(uri, "twice", 6, {}) == []

@@ -2,6 +2,7 @@
 `status` from MLflow alone (while a sweep runs in another process), `--warm-start`, the budgets, `ui`'s pages,
 `report.html`, and progress bars for `train` and `features`. Real Ray, MLflow (SQLite) and training on digits."""
 
+import contextlib
 import os
 import re
 import shutil
@@ -91,10 +92,8 @@ def test_sweeps_and_status_from_mlflow_while_a_sweep_runs_elsewhere(tmp_path, ca
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
     while proc.poll() is None:
-        try:
+        with contextlib.suppress(ValueError):  # its parent run is not there yet
             seen.append(sweep_status("watched", uri))
-        except ValueError:  # its parent run is not there yet
-            pass
         time.sleep(0.5)
     out = proc.stdout.read()
     assert proc.returncode == 0, out[-3000:]

@@ -343,7 +343,7 @@ def test_losses_under_vmap_take_the_expression_version():
     for loss in (build_loss("dal", num_classes=5, a=5).double(), build_loss("beta_gamma", num_classes=5)):
         if hasattr(loss, "soft_labels"):
             loss.update(torch.randint(0, 9, (5, 5)))
-        batched = torch.vmap(lambda x: loss.compute(x, y))(zs)
+        batched = torch.vmap(lambda x: loss.compute(x, y))(zs)  # noqa: B023 (called in this iteration)
         assert torch.allclose(batched, torch.stack([loss(x, y) for x in zs]), rtol=1e-12)
 
 
@@ -384,7 +384,7 @@ def test_every_loss_is_finite_with_finite_gradients_at_extreme_logits(monkeypatc
         if path == "vmap":  # two replicas: the logits and their negation
             z = torch.stack([z0, -z0]).requires_grad_(True)
             att = torch.stack([att0, att0.flip(0)]).requires_grad_(True)
-            value = torch.vmap(lambda a, b: loss.compute(a, y, b))(z, att).sum()
+            value = torch.vmap(lambda a, b: loss.compute(a, y, b))(z, att).sum()  # noqa: B023
         else:
             z, att = z0.clone().requires_grad_(True), att0.clone().requires_grad_(True)
             value = loss(z, y, attention=att)

@@ -13,8 +13,15 @@ from tune_losses import tracking
 from tune_losses.reports.build import build_report
 from tune_losses.tuning.runner import run_sweep
 
-from helpers import free_port, postgres_bin, start_mlflow_server, start_postgres, stop_postgres, stop_server, \
-    write_space
+from helpers import (
+    free_port,
+    postgres_bin,
+    start_mlflow_server,
+    start_postgres,
+    stop_postgres,
+    stop_server,
+    write_space,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

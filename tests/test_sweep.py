@@ -1,11 +1,10 @@
 """End-to-end sweeps on digits (CPU, real Ray, real MLflow SQLite store), asserting on what MLflow holds."""
 
 import json
-
-import numpy as np
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tune_losses import tracking

@@ -15,9 +15,8 @@ from tune_losses.tracking.sweeps import sweep_names
 from . import plots
 from .best import ranked
 from .collect import histories, sweep_runs, trial_table
-from .protocol import (chosen_on, count_trials, describe_trials, split_of, statement, table_metrics,
-                       trial_outcomes)
 from .html import write_html
+from .protocol import chosen_on, count_trials, describe_trials, split_of, statement, table_metrics, trial_outcomes
 from .tables import as_percent, grid, grouped, is_continuous, with_paper
 from .trial_figures import draw_trial_figures
 

@@ -33,8 +33,8 @@ def with_paper(table: pd.DataFrame, param: str, study, paper_dataset) -> tuple[p
     frame, columns = ref
     out = table.copy()
     for ours, theirs, scale in columns:
-        paper = out[param].map(lambda v: frame[theirs].get(float(v), np.nan) if float(v) in frame.index.astype(float)
-                               else np.nan)
+        known = frame[theirs].set_axis(frame.index.astype(float))
+        paper = out[param].map(lambda v, known=known: known.get(float(v), np.nan))
         out[f"paper_{ours}_%"] = paper
         out[f"diff_{ours}_%"] = out[ours] * scale - paper
     return out, f"paper: {paper_dataset}"

@@ -156,11 +156,11 @@ def summary(c, parent, with_activity: bool = False) -> dict:
         elif run.info.status == "RUNNING":
             running.append(run)
         value = run.data.metrics.get(metric)
-        if value is not None and math.isfinite(value) and status != "error":
-            if best is None or (value > best[0] if mode == "max" else value < best[0]):
-                values = {k.removeprefix("swept."): _value(v) for k, v in run.data.params.items()
-                          if k.startswith("swept.")}
-                best = (value, values, run.info.run_name)
+        if value is not None and math.isfinite(value) and status != "error" and (
+                best is None or (value > best[0] if mode == "max" else value < best[0])):
+            values = {k.removeprefix("swept."): _value(v) for k, v in run.data.params.items()
+                      if k.startswith("swept.")}
+            best = (value, values, run.info.run_name)
     start = parent.info.start_time / 1000 if parent.info.start_time else None
     end = parent.info.end_time / 1000 if parent.info.end_time else None
     state = _state(parent, trials)

@@ -26,7 +26,7 @@ ENDED_BY = ("completed", "time_budget", "plateau", "interrupted")
 class _Recorded(Stopper):
     """A stopper that remembers when ``stop_all`` first said yes (Ray's stoppers do not say it afterwards)."""
 
-    def __init__(self, inner: Stopper, reason: str, budget: "Budget"):
+    def __init__(self, inner: Stopper, reason: str, budget: Budget):
         self.inner, self.reason, self.budget = inner, reason, budget
 
     def __call__(self, trial_id, result):
@@ -40,7 +40,7 @@ class _Recorded(Stopper):
 
 
 class _PlateauStopper(Stopper):
-    def __init__(self, budget: "Budget"):
+    def __init__(self, budget: Budget):
         self.budget = budget
 
     def __call__(self, trial_id, result):

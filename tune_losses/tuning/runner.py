@@ -20,10 +20,10 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunTag
 
 from tune_losses import tracking
+from tune_losses.spaces import Space, SpaceError, load_space
 from tune_losses.tracking.callback import LedgerCallback
 from tune_losses.tracking.ledger import Ledger, TrialRecord, retrying
 from tune_losses.training.checkpoint import FILENAME
-from tune_losses.spaces import Space, SpaceError, load_space
 
 from . import preflight
 from .domains import grid_size, to_tune

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import ray
 import torch
+
 # torch.optim imports torch._dynamo when the first optimizer is made (~1.8 s on 2 cores): imported here, a
 # prestarted worker (workers.py) pays for it before the sweep starts, not during a trial's first epoch.
 import torch._dynamo  # noqa: F401
