@@ -30,20 +30,37 @@ GRID = [5.0, 10.0, 15.0, 20.0]
 
 def write_space(directory: Path, name: str, epochs: int = 6) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    space = {"name": name,
-             "train": {"dataset": {"name": "digits"}, "model": {"name": "mlp"},
-                       "loss": {"name": "dal", "params": {"a": 10.0}}, "optimizer": {"name": "sgd", "lr": 0.05},
-                       "batch_size": 64, "epochs": epochs, "repeats": 1},
-             "params": {"loss.a": {"grid": GRID}},
-             "search": {"searcher": "grid", "max_concurrent": 2, "scheduler": {"name": "fifo"}}}
+    space = {
+        "name": name,
+        "train": {
+            "dataset": {"name": "digits"},
+            "model": {"name": "mlp"},
+            "loss": {"name": "dal", "params": {"a": 10.0}},
+            "optimizer": {"name": "sgd", "lr": 0.05},
+            "batch_size": 64,
+            "epochs": epochs,
+            "repeats": 1,
+        },
+        "params": {"loss.a": {"grid": GRID}},
+        "search": {"searcher": "grid", "max_concurrent": 2, "scheduler": {"name": "fifo"}},
+    }
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(space, sort_keys=False))
     return path
 
 
 def command(space: Path, directory: Path) -> list[str]:
-    return [sys.executable, "-m", "tune_losses.cli", "sweep", str(space), "--tracking-uri",
-            f"sqlite:///{directory}/mlflow.db", "--storage", str(directory / "ray")]
+    return [
+        sys.executable,
+        "-m",
+        "tune_losses.cli",
+        "sweep",
+        str(space),
+        "--tracking-uri",
+        f"sqlite:///{directory}/mlflow.db",
+        "--storage",
+        str(directory / "ray"),
+    ]
 
 
 def start(cmd: list[str], log: Path) -> subprocess.Popen:
@@ -102,9 +119,16 @@ def finished_end_times(uri: str, name: str) -> dict[str, int]:
 
 
 def epochs_logged(uri: str, name: str) -> int:
-    return _query(uri, f"SELECT count(*) FROM metrics m WHERE m.key = 'epoch' AND m.run_uuid IN "
-                       f"(SELECT r.run_uuid FROM ({TRIALS.replace('k.value, r.end_time, r.status', 'r.run_uuid')}) r)",
-                  name)[0][0] if Path(uri.removeprefix("sqlite:///")).exists() else 0
+    return (
+        _query(
+            uri,
+            f"SELECT count(*) FROM metrics m WHERE m.key = 'epoch' AND m.run_uuid IN "
+            f"(SELECT r.run_uuid FROM ({TRIALS.replace('k.value, r.end_time, r.status', 'r.run_uuid')}) r)",
+            name,
+        )[0][0]
+        if Path(uri.removeprefix("sqlite:///")).exists()
+        else 0
+    )
 
 
 def check(uri: str, name: str, epochs: int, before: dict[str, int]) -> list[str]:
@@ -125,8 +149,14 @@ def check(uri: str, name: str, epochs: int, before: dict[str, int]) -> list[str]
     return problems
 
 
-def kill_and_resume(directory: Path, name: str, delays: tuple[float, float], tear: bool = False,
-                    drop_storage: bool = False, epochs: int = 6) -> tuple[list[str], str]:
+def kill_and_resume(
+    directory: Path,
+    name: str,
+    delays: tuple[float, float],
+    tear: bool = False,
+    drop_storage: bool = False,
+    epochs: int = 6,
+) -> tuple[list[str], str]:
     """One kill point: sweep, kill after delays[0], (tear / drop), resume, kill after delays[1], resume again."""
     import shutil
 
@@ -150,9 +180,13 @@ def kill_and_resume(directory: Path, name: str, delays: tuple[float, float], tea
         what.append(f"its resume killed at {delays[1]:.1f} s")
         before = finished_end_times(uri, name)  # every trial finished so far: none may be trained again
         with open(log, "a") as out:
-            third = subprocess.run(cmd + ["--resume"] if _has_parent(uri, name) else cmd, stdout=out,
-                                   stderr=subprocess.STDOUT, timeout=900,
-                                   env={**os.environ, "RAY_ADDRESS": "", "TUNE_LOSSES_HOME": str(directory / "home")})
+            third = subprocess.run(
+                cmd + ["--resume"] if _has_parent(uri, name) else cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=900,
+                env={**os.environ, "RAY_ADDRESS": "", "TUNE_LOSSES_HOME": str(directory / "home")},
+            )
         returncode = third.returncode
     else:
         returncode = second.returncode
@@ -162,8 +196,14 @@ def kill_and_resume(directory: Path, name: str, delays: tuple[float, float], tea
 
 
 def _has_parent(uri: str, name: str) -> bool:
-    return bool(_query(uri, "SELECT 1 FROM tags WHERE key = 'tune_losses.sweep' AND value = ? AND run_uuid IN "
-                            "(SELECT run_uuid FROM tags WHERE key = 'tune_losses.role' AND value = 'sweep')", name))
+    return bool(
+        _query(
+            uri,
+            "SELECT 1 FROM tags WHERE key = 'tune_losses.sweep' AND value = ? AND run_uuid IN "
+            "(SELECT run_uuid FROM tags WHERE key = 'tune_losses.role' AND value = 'sweep')",
+            name,
+        )
+    )
 
 
 def main() -> None:
@@ -179,8 +219,11 @@ def main() -> None:
 
     shutil.rmtree(root, ignore_errors=True)
     t0 = time.perf_counter()
-    base = subprocess.run(command(write_space(root / "base", "base"), root / "base"), capture_output=True,
-                          env={**os.environ, "RAY_ADDRESS": "", "TUNE_LOSSES_HOME": str(root / "base" / "home")})
+    base = subprocess.run(
+        command(write_space(root / "base", "base"), root / "base"),
+        capture_output=True,
+        env={**os.environ, "RAY_ADDRESS": "", "TUNE_LOSSES_HOME": str(root / "base" / "home")},
+    )
     length = time.perf_counter() - t0
     assert base.returncode == 0, base.stdout[-2000:]
     print(f"an uninterrupted sweep takes {length:.1f} s (start-up, 4 trials x 6 epochs, report)")
@@ -188,12 +231,15 @@ def main() -> None:
     good = 0
     for i in range(args.points):
         delays = ((i + rng.random()) * length / args.points, rng.uniform(0.5, length))
-        problems, what = kill_and_resume(root / f"p{i}", f"p{i}", delays, tear=args.tear,
-                                         drop_storage=args.drop_storage)
+        problems, what = kill_and_resume(
+            root / f"p{i}", f"p{i}", delays, tear=args.tear, drop_storage=args.drop_storage
+        )
         good += not problems
         print(f"point {i + 1:2d}: {what}: {'whole' if not problems else '; '.join(problems)}", flush=True)
-    print(f"{good} of {args.points} kill points left exactly one finished run per trial, none RUNNING, every epoch "
-          "once, finished trials not retrained")
+    print(
+        f"{good} of {args.points} kill points left exactly one finished run per trial, none RUNNING, every epoch "
+        "once, finished trials not retrained"
+    )
 
 
 if __name__ == "__main__":

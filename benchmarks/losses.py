@@ -21,8 +21,13 @@ from tune_losses.losses import build_loss
 from tune_losses.models import ChannelAttention
 
 BATCH, CHANNELS, SPATIAL = 128, 256, 4
-LOSSES = [("ce", {}), ("focal", {"gamma": 2.0}), ("dal", {"a": 15.0}), ("beta_gamma", {"beta": 4.0, "gamma": 5.0}),
-          ("cc", {"lam": 1.0})]
+LOSSES = [
+    ("ce", {}),
+    ("focal", {"gamma": 2.0}),
+    ("dal", {"a": 15.0}),
+    ("beta_gamma", {"beta": 4.0, "gamma": 5.0}),
+    ("cc", {"lam": 1.0}),
+]
 
 
 class CAMHead(nn.Module):
@@ -72,12 +77,14 @@ def main():
         def loss_only(loss):
             def step():
                 loss(logits, target, attention=attention).backward()  # noqa: B023 (called in this iteration)
+
             return step
 
         def cam_step(loss):
             def step():
                 out, w = head(feats)  # noqa: B023 (called in this iteration)
                 loss(out, target, attention=w).backward()  # noqa: B023
+
             return step
 
         samples = {(n, kind): [] for n in losses for kind in ("loss", "cam")}
@@ -88,8 +95,10 @@ def main():
         med = {k: statistics.median(v) for k, v in samples.items()}
         for n in losses:
             lo, cam = med[(n, "loss")], med[(n, "cam")]
-            print(f"{classes:>4} {n:>11} {lo * 1e6:8.1f} {lo / med[('ce', 'loss')]:6.2f} "
-                  f"{cam * 1e6:12.1f} {cam / med[('ce', 'cam')]:6.2f}")
+            print(
+                f"{classes:>4} {n:>11} {lo * 1e6:8.1f} {lo / med[('ce', 'loss')]:6.2f} "
+                f"{cam * 1e6:12.1f} {cam / med[('ce', 'cam')]:6.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,9 @@ def main():
     centers = torch.randn(classes, dim, generator=g)
     x = (0.05 * centers[y] + torch.randn(n, dim, generator=g)).relu()  # ReLU'd conv features, class signal
     half = n // 2
-    splits = Splits(Split(x[:half], y[:half]), Split(x[half:half + 1], y[half:half + 1]), Split(x[half:], y[half:]),
-                    classes)
+    splits = Splits(
+        Split(x[:half], y[:half]), Split(x[half : half + 1], y[half : half + 1]), Split(x[half:], y[half:]), classes
+    )
     seeds = list(range(args.repeats))
     opt = OptimizerConfig(name="sgd", lr=0.001, momentum=0.9)
     make_loss = lambda: build_loss("dal", num_classes=classes, a=15.0)  # noqa: E731
@@ -74,12 +75,16 @@ def main():
                 full_losses = torch.stack(per_seed)
     med = {k: statistics.median(v) for k, v in times.items()}
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
-    print(f"K={args.repeats} DAL heads, {half} training rows of {dim} features, {classes} classes, batch "
-          f"{args.batch_size}, {args.epochs} epochs, {where}, median of {args.rounds}")
+    print(
+        f"K={args.repeats} DAL heads, {half} training rows of {dim} features, {classes} classes, batch "
+        f"{args.batch_size}, {args.epochs} epochs, {where}, median of {args.rounds}"
+    )
     for label, t in med.items():
         print(f"  {label:<13} {t:7.2f} s")
-    print(f"vectorised vs loop of {args.repeats} single runs: {med['loop'] / med['vectorised']:.1f}x; "
-          f"vs the naive full-D loop: {med['loop, full D'] / med['vectorised']:.1f}x")
+    print(
+        f"vectorised vs loop of {args.repeats} single runs: {med['loop'] / med['vectorised']:.1f}x; "
+        f"vs the naive full-D loop: {med['loop, full D'] / med['vectorised']:.1f}x"
+    )
     gap = (vec_losses - full_losses).abs().max().item()
     print(f"largest per-seed difference in final training loss, vectorised vs full-D single runs: {gap:.2e}")
 

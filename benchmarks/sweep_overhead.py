@@ -24,15 +24,23 @@ from tune_losses.tuning.runner import run_sweep
 
 
 def space(name, trials, epochs, scheduler, width=96):
-    return parse_space({
-        "name": name,
-        "train": {"dataset": {"name": "digits"}, "model": {"name": "small_cnn", "params": {"width": width}},
-                  "loss": {"name": "dal", "params": {"a": 10.0}}, "optimizer": {"name": "sgd", "lr": 0.03},
-                  "batch_size": 16, "epochs": epochs},
-        "params": {"loss.a": {"grid": [float(a) for a in range(4, 4 + 3 * trials, 3)]}},
-        "search": {"searcher": "grid", "max_concurrent": 2, "scheduler": scheduler},
-        "resources": {"cpu": 1},
-    }, name)
+    return parse_space(
+        {
+            "name": name,
+            "train": {
+                "dataset": {"name": "digits"},
+                "model": {"name": "small_cnn", "params": {"width": width}},
+                "loss": {"name": "dal", "params": {"a": 10.0}},
+                "optimizer": {"name": "sgd", "lr": 0.03},
+                "batch_size": 16,
+                "epochs": epochs,
+            },
+            "params": {"loss.a": {"grid": [float(a) for a in range(4, 4 + 3 * trials, 3)]}},
+            "search": {"searcher": "grid", "max_concurrent": 2, "scheduler": scheduler},
+            "resources": {"cpu": 1},
+        },
+        name,
+    )
 
 
 def sequential_loop(fifo, epochs):
@@ -88,10 +96,15 @@ def main():
         ray.shutdown()
     init_ray(num_cpus=2, verbose=0)
     with tempfile.TemporaryDirectory() as tmp:
-        asha = space("bench_asha", args.trials, args.epochs,
-                     {"name": "asha", "max_t": args.epochs, "grace_period": 1, "reduction_factor": 2})
-        asha_result = run_sweep(asha, tracking_uri=f"sqlite:///{tmp}/mlflow.db", storage=f"{tmp}/ray", verbose=0,
-                                make_report=False)
+        asha = space(
+            "bench_asha",
+            args.trials,
+            args.epochs,
+            {"name": "asha", "max_t": args.epochs, "grace_period": 1, "reduction_factor": 2},
+        )
+        asha_result = run_sweep(
+            asha, tracking_uri=f"sqlite:///{tmp}/mlflow.db", storage=f"{tmp}/ray", verbose=0, make_report=False
+        )
     ray.shutdown()
     for r, ((sq, _), (sw, st, _)) in enumerate(zip(seq, sweeps)):
         print(f"round {r + 1}: sequential {sq:.1f} s, sweep {sw:.1f} s (start-up {st:.1f} s)")
@@ -100,17 +113,25 @@ def main():
     swept, startup, reporting = (med(x[i] for x in sweeps) for i in range(3))
     n = args.trials
     print(f"{n} trials x {args.epochs} epochs, ~{epoch:.2f} s per epoch, 2 CPUs, median of {args.rounds} round(s)")
-    print(f"sequential loop: {sequential:.1f} s   sweep (2 concurrent): {swept:.1f} s (incl. MLflow logging; the "
-          f"report after it, with each trial's figures, {reporting:.1f} s, apart)")
+    print(
+        f"sequential loop: {sequential:.1f} s   sweep (2 concurrent): {swept:.1f} s (incl. MLflow logging; the "
+        f"report after it, with each trial's figures, {reporting:.1f} s, apart)"
+    )
     steady = swept - startup
-    print(f"one-time start-up (sweep start -> first trial running): {startup:.2f} s; starting Ray before it "
-          f"(ray.init, timed apart): {med(ray_starts):.2f} s")
-    print(f"parallel efficiency: {sequential / (2 * swept):.2f} overall, {sequential / (2 * steady):.2f} after "
-          f"start-up   per-trial overhead: {(2 * swept - sequential) / n:.2f} s overall, "
-          f"{(2 * steady - sequential) / n:.2f} s after start-up")
+    print(
+        f"one-time start-up (sweep start -> first trial running): {startup:.2f} s; starting Ray before it "
+        f"(ray.init, timed apart): {med(ray_starts):.2f} s"
+    )
+    print(
+        f"parallel efficiency: {sequential / (2 * swept):.2f} overall, {sequential / (2 * steady):.2f} after "
+        f"start-up   per-trial overhead: {(2 * swept - sequential) / n:.2f} s overall, "
+        f"{(2 * steady - sequential) / n:.2f} s after start-up"
+    )
     s = asha_result.summary
-    print(f"ASHA: {s['epochs_run']} epochs of the full grid's {s['epochs_full_budget']} "
-          f"({s['epochs_run'] / s['epochs_full_budget']:.2f}); {s['stopped_early']} of {s['trials']} stopped early")
+    print(
+        f"ASHA: {s['epochs_run']} epochs of the full grid's {s['epochs_full_budget']} "
+        f"({s['epochs_run'] / s['epochs_full_budget']:.2f}); {s['stopped_early']} of {s['trials']} stopped early"
+    )
 
 
 if __name__ == "__main__":

@@ -86,24 +86,51 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--metrics", type=int, default=60)
     ap.add_argument("--workers", type=int, default=2, help="mlflow server workers")
-    ap.add_argument("--pool", type=int, default=32, help="the server's database connections per worker (+ as many "
-                    "overflow); MLflow's default, 5 + 10, refuses 64 concurrent writers")
+    ap.add_argument(
+        "--pool",
+        type=int,
+        default=32,
+        help="the server's database connections per worker (+ as many "
+        "overflow); MLflow's default, 5 + 10, refuses 64 concurrent writers",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                                   f"sqlite:///{tmp}/mlflow.db", "--artifacts-destination", f"{tmp}/artifacts",
-                                   "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                                  env={**os.environ, "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": str(args.pool),
-                                       "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": str(args.pool)})
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{tmp}/mlflow.db",
+                "--artifacts-destination",
+                f"{tmp}/artifacts",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                str(args.workers),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            env={
+                **os.environ,
+                "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": str(args.pool),
+                "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": str(args.pool),
+            },
+        )
         _wait(port)
         try:
             uri = f"http://127.0.0.1:{port}"
             c = tracking.client(uri)
             exp = tracking.experiment_id(c)
-            print(f"MLflow server on SQLite, {args.workers} worker(s); {args.epochs} epochs x {args.metrics} metrics "
-                  "per simulated trial")
+            print(
+                f"MLflow server on SQLite, {args.workers} worker(s); {args.epochs} epochs x {args.metrics} metrics "
+                "per simulated trial"
+            )
             print(f"{'trials':>6}  {'one writer':>14}  {'each trial':>14}  ratio")
             for n in args.trials:
                 parent = c.create_run(exp).info.run_id

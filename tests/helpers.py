@@ -6,12 +6,20 @@ import yaml
 def write_space(path, replace=(), **over):
     """Write a 2-trial DAL grid on digits to ``path``; top-level mappings in ``over`` are merged one level,
     except the fields named in ``replace``, which ``over`` replaces."""
-    space = {"name": "t", "train": {"dataset": {"name": "digits"}, "model": {"name": "mlp"},
-                                    "loss": {"name": "dal", "params": {"a": 10.0}},
-                                    "optimizer": {"name": "sgd", "lr": 0.05}, "batch_size": 64, "epochs": 3,
-                                    "repeats": 2},
-             "params": {"loss.a": {"grid": [5.0, 15.0]}},
-             "search": {"searcher": "grid", "scheduler": {"name": "fifo"}, "max_concurrent": 2}}
+    space = {
+        "name": "t",
+        "train": {
+            "dataset": {"name": "digits"},
+            "model": {"name": "mlp"},
+            "loss": {"name": "dal", "params": {"a": 10.0}},
+            "optimizer": {"name": "sgd", "lr": 0.05},
+            "batch_size": 64,
+            "epochs": 3,
+            "repeats": 2,
+        },
+        "params": {"loss.a": {"grid": [5.0, 15.0]}},
+        "search": {"searcher": "grid", "scheduler": {"name": "fifo"}, "max_concurrent": 2},
+    }
     for k, v in over.items():
         space[k] = v if not isinstance(v, dict) or k not in space or k in replace else {**space[k], **v}
     path.write_text(yaml.safe_dump(space, sort_keys=False))
@@ -34,10 +42,27 @@ def start_mlflow_server(backend_uri: str, port: int, artifacts, timeout: float =
     import time
     import urllib.request
 
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
-                             "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            backend_uri,
+            "--artifacts-destination",
+            str(artifacts),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
@@ -93,8 +118,19 @@ def start_postgres(directory, port: int) -> str:
         subprocess.run(["chown", "postgres:", str(sockets)], check=True)
     run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True)  # noqa: E731
     run(postgres_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
-    run(postgres_bin("pg_ctl"), "-D", str(data), "-l", str(directory / "server.log"), "-w", "-t", "60", "-o",
-        f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+    run(
+        postgres_bin("pg_ctl"),
+        "-D",
+        str(data),
+        "-l",
+        str(directory / "server.log"),
+        "-w",
+        "-t",
+        "60",
+        "-o",
+        f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off",
+        "start",
+    )
     run("psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c", "CREATE DATABASE mlflow")
     return f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow"
 
@@ -105,5 +141,7 @@ def stop_postgres(directory) -> None:
     from pathlib import Path
 
     as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    subprocess.run([*as_user, postgres_bin("pg_ctl"), "-D", str(Path(directory) / "data"), "-m", "immediate",
-                    "stop"], capture_output=True)
+    subprocess.run(
+        [*as_user, postgres_bin("pg_ctl"), "-D", str(Path(directory) / "data"), "-m", "immediate", "stop"],
+        capture_output=True,
+    )

@@ -9,14 +9,22 @@ from tune_losses.models.registry import register
 
 @register("dropout_mlp")
 def dropout_mlp(num_classes: int, in_channels: int = 1, hidden: int = 32, p: float = 0.3):
-    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 64, hidden), nn.ReLU(), nn.Dropout(p),
-                         nn.Linear(hidden, num_classes))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(in_channels * 64, hidden), nn.ReLU(), nn.Dropout(p), nn.Linear(hidden, num_classes)
+    )
 
 
 @register("bn_cnn")
 def bn_cnn(num_classes: int, in_channels: int = 1, width: int = 8, p: float = 0.2):
-    return nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                         nn.Dropout(p), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(width * 16, num_classes))
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, 3, padding=1),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.Dropout(p),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(width * 16, num_classes),
+    )
 
 
 class NoisyMLP(nn.Module):

@@ -38,130 +38,256 @@ CASES = {
     "not_a_mapping": ("- name\n- t\n", [], ["(top level): must be a mapping"]),
     "no_such_file": (None, [], ["no such search space", "bundled ones: "]),
     "unknown_key": ({"serch": {}}, [], ["serch: unknown field"]),
-    "unknown_nested_key": ({"train": {"optimizer": {"name": "sgd", "lrr": 0.1}}}, [],
-                           ["train.optimizer.lrr: unknown field"]),
+    "unknown_nested_key": (
+        {"train": {"optimizer": {"name": "sgd", "lrr": 0.1}}},
+        [],
+        ["train.optimizer.lrr: unknown field"],
+    ),
     "wrong_type_epochs": ({"train": {"epochs": "ten"}}, [], ["train.epochs: Input should be a valid integer"]),
     "wrong_type_cpu": ({"resources": {"cpu": "two"}}, [], ["resources.cpu: Input should be a valid number"]),
     "a_le_1": ({"params": {"loss.a": {"grid": [0.5, 5]}}}, [], ["params.loss.a: a=0.5 is not allowed", "> 1"]),
-    "lambda_lt_0": ({"train": CC, "params": {"loss.lambda": {"grid": [-0.5, 1.0]}}}, [],
-                    ["params.loss.lambda: lambda=-0.5 is not allowed", ">= 0"]),
-    "gamma_lt_0": ({"train": FOCAL, "params": {"loss.gamma": {"uniform": [-1.0, 2.0]}}}, [],
-                   ["params.loss.gamma: gamma=-1.0 is not allowed", ">= 0"]),
-    "batch_0": ({"params": {"batch_size": {"grid": [0, 8]}}}, [],
-                ["params.batch_size: value 0", "greater than or equal to 1"]),
+    "lambda_lt_0": (
+        {"train": CC, "params": {"loss.lambda": {"grid": [-0.5, 1.0]}}},
+        [],
+        ["params.loss.lambda: lambda=-0.5 is not allowed", ">= 0"],
+    ),
+    "gamma_lt_0": (
+        {"train": FOCAL, "params": {"loss.gamma": {"uniform": [-1.0, 2.0]}}},
+        [],
+        ["params.loss.gamma: gamma=-1.0 is not allowed", ">= 0"],
+    ),
+    "batch_0": (
+        {"params": {"batch_size": {"grid": [0, 8]}}},
+        [],
+        ["params.batch_size: value 0", "greater than or equal to 1"],
+    ),
     "epochs_0": ({"train": {"epochs": 0}}, [], ["train.epochs: Input should be greater than or equal to 1"]),
-    "reduction_factor_le_1": ({"search": {**ASHA, "scheduler": {"name": "asha", "reduction_factor": 1}}}, [],
-                              ["search.scheduler.reduction_factor: Input should be greater than 1"]),
-    "grace_gt_max_t": ({"search": {**ASHA, "scheduler": {"name": "asha", "max_t": 2, "grace_period": 5}}}, [],
-                       ["search.scheduler.grace_period: must be <= max_t (2)"]),
+    "reduction_factor_le_1": (
+        {"search": {**ASHA, "scheduler": {"name": "asha", "reduction_factor": 1}}},
+        [],
+        ["search.scheduler.reduction_factor: Input should be greater than 1"],
+    ),
+    "grace_gt_max_t": (
+        {"search": {**ASHA, "scheduler": {"name": "asha", "max_t": 2, "grace_period": 5}}},
+        [],
+        ["search.scheduler.grace_period: must be <= max_t (2)"],
+    ),
     "unknown_loss": ({"train": {"loss": {"name": "nope"}}}, [], ["train.loss.name: unknown loss 'nope'", "'dal'"]),
-    "unknown_model": ({"train": {"model": {"name": "resnet1000"}}}, [],
-                      ["train.model.name: unknown model 'resnet1000'", "'resnet18'"]),
-    "unknown_dataset": ({"train": {"dataset": {"name": "imagenet22k"}}}, [],
-                        ["train.dataset.name: unknown dataset 'imagenet22k'", "'digits'"]),
-    "unknown_searcher": ({"search": {"searcher": "hyperopt"}}, [],
-                         ["search.searcher: Input should be 'grid', 'random' or 'optuna'"]),
-    "unknown_scheduler": ({"search": {"scheduler": {"name": "pbt"}}}, [],
-                          ["search.scheduler.name: Input should be 'asha' or 'fifo'"]),
+    "unknown_model": (
+        {"train": {"model": {"name": "resnet1000"}}},
+        [],
+        ["train.model.name: unknown model 'resnet1000'", "'resnet18'"],
+    ),
+    "unknown_dataset": (
+        {"train": {"dataset": {"name": "imagenet22k"}}},
+        [],
+        ["train.dataset.name: unknown dataset 'imagenet22k'", "'digits'"],
+    ),
+    "unknown_searcher": (
+        {"search": {"searcher": "hyperopt"}},
+        [],
+        ["search.searcher: Input should be 'grid', 'random' or 'optuna'"],
+    ),
+    "unknown_scheduler": (
+        {"search": {"scheduler": {"name": "pbt"}}},
+        [],
+        ["search.scheduler.name: Input should be 'asha' or 'fifo'"],
+    ),
     "unknown_metric": ({"search": {"metric": "accuracy"}}, [], ["search.metric: Input should be 'val_acc'"]),
     "empty_grid": ({"params": {"loss.a": {"grid": []}}}, [], ["params.loss.a.grid: List should have at least 1"]),
     "grid_with_optuna": ({"search": {"searcher": "optuna"}}, [], ["params.loss.a: grid domains need searcher grid"]),
     "unknown_domain": ({"params": {"loss.a": {"between": [2, 9]}}}, [], ["params.loss.a.between: unknown field"]),
     "loguniform_le_0": ({"params": {"loss.a": {"loguniform": [0, 9]}}}, [], ["loguniform needs low > 0"]),
     "unknown_loss_param": ({"params": {"loss.b": {"grid": [1]}}}, [], ["params.loss.b: bad parameters", "'dal'"]),
-    "unknown_model_param": ({"params": {"model.widht": {"grid": [3]}}}, [],
-                            ["params.model.widht: model 'mlp' takes no parameter ['widht']; allowed:"]),
-    "unknown_plugin": ({"train": {"plugins": ["no_such_plugin"]}}, [],
-                       ["train.plugins: cannot import 'no_such_plugin'"]),
-    "gpu_on_cpu_machine": ({"resources": {"cpu": 1, "gpu": 0.5}}, [],
-                           ["resources.gpu: 0.5 GPU per trial", "0 (no"]),
-    "missing_data_files": ({"train": {"dataset": {"name": "cifar10", "root": "/nonexistent/data"}}}, [],
-                           ["train.dataset: dataset='cifar10': cifar-10-batches-py/",
-                            "is not in root='/nonexistent/data'"]),
-    "unreachable_tracking_uri": ({}, ["--tracking-uri", "http://user:secret@127.0.0.1:{port}"],
-                                 ["--tracking-uri='http://***@127.0.0.1:{port}': no MLflow server answers"]),
-    "unreachable_ray_address": ({}, ["--address", "127.0.0.1:{port}"],
-                                ["--address='127.0.0.1:{port}': no Ray cluster answers", "ray start --head"]),
+    "unknown_model_param": (
+        {"params": {"model.widht": {"grid": [3]}}},
+        [],
+        ["params.model.widht: model 'mlp' takes no parameter ['widht']; allowed:"],
+    ),
+    "unknown_plugin": (
+        {"train": {"plugins": ["no_such_plugin"]}},
+        [],
+        ["train.plugins: cannot import 'no_such_plugin'"],
+    ),
+    "gpu_on_cpu_machine": ({"resources": {"cpu": 1, "gpu": 0.5}}, [], ["resources.gpu: 0.5 GPU per trial", "0 (no"]),
+    "missing_data_files": (
+        {"train": {"dataset": {"name": "cifar10", "root": "/nonexistent/data"}}},
+        [],
+        ["train.dataset: dataset='cifar10': cifar-10-batches-py/", "is not in root='/nonexistent/data'"],
+    ),
+    "unreachable_tracking_uri": (
+        {},
+        ["--tracking-uri", "http://user:secret@127.0.0.1:{port}"],
+        ["--tracking-uri='http://***@127.0.0.1:{port}': no MLflow server answers"],
+    ),
+    "unreachable_ray_address": (
+        {},
+        ["--address", "127.0.0.1:{port}"],
+        ["--address='127.0.0.1:{port}': no Ray cluster answers", "ray start --head"],
+    ),
     "resume_missing_sweep": ({}, ["--resume"], ["--resume: no sweep named 't'"]),
-    "unreachable_RAY_ADDRESS": ({}, [], ["RAY_ADDRESS='127.0.0.1:{port}': no Ray cluster answers"],
-                                {"RAY_ADDRESS": "127.0.0.1:{port}"}),
+    "unreachable_RAY_ADDRESS": (
+        {},
+        [],
+        ["RAY_ADDRESS='127.0.0.1:{port}': no Ray cluster answers"],
+        {"RAY_ADDRESS": "127.0.0.1:{port}"},
+    ),
     "malformed_address": ({}, ["--address", "head-without-port"], ["--address='head-without-port' is not allowed"]),
     # resources one trial asks for that no node has: Ray would queue the trial forever
-    "cpu_more_than_machine": ({"resources": {"cpu": 100000}}, [],
-                              ["resources.cpu: 100000 CPU per trial is more than the machine has", "allowed: > 0"]),
+    "cpu_more_than_machine": (
+        {"resources": {"cpu": 100000}},
+        [],
+        ["resources.cpu: 100000 CPU per trial is more than the machine has", "allowed: > 0"],
+    ),
     # the sweep's name is a directory under --storage
     "name_is_path": ({}, ["--name", "../../x"], ["--name='../../x' is not allowed", "allowed: letters, digits"]),
     "name_empty": ({}, ["--name", ""], ["--name='' is not allowed", "allowed: letters, digits"]),
     "space_name_hidden": ({"name": ".t"}, [], ["name: '.t' is not allowed", "not starting with '.'"]),
     "space_name_dotdot": ({"name": "a..b"}, [], ["name: 'a..b' is not allowed", "no '..'"]),
     # non-finite numbers
-    "inf_lr": ({"train": {"optimizer": {"name": "sgd", "lr": INF}}}, [],
-               ["train.optimizer.lr: Input should be a finite number"]),
-    "inf_loss_param": ({"train": {"loss": {"name": "dal", "params": {"a": INF}}}}, [],
-                       ["train.loss.params: a=inf is not allowed; allowed: finite numbers"]),
-    "nan_grid_value": ({"params": {"loss.a": {"grid": [5.0, NAN]}}}, [],
-                       ["params.loss.a: grid[1]=nan is not allowed; allowed: finite numbers"]),
-    "inf_uniform_bound": ({"params": {"optimizer.lr": {"uniform": [0.01, INF]}}}, [],
-                          ["params.optimizer.lr.uniform.1: Input should be a finite number"]),
-    "inf_fixed_value": ({"params": {"optimizer.weight_decay": {"value": INF}}}, [],
-                        ["params.optimizer.weight_decay: value=inf is not allowed; allowed: finite numbers"]),
+    "inf_lr": (
+        {"train": {"optimizer": {"name": "sgd", "lr": INF}}},
+        [],
+        ["train.optimizer.lr: Input should be a finite number"],
+    ),
+    "inf_loss_param": (
+        {"train": {"loss": {"name": "dal", "params": {"a": INF}}}},
+        [],
+        ["train.loss.params: a=inf is not allowed; allowed: finite numbers"],
+    ),
+    "nan_grid_value": (
+        {"params": {"loss.a": {"grid": [5.0, NAN]}}},
+        [],
+        ["params.loss.a: grid[1]=nan is not allowed; allowed: finite numbers"],
+    ),
+    "inf_uniform_bound": (
+        {"params": {"optimizer.lr": {"uniform": [0.01, INF]}}},
+        [],
+        ["params.optimizer.lr.uniform.1: Input should be a finite number"],
+    ),
+    "inf_fixed_value": (
+        {"params": {"optimizer.weight_decay": {"value": INF}}},
+        [],
+        ["params.optimizer.weight_decay: value=inf is not allowed; allowed: finite numbers"],
+    ),
     # a key given twice (YAML keeps the last one silently)
-    "duplicate_key": ("name: t\nname: u\n", [], ["duplicate key 'name' at line 2 (first at line 1)",
-                                                 "allowed: each key once"]),
+    "duplicate_key": (
+        "name: t\nname: u\n",
+        [],
+        ["duplicate key 'name' at line 2 (first at line 1)", "allowed: each key once"],
+    ),
     "duplicate_nested_key": (NESTED_DUPLICATE, [], ["duplicate key 'lr' at line 6 (first at line 5)"]),
     "train_duplicate_key": (TRAIN + "epochs: 3\n", [], ["duplicate key 'epochs' at line 4 (first at line 3)"]),
     # tracking URIs MLflow cannot serve
-    "tracking_uri_unknown_scheme": ({}, ["--tracking-uri", "foo://x"],
-                                    ["--tracking-uri='foo://x': MLflow cannot serve", "allowed: ", "sqlite:", "http:"]),
-    "tracking_uri_typo": ({}, ["--tracking-uri", "htp://127.0.0.1:{port}"],
-                          ["--tracking-uri='htp://127.0.0.1:{port}': MLflow cannot serve", "https:"]),
-    "tracking_uri_bad_database": ({}, ["--tracking-uri", "mysql2://u:secret@127.0.0.1:{port}/db"],
-                                  ["--tracking-uri='mysql2://***@127.0.0.1:{port}/db': MLflow cannot serve"]),
-    "tracking_uri_unknown_driver": ({}, ["--tracking-uri", "postgresql+nodriver://127.0.0.1:{port}/db"],
-                                    ["its database driver cannot be loaded", "allowed: SCHEME+DRIVER://"]),
-    "MLFLOW_TRACKING_URI_unknown_scheme": ({}, [], ["MLFLOW_TRACKING_URI='foo://x': MLflow cannot serve", "sqlite:"],
-                                           {"MLFLOW_TRACKING_URI": "foo://x"}),
-    "train_tracking_uri_unknown_scheme": (TRAIN, ["--tracking-uri", "foo://x"],
-                                          ["--tracking-uri='foo://x': MLflow cannot serve"]),
+    "tracking_uri_unknown_scheme": (
+        {},
+        ["--tracking-uri", "foo://x"],
+        ["--tracking-uri='foo://x': MLflow cannot serve", "allowed: ", "sqlite:", "http:"],
+    ),
+    "tracking_uri_typo": (
+        {},
+        ["--tracking-uri", "htp://127.0.0.1:{port}"],
+        ["--tracking-uri='htp://127.0.0.1:{port}': MLflow cannot serve", "https:"],
+    ),
+    "tracking_uri_bad_database": (
+        {},
+        ["--tracking-uri", "mysql2://u:secret@127.0.0.1:{port}/db"],
+        ["--tracking-uri='mysql2://***@127.0.0.1:{port}/db': MLflow cannot serve"],
+    ),
+    "tracking_uri_unknown_driver": (
+        {},
+        ["--tracking-uri", "postgresql+nodriver://127.0.0.1:{port}/db"],
+        ["its database driver cannot be loaded", "allowed: SCHEME+DRIVER://"],
+    ),
+    "MLFLOW_TRACKING_URI_unknown_scheme": (
+        {},
+        [],
+        ["MLFLOW_TRACKING_URI='foo://x': MLflow cannot serve", "sqlite:"],
+        {"MLFLOW_TRACKING_URI": "foo://x"},
+    ),
+    "train_tracking_uri_unknown_scheme": (
+        TRAIN,
+        ["--tracking-uri", "foo://x"],
+        ["--tracking-uri='foo://x': MLflow cannot serve"],
+    ),
     # read-only commands on a store that does not exist
     "report_missing_store": (None, [], ["--tracking-uri='sqlite:///{dir}/mlflow.db': no MLflow store exists there"]),
     "best_missing_store": (None, [], ["--tracking-uri='sqlite:///{dir}/mlflow.db': no MLflow store exists there"]),
     # `train` errors read as the project's own
-    "train_epochs_0": ("dataset: {name: digits}\nepochs: 0\n", [],
-                       ["invalid training config", "  epochs: Input should be greater than or equal to 1"]),
-    "train_nested_inf_lr": ("train: {epochs: 2, optimizer: {lr: .inf}}\n", [],
-                            ["invalid training config", "  train.optimizer.lr: Input should be a finite number"]),
+    "train_epochs_0": (
+        "dataset: {name: digits}\nepochs: 0\n",
+        [],
+        ["invalid training config", "  epochs: Input should be greater than or equal to 1"],
+    ),
+    "train_nested_inf_lr": (
+        "train: {epochs: 2, optimizer: {lr: .inf}}\n",
+        [],
+        ["invalid training config", "  train.optimizer.lr: Input should be a finite number"],
+    ),
     "train_not_a_mapping": ("- dataset\n- epochs\n", [], ["invalid training config", "(top level): must be a mapping"]),
     # more kinds, found trying the CLI as a new user
-    "set_through_a_value": ({}, ["--set", "train.epochs.x=3"],
-                            ["--set train.epochs.x: train.epochs is 3, not a mapping", "allowed: a path to a field"]),
+    "set_through_a_value": (
+        {},
+        ["--set", "train.epochs.x=3"],
+        ["--set train.epochs.x: train.epochs is 3, not a mapping", "allowed: a path to a field"],
+    ),
     "set_malformed_value": ({}, ["--set", "train.epochs=[1"], ["--set 'train.epochs=[1': malformed YAML"]),
-    "not_utf8": ("name: t\ndescription: caf\xe9\n".encode("latin-1"), [],
-                 ["not UTF-8 text (byte 0xe9 at line 2)", "allowed: a YAML file in UTF-8"]),
+    "not_utf8": (
+        "name: t\ndescription: caf\xe9\n".encode("latin-1"),
+        [],
+        ["not UTF-8 text (byte 0xe9 at line 2)", "allowed: a YAML file in UTF-8"],
+    ),
     "space_is_a_directory": (None, [], ["is a directory; allowed: a YAML file"]),
     "empty_file": ("", [], ["(top level): must be a mapping"]),
-    "sqlite_path_is_a_directory": ({}, ["--tracking-uri", "sqlite:///{dir}/store"],
-                                   ["--tracking-uri='sqlite:///{dir}/store': {dir}/store is a directory",
-                                    "allowed: the path of a SQLite file"]),
-    "negative_data_seed": ({"train": {"data_seed": -1}}, [],
-                           ["train.data_seed: Input should be greater than or equal to 0"]),
-    "best_export_missing_dir": (None, ["--export", "{dir}/missing/best.yaml"],
-                                ["--export='{dir}/missing/best.yaml': the directory {dir}/missing does not exist"]),
+    "sqlite_path_is_a_directory": (
+        {},
+        ["--tracking-uri", "sqlite:///{dir}/store"],
+        ["--tracking-uri='sqlite:///{dir}/store': {dir}/store is a directory", "allowed: the path of a SQLite file"],
+    ),
+    "negative_data_seed": (
+        {"train": {"data_seed": -1}},
+        [],
+        ["train.data_seed: Input should be greater than or equal to 0"],
+    ),
+    "best_export_missing_dir": (
+        None,
+        ["--export", "{dir}/missing/best.yaml"],
+        ["--export='{dir}/missing/best.yaml': the directory {dir}/missing does not exist"],
+    ),
     "report_out_is_a_file": (None, ["--out", "{dir}/out"], ["--out='{dir}/out' is a file; allowed: a directory"]),
-    "max_concurrent_0": ({"search": {"max_concurrent": 0}}, [],
-                         ["search.max_concurrent: Input should be greater than or equal to 1"]),
+    "max_concurrent_0": (
+        {"search": {"max_concurrent": 0}},
+        [],
+        ["search.max_concurrent: Input should be greater than or equal to 1"],
+    ),
 }
 COMMANDS = {case: case.split("_")[0] for case in CASES if case.split("_")[0] in ("train", "report", "best")}
-SETUP = {"space_is_a_directory": lambda d: (d / "space.yaml").mkdir(),
-         "sqlite_path_is_a_directory": lambda d: (d / "store").mkdir(),
-         "report_out_is_a_file": lambda d: (d / "out").write_text("")}
-OPTION_CASES = {"unreachable_tracking_uri", "unreachable_ray_address", "resume_missing_sweep",
-                "unreachable_RAY_ADDRESS", "malformed_address", "name_is_path", "name_empty",
-                "tracking_uri_unknown_scheme", "tracking_uri_typo", "tracking_uri_bad_database",
-                "tracking_uri_unknown_driver", "MLFLOW_TRACKING_URI_unknown_scheme",
-                "train_tracking_uri_unknown_scheme",
-                "report_missing_store", "best_missing_store", "set_malformed_value", "sqlite_path_is_a_directory",
-                "best_export_missing_dir", "report_out_is_a_file"}
+SETUP = {
+    "space_is_a_directory": lambda d: (d / "space.yaml").mkdir(),
+    "sqlite_path_is_a_directory": lambda d: (d / "store").mkdir(),
+    "report_out_is_a_file": lambda d: (d / "out").write_text(""),
+}
+OPTION_CASES = {
+    "unreachable_tracking_uri",
+    "unreachable_ray_address",
+    "resume_missing_sweep",
+    "unreachable_RAY_ADDRESS",
+    "malformed_address",
+    "name_is_path",
+    "name_empty",
+    "tracking_uri_unknown_scheme",
+    "tracking_uri_typo",
+    "tracking_uri_bad_database",
+    "tracking_uri_unknown_driver",
+    "MLFLOW_TRACKING_URI_unknown_scheme",
+    "train_tracking_uri_unknown_scheme",
+    "report_missing_store",
+    "best_missing_store",
+    "set_malformed_value",
+    "sqlite_path_is_a_directory",
+    "best_export_missing_dir",
+    "report_out_is_a_file",
+}
 
 CHILD = r"""
 import contextlib, io, json, os, sys, traceback
@@ -215,8 +341,13 @@ def outcomes(tmp_path_factory):
         if command == "sweep":
             args += ["--storage", str(d / "ray")]
         calls[case] = (args + [a.format(**fmt) for a in extra], env)
-    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(calls)], capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "RAY_ADDRESS": "", "MLFLOW_TRACKING_URI": ""})
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(calls)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "RAY_ADDRESS": "", "MLFLOW_TRACKING_URI": ""},
+    )
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS")), None)
     assert line, proc.stdout[-2000:] + proc.stderr[-3000:]
     return json.loads(line.removeprefix("RESULTS")), files, before, port
@@ -270,13 +401,36 @@ def test_trial_larger_than_any_cluster_node(tmp_path):
     from helpers import free_port
 
     port = free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_ADDRESS": "",
-           "MLFLOW_TRACKING_URI": ""}
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "RAY_ADDRESS": "",
+        "MLFLOW_TRACKING_URI": "",
+    }
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must stay under 108 bytes
-    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
-                             "--disable-usage-stats", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                             "--num-cpus", "1", "--include-dashboard=False", "--temp-dir", temp], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    head = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--disable-usage-stats",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num-cpus",
+            "1",
+            "--include-dashboard=False",
+            "--temp-dir",
+            temp,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 120
         while True:  # until the head's GCS answers
@@ -287,11 +441,23 @@ def test_trial_larger_than_any_cluster_node(tmp_path):
             except OSError:
                 time.sleep(0.5)
         space = write_space(tmp_path / "space.yaml", resources={"cpu": 2, "gpu": 0})
-        args = [sys.executable, "-m", "tune_losses.cli", "sweep", str(space), "--address", f"127.0.0.1:{port}",
-                "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--storage", str(tmp_path / "ray")]
+        args = [
+            sys.executable,
+            "-m",
+            "tune_losses.cli",
+            "sweep",
+            str(space),
+            "--address",
+            f"127.0.0.1:{port}",
+            "--tracking-uri",
+            f"sqlite:///{tmp_path}/mlflow.db",
+            "--storage",
+            str(tmp_path / "ray"),
+        ]
         for wait in ("0", "2"):
-            proc = subprocess.run(args, capture_output=True, text=True, timeout=300,
-                                  env={**env, "TUNE_LOSSES_RESOURCE_WAIT_S": wait})
+            proc = subprocess.run(
+                args, capture_output=True, text=True, timeout=300, env={**env, "TUNE_LOSSES_RESOURCE_WAIT_S": wait}
+            )
             assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
             assert f"{space}: resources.cpu: 2 CPU per trial is more than the cluster has (1)" in proc.stderr
             assert "allowed: > 0, up to 1" in proc.stderr

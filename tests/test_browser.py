@@ -18,8 +18,14 @@ from helpers import free_port, start_mlflow_server, stop_server, write_space
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 CHROMIUM = "/usr/bin/chromium"
 # Chromium on these machines: no sandbox as root, no GPU, and none of its own network traffic.
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run"]
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 ML = "workflowType=machine_learning"  # MLflow 3's UI shows runs tables (not GenAI traces) with it
 
 
@@ -54,8 +60,12 @@ def test_mlflow_ui_shows_the_sweep_its_trials_a_chart_and_the_report(browser_rea
         trial = next(r for r in tracking.trial_runs(c, parent.info.run_id, exp) if r.info.run_name == "dal a=5")
         with sync_playwright() as p:
             context = p.chromium.launch_persistent_context(
-                str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=FLAGS,
-                viewport={"width": 1600, "height": 1000})
+                str(tmp_path / "profile"),
+                executable_path=CHROMIUM,
+                headless=True,
+                args=FLAGS,
+                viewport={"width": 1600, "height": 1000},
+            )
             page = context.new_page()
             page.set_default_timeout(60_000)
 

@@ -29,21 +29,28 @@ EPOCHS = 60
 
 
 def ray_node(args, env, log):
-    return subprocess.Popen([str(BIN / "ray"), "start", "--block", "--disable-usage-stats",
-                             "--node-ip-address", "127.0.0.1", *args], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [str(BIN / "ray"), "start", "--block", "--disable-usage-stats", "--node-ip-address", "127.0.0.1", *args],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def node_ids(address, env, procs) -> dict:
     """{'head': id, 'worker': id} once both nodes are up."""
-    code = ("import json, ray; ray.init(address=%r, log_to_driver=False); "
-            "print('NODES' + json.dumps([[n['NodeID'], n['Resources']] for n in ray.nodes() if n['Alive']]))")
+    code = (
+        "import json, ray; ray.init(address=%r, log_to_driver=False); "
+        "print('NODES' + json.dumps([[n['NodeID'], n['Resources']] for n in ray.nodes() if n['Alive']]))"
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         if any(p.poll() is not None for p in procs):
             raise RuntimeError("a Ray node process exited; see ray_nodes.log")
-        out = subprocess.run([sys.executable, "-c", code % address], capture_output=True, text=True, env=env,
-                             timeout=120).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", code % address], capture_output=True, text=True, env=env, timeout=120
+        ).stdout
         line = next((ln for ln in out.splitlines() if ln.startswith("NODES")), None)
         nodes = json.loads(line[5:]) if line else []
         if len(nodes) == 2:
@@ -55,15 +62,17 @@ def node_ids(address, env, procs) -> dict:
 def preloaded(address, env, ids) -> dict:
     """{'head': bool, 'worker': bool}: whether a worker process of each node had the trial code imported
     before it ran anything (RAY_preload_python_modules, as docker/compose.yaml sets it)."""
-    code = ("import json, sys, ray\n"  # noqa: UP031
-            "from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as On\n"
-            "ray.init(address=%r, log_to_driver=False)\n"
-            "@ray.remote(num_cpus=0)\n"
-            "def probe():\n"
-            "    return all(m in sys.modules for m in %r)\n"
-            "ids = %r\n"
-            "print('PRELOADED' + json.dumps({k: ray.get(probe.options(scheduling_strategy=On(v, soft=False))"
-            ".remote()) for k, v in ids.items()}))\n") % (address, ["torch._dynamo", *PRELOAD_MODULES], ids)
+    code = (  # noqa: UP031 (Python source with braces: % keeps it readable)
+        "import json, sys, ray\n"
+        "from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as On\n"
+        "ray.init(address=%r, log_to_driver=False)\n"
+        "@ray.remote(num_cpus=0)\n"
+        "def probe():\n"
+        "    return all(m in sys.modules for m in %r)\n"
+        "ids = %r\n"
+        "print('PRELOADED' + json.dumps({k: ray.get(probe.options(scheduling_strategy=On(v, soft=False))"
+        ".remote()) for k, v in ids.items()}))\n"
+    ) % (address, ["torch._dynamo", *PRELOAD_MODULES], ids)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("PRELOADED")), None)
     assert line, out.stderr[-2000:]
@@ -74,20 +83,32 @@ def preloaded(address, env, ids) -> dict:
 def cluster(tmp_path):
     port = free_port()
     # Ray >= 2.50 turns token authentication on for `ray start --head`; every node and driver shares the token.
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_ADDRESS": "",
-           "RAY_preload_python_modules": ",".join(PRELOAD_MODULES)}
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "RAY_ADDRESS": "",
+        "RAY_preload_python_modules": ",".join(PRELOAD_MODULES),
+    }
     log = open(tmp_path / "ray_nodes.log", "w")
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must stay under 108 bytes
-    head = ray_node(["--head", "--port", str(port), "--num-cpus", "1", "--include-dashboard=False",
-                     "--temp-dir", temp], env, log)
+    head = ray_node(
+        ["--head", "--port", str(port), "--num-cpus", "1", "--include-dashboard=False", "--temp-dir", temp], env, log
+    )
     worker = None
     try:
         time.sleep(3)
-        worker = ray_node(["--address", f"127.0.0.1:{port}", "--num-cpus", "1", "--resources", '{"node_b": 1}'],
-                          env, log)
+        worker = ray_node(
+            ["--address", f"127.0.0.1:{port}", "--num-cpus", "1", "--resources", '{"node_b": 1}'], env, log
+        )
         ids = node_ids(f"127.0.0.1:{port}", env, (head, worker))
-        yield {"address": f"127.0.0.1:{port}", "env": env, "worker": worker, "ids": ids,
-               "preloaded": preloaded(f"127.0.0.1:{port}", env, ids)}
+        yield {
+            "address": f"127.0.0.1:{port}",
+            "env": env,
+            "worker": worker,
+            "ids": ids,
+            "preloaded": preloaded(f"127.0.0.1:{port}", env, ids),
+        }
     finally:
         for proc in (worker, head):
             if proc is not None and proc.poll() is None:
@@ -110,20 +131,42 @@ def image_tree(root: Path, classes=4, per_class=30, size=12) -> Path:
 def test_sweep_on_two_nodes_survives_losing_the_worker_node(tmp_path, cluster):
     assert cluster["preloaded"] == {"head": True, "worker": True}  # warm worker processes on every node
     data = image_tree(tmp_path / "images")
-    space = write_space(tmp_path / "cluster.yaml", name="cluster_e2e", replace=("params",),
-                        train={"dataset": {"name": "image_folder", "root": str(data),
-                                           "options": {"image_size": 12, "split": "half"}},
-                               "model": {"name": "small_cnn"}, "loss": {"name": "dal", "params": {"a": 10.0}},
-                               "optimizer": {"name": "sgd", "lr": 0.05}, "batch_size": 8, "epochs": EPOCHS},
-                        params={"loss.a": {"grid": [5.0, 10.0, 15.0, 20.0]}},
-                        search={"searcher": "grid", "scheduler": {"name": "fifo"}, "max_concurrent": 2,
-                                "max_failures": 2},
-                        resources={"cpu": 1, "gpu": 0})
+    space = write_space(
+        tmp_path / "cluster.yaml",
+        name="cluster_e2e",
+        replace=("params",),
+        train={
+            "dataset": {"name": "image_folder", "root": str(data), "options": {"image_size": 12, "split": "half"}},
+            "model": {"name": "small_cnn"},
+            "loss": {"name": "dal", "params": {"a": 10.0}},
+            "optimizer": {"name": "sgd", "lr": 0.05},
+            "batch_size": 8,
+            "epochs": EPOCHS,
+        },
+        params={"loss.a": {"grid": [5.0, 10.0, 15.0, 20.0]}},
+        search={"searcher": "grid", "scheduler": {"name": "fifo"}, "max_concurrent": 2, "max_failures": 2},
+        resources={"cpu": 1, "gpu": 0},
+    )
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     log = open(tmp_path / "sweep.log", "w")
-    sweep = subprocess.Popen([sys.executable, "-m", "tune_losses.cli", "sweep", str(space), "--address",
-                              cluster["address"], "--tracking-uri", uri, "--storage", str(tmp_path / "shared")],
-                             env=cluster["env"], stdout=log, stderr=subprocess.STDOUT)
+    sweep = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tune_losses.cli",
+            "sweep",
+            str(space),
+            "--address",
+            cluster["address"],
+            "--tracking-uri",
+            uri,
+            "--storage",
+            str(tmp_path / "shared"),
+        ],
+        env=cluster["env"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     worker_id = cluster["ids"]["worker"]
     try:
         c = tracking.client(uri)
@@ -137,8 +180,10 @@ def test_sweep_on_two_nodes_survives_losing_the_worker_node(tmp_path, cluster):
                 shutil.rmtree(data)
                 deleted = True
             for r in tracking.trial_runs(c, parent.info.run_id, parent.info.experiment_id):
-                if r.data.tags.get("ray_node_id") == worker_id and len(
-                        c.get_metric_history(r.info.run_id, "val_acc")) >= 2:
+                if (
+                    r.data.tags.get("ray_node_id") == worker_id
+                    and len(c.get_metric_history(r.info.run_id, "val_acc")) >= 2
+                ):
                     on_worker = r.info.run_name
         assert sweep.poll() is None and on_worker, (tmp_path / "sweep.log").read_text()[-3000:]
         os.killpg(cluster["worker"].pid, signal.SIGKILL)  # the node, with the trial running on it

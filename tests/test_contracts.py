@@ -88,9 +88,13 @@ def settings(name) -> list[dict]:
     return out
 
 
-SETTINGS = [pytest.param(name, params, id=f"{name}-" + ("defaults" if not params else
-                                                        ",".join(f"{k}={v}" for k, v in params.items())))
-            for name in LOSS_NAMES for params in settings(name)]
+SETTINGS = [
+    pytest.param(
+        name, params, id=f"{name}-" + ("defaults" if not params else ",".join(f"{k}={v}" for k, v in params.items()))
+    )
+    for name in LOSS_NAMES
+    for params in settings(name)
+]
 
 
 @pytest.fixture(params=["fused", "expression"])
@@ -130,8 +134,11 @@ def known_issue(request, name, params, value):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_loss_is_finite_with_finite_gradients_at_extreme_logits(request, path, name, params, dtype):
     """p_t underflowing to 0 (a far-off target), p_t = 1 to the last digit, a tie, and huge logits both ways."""
-    z = torch.tensor([[0.0, 900.0, 3.0], [0.0, 120.0, -50.0], [40.0, 0.0, 0.0], [1.0, 1.0, 1.0],
-                      [1e4, -1e4, 0.0], [-1e4, 1e4, 0.0]], dtype=dtype, requires_grad=True)
+    z = torch.tensor(
+        [[0.0, 900.0, 3.0], [0.0, 120.0, -50.0], [40.0, 0.0, 0.0], [1.0, 1.0, 1.0], [1e4, -1e4, 0.0], [-1e4, 1e4, 0.0]],
+        dtype=dtype,
+        requires_grad=True,
+    )
     y = torch.tensor([0, 0, 0, 2, 0, 0])
     att = torch.rand(6, 4, dtype=dtype, generator=torch.Generator().manual_seed(1)).requires_grad_()
     value = make(name, **params)(z, y, attention=att)
@@ -161,8 +168,10 @@ def test_loss_under_vmap_over_replicas_equals_a_loop(path, name):
     batched = torch.vmap(one)(buffers, z, y, att)
     looped = torch.stack([loss(z[i], y[i], attention=att[i]) for i, loss in enumerate(replicas)])
     assert torch.allclose(batched, looped, rtol=1e-12, atol=0)
-    for got, want in zip(torch.autograd.grad(batched.sum(), (z, att), allow_unused=True),
-                         torch.autograd.grad(looped.sum(), (z, att), allow_unused=True)):
+    for got, want in zip(
+        torch.autograd.grad(batched.sum(), (z, att), allow_unused=True),
+        torch.autograd.grad(looped.sum(), (z, att), allow_unused=True),
+    ):
         assert (got is None) == (want is None) and (got is None or torch.allclose(got, want, rtol=1e-10, atol=1e-15))
 
 
@@ -188,7 +197,7 @@ def test_loss_reduces_by_the_batch_mean(path, name):
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(2))
     assert torch.allclose(loss(z[perm], y[perm], attention=att[perm]), value, rtol=1e-12)
     if not loss.needs_attention:  # a per-sample loss: the mean of its one-sample values
-        singles = torch.stack([loss(z[i:i + 1], y[i:i + 1], attention=att[i:i + 1]) for i in range(len(y))])
+        singles = torch.stack([loss(z[i : i + 1], y[i : i + 1], attention=att[i : i + 1]) for i in range(len(y))])
         assert torch.allclose(singles.mean(), value, rtol=1e-12)
 
 
@@ -301,8 +310,13 @@ def image_tree(tmp_path):
 def features_table(tmp_path):
     rng = np.random.default_rng(0)
     arrays = {s: (rng.normal(size=(n, 12)), np.arange(n) % 3) for s, n in (("train", 12), ("val", 6), ("test", 6))}
-    meta = {"dataset": "synthetic", "backbone": "none", "weights": "none", "num_classes": 3,
-            "class_names": ["a", "b", "c"]}
+    meta = {
+        "dataset": "synthetic",
+        "backbone": "none",
+        "weights": "none",
+        "num_classes": 3,
+        "class_names": ["a", "b", "c"],
+    }
     return {"path": str(write_features(tmp_path / "f.parquet", arrays, meta))}
 
 
@@ -364,12 +378,20 @@ def test_a_taken_name_is_refused_unless_replaced_on_purpose():
 
 
 # The layering of ARCHITECTURE.md: which parts of the package each part may import (at any depth of a module).
-ALLOWED = {"registry": set(), "_internals": set(), "losses": {"registry"}, "models": {"registry"},
-           "data": {"registry", "models"}, "training": {"data", "losses", "models", "tracking"},
-           "spaces": {"training", "losses", "models"}, "tracking": {"spaces", "training"},
-           "tuning": {"spaces", "training", "tracking", "data", "reports", "_internals"}, "reports": {"tracking"},
-           "cli": {"__init__", "data", "reports", "spaces", "training", "tuning", "tracking"},
-           "__init__": {"tuning"}}
+ALLOWED = {
+    "registry": set(),
+    "_internals": set(),
+    "losses": {"registry"},
+    "models": {"registry"},
+    "data": {"registry", "models"},
+    "training": {"data", "losses", "models", "tracking"},
+    "spaces": {"training", "losses", "models"},
+    "tracking": {"spaces", "training"},
+    "tuning": {"spaces", "training", "tracking", "data", "reports", "_internals"},
+    "reports": {"tracking"},
+    "cli": {"__init__", "data", "reports", "spaces", "training", "tuning", "tracking"},
+    "__init__": {"tuning"},
+}
 PACKAGE = Path(__file__).resolve().parents[1] / "tune_losses"
 
 
@@ -381,7 +403,7 @@ def imported_parts(path: Path) -> set[str]:
         names = []
         if isinstance(node, ast.ImportFrom):
             if node.level:
-                base = list(own[:len(own) - node.level + 1])
+                base = list(own[: len(own) - node.level + 1])
                 names = [".".join(base + [node.module] if node.module else base)]
                 names = [f"{names[0]}.{a.name}" if not node.module else names[0] for a in node.names]
             elif node.module and node.module.split(".")[0] == "tune_losses":

@@ -26,13 +26,23 @@ def fake_mnist_arrays(n, seed):
     y = np.arange(n) % 10
     x = rng.integers(0, 40, (n, 28, 28))
     for i, c in enumerate(y):  # a class-dependent bright bar so the classes are learnable
-        x[i, 2 * c:2 * c + 3, :] = 250
+        x[i, 2 * c : 2 * c + 3, :] = 250
     return x, y
 
 
 def test_registry_lists_all_data_sets():
-    assert {"digits", "mnist_5k", "mnist", "fashion_mnist", "cifar10", "cifar100", "stanford_cars", "caltech101",
-            "image_folder", "features"} <= set(names())
+    assert {
+        "digits",
+        "mnist_5k",
+        "mnist",
+        "fashion_mnist",
+        "cifar10",
+        "cifar100",
+        "stanford_cars",
+        "caltech101",
+        "image_folder",
+        "features",
+    } <= set(names())
 
 
 def test_digits_splits_are_stratified_and_seeded():
@@ -67,8 +77,12 @@ def test_fashion_mnist_found_as_gz_without_download(tmp_path):
     src = tmp_path / "fashion-mnist"
     src.mkdir()
     x, y = fake_mnist_arrays(40, 2)
-    for stem, arr in [("train-images-idx3-ubyte", x), ("train-labels-idx1-ubyte", y),
-                      ("t10k-images-idx3-ubyte", x[:20]), ("t10k-labels-idx1-ubyte", y[:20])]:
+    for stem, arr in [
+        ("train-images-idx3-ubyte", x),
+        ("train-labels-idx1-ubyte", y),
+        ("t10k-images-idx3-ubyte", x[:20]),
+        ("t10k-labels-idx1-ubyte", y[:20]),
+    ]:
         write_idx(src / f"{stem}.gz", arr, opener=gzip.open)
     s = build_dataset("fashion_mnist", root=tmp_path)
     assert (tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
@@ -110,16 +124,28 @@ def test_feature_cache_refuses_random_init_unless_asked(tmp_path):
     s = load_features(path)
     assert s.input_shape == (512,) and s.info["weights"] == "random-init"
     assert len(s.train) + len(s.val) + len(s.test) == 1797
-    result = train({"dataset": {"name": "features", "options": {"path": str(path)}}, "model": {"name": "mlp"},
-                    "loss": {"name": "dal", "params": {"a": 10}}, "epochs": 2, "optimizer": {"lr": 0.01}})
+    result = train(
+        {
+            "dataset": {"name": "features", "options": {"path": str(path)}},
+            "model": {"name": "mlp"},
+            "loss": {"name": "dal", "params": {"a": 10}},
+            "epochs": 2,
+            "optimizer": {"lr": 0.01},
+        }
+    )
     assert result["status"] == "completed"
 
 
 @pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_fashion_mnist_end_to_end_from_debian_package(tmp_path):
-    cfg = {"dataset": {"name": "fashion_mnist", "root": str(tmp_path), "options": {"max_per_class": 60}},
-           "model": {"name": "small_cnn"}, "loss": {"name": "beta_gamma", "params": {"beta": 4, "gamma": 10}},
-           "optimizer": {"name": "adam", "lr": 0.003}, "epochs": 3, "batch_size": 32}
+    cfg = {
+        "dataset": {"name": "fashion_mnist", "root": str(tmp_path), "options": {"max_per_class": 60}},
+        "model": {"name": "small_cnn"},
+        "loss": {"name": "beta_gamma", "params": {"beta": 4, "gamma": 10}},
+        "optimizer": {"name": "adam", "lr": 0.003},
+        "epochs": 3,
+        "batch_size": 32,
+    }
     result = train(cfg)
     assert result["status"] == "completed" and result["test_acc"] > 0.3 and result["test_nmi"] > 0.1
 

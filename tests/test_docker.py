@@ -50,11 +50,17 @@ def test_compose_file_passes_compose_config():
             pytest.fail("no Compose client (make test installs Debian's docker-compose)")
         pytest.skip("no Compose client")
     args = [*cli, "-f", str(DOCKER / "compose.yaml"), "config", "-q"]
-    ok = subprocess.run(args, capture_output=True, text=True, cwd=DOCKER,
-                        env={**ENV, "RAY_AUTH_TOKEN": "t", "POSTGRES_PASSWORD": "p"})
+    ok = subprocess.run(
+        args, capture_output=True, text=True, cwd=DOCKER, env={**ENV, "RAY_AUTH_TOKEN": "t", "POSTGRES_PASSWORD": "p"}
+    )
     assert ok.returncode == 0, ok.stderr
-    missing = subprocess.run(args, capture_output=True, text=True, cwd=DOCKER,
-                             env={k: v for k, v in ENV.items() if k not in ("RAY_AUTH_TOKEN", "POSTGRES_PASSWORD")})
+    missing = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        cwd=DOCKER,
+        env={k: v for k, v in ENV.items() if k not in ("RAY_AUTH_TOKEN", "POSTGRES_PASSWORD")},
+    )
     assert missing.returncode != 0 and "docker/.env" in missing.stderr  # secrets are required, never defaulted
 
 
@@ -97,8 +103,7 @@ def test_dockerfile_uses_the_pins_and_its_entry_points_exist():
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", "runs", ".git"} <= set(ignored)
     smoke = next(ln for ln in text.splitlines() if ln.startswith("RUN tune-losses"))
-    run = subprocess.run(smoke.removeprefix("RUN "), shell=True, capture_output=True, text=True, env=ENV,
-                         timeout=300)
+    run = subprocess.run(smoke.removeprefix("RUN "), shell=True, capture_output=True, text=True, env=ENV, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "cc_search" in run.stdout
 
@@ -106,8 +111,11 @@ def test_dockerfile_uses_the_pins_and_its_entry_points_exist():
 def test_kuberay_example_matches_the_image_and_pins():
     cluster = yaml.safe_load((DOCKER / "kuberay-raycluster.yaml").read_text())
     assert cluster["kind"] == "RayCluster" and cluster["apiVersion"] == "ray.io/v1"
-    pins = dict(ln.split("==") for ln in (ROOT / "constraints.txt").read_text().splitlines()
-                if "==" in ln and not ln.startswith("#"))
+    pins = dict(
+        ln.split("==")
+        for ln in (ROOT / "constraints.txt").read_text().splitlines()
+        if "==" in ln and not ln.startswith("#")
+    )
     assert cluster["spec"]["rayVersion"] == pins["ray"]
     worker = cluster["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
@@ -132,13 +140,20 @@ def test_the_services_commands_run_with_the_pinned_versions(compose, tmp_path):
         port = free_port()
         cmd = _swap(_swap(s["mlflow"]["command"], "--port", str(port)), "--host", "127.0.0.1")
         cmd = _swap(cmd, "--artifacts-destination", str(tmp_path / "mlartifacts"))
-        procs.append(subprocess.Popen([str(BIN / cmd[0]), *cmd[1:]], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL, start_new_session=True,
-                                      env={**ENV, "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path}/m.db"}))
+        procs.append(
+            subprocess.Popen(
+                [str(BIN / cmd[0]), *cmd[1:]],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                env={**ENV, "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path}/m.db"},
+            )
+        )
 
         def status(host: str) -> int:
-            req = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1",
-                                         headers={"Host": host})
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1", headers={"Host": host}
+            )
             try:
                 return urllib.request.urlopen(req, timeout=2).status
             except urllib.error.HTTPError as exc:
@@ -157,22 +172,30 @@ def test_the_services_commands_run_with_the_pinned_versions(compose, tmp_path):
         # Ray head and worker: the compose commands, on free local ports, with token authentication
         env = {**ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_ADDRESS": ""}
         gcs = free_port()
-        head = _swap(_swap(shlex.split(s["ray-head"]["command"]), "--port", str(gcs)), "--dashboard-host",
-                     "127.0.0.1") + ["--temp-dir", temp, "--node-ip-address", "127.0.0.1"]
-        worker = [a.replace("ray-head:", "127.0.0.1:").replace(":6379", f":{gcs}")
-                  for a in shlex.split(s["ray-worker"]["command"])] + ["--num-cpus", "1",
-                                                                       "--node-ip-address", "127.0.0.1"]
+        head = _swap(
+            _swap(shlex.split(s["ray-head"]["command"]), "--port", str(gcs)), "--dashboard-host", "127.0.0.1"
+        ) + ["--temp-dir", temp, "--node-ip-address", "127.0.0.1"]
+        worker = [
+            a.replace("ray-head:", "127.0.0.1:").replace(":6379", f":{gcs}")
+            for a in shlex.split(s["ray-worker"]["command"])
+        ] + ["--num-cpus", "1", "--node-ip-address", "127.0.0.1"]
         log = open(tmp_path / "ray.log", "w")
         for cmd in (head, worker):
-            procs.append(subprocess.Popen([str(BIN / cmd[0]), *cmd[1:]], env=env, stdout=log,
-                                          stderr=subprocess.STDOUT, start_new_session=True))
+            procs.append(
+                subprocess.Popen(
+                    [str(BIN / cmd[0]), *cmd[1:]], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            )
             time.sleep(3)
-        code = ("import ray; ray.init(address='127.0.0.1:%d', log_to_driver=False); "  # noqa: UP031
-                "print('CPUS', ray.cluster_resources().get('CPU'), 'NODES', len(ray.nodes()))" % gcs)
+        code = (
+            "import ray; ray.init(address='127.0.0.1:%d', log_to_driver=False); "  # noqa: UP031
+            "print('CPUS', ray.cluster_resources().get('CPU'), 'NODES', len(ray.nodes()))" % gcs
+        )
         out = ""
         for _ in range(30):
-            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                                 timeout=120).stdout
+            out = subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+            ).stdout
             if "NODES 2" in out:
                 break
             time.sleep(1)

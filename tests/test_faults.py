@@ -40,8 +40,14 @@ class FlakyCE(CrossEntropyLoss):
 
 def run_cli(args, env_extra=None, timeout=600, **popen):
     env = {**os.environ, "RAY_ADDRESS": "", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "tune_losses.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, **popen)
+    return subprocess.run(
+        [sys.executable, "-m", "tune_losses.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        **popen,
+    )
 
 
 def steps(c, run_id, key="val_acc"):
@@ -51,14 +57,26 @@ def steps(c, run_id, key="val_acc"):
 def test_a_trial_that_raises_once_is_retried_from_its_checkpoint(tmp_path):
     marker = tmp_path / "raised"
     (tmp_path / "flaky_plugin.py").write_text(FLAKY_PLUGIN.format(fail_at=2, marker=str(marker)))
-    space = write_space(tmp_path / "flaky.yaml", replace=("params",), name="flaky_e2e",
-                        train={"plugins": ["flaky_plugin"], "dataset": {"name": "digits"}, "model": {"name": "mlp"},
-                               "loss": {"name": "flaky_ce"}, "epochs": 4, "batch_size": 64},
-                        params={"loss.fail_at": {"grid": [2, 99]}},  # trial 1 raises at epoch 2, trial 2 never
-                        search={"searcher": "grid", "scheduler": {"name": "fifo"}, "max_failures": 1})
+    space = write_space(
+        tmp_path / "flaky.yaml",
+        replace=("params",),
+        name="flaky_e2e",
+        train={
+            "plugins": ["flaky_plugin"],
+            "dataset": {"name": "digits"},
+            "model": {"name": "mlp"},
+            "loss": {"name": "flaky_ce"},
+            "epochs": 4,
+            "batch_size": 64,
+        },
+        params={"loss.fail_at": {"grid": [2, 99]}},  # trial 1 raises at epoch 2, trial 2 never
+        search={"searcher": "grid", "scheduler": {"name": "fifo"}, "max_failures": 1},
+    )
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    proc = run_cli(["sweep", str(space), "--tracking-uri", uri, "--storage", str(tmp_path / "ray")],
-                   {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    proc = run_cli(
+        ["sweep", str(space), "--tracking-uri", uri, "--storage", str(tmp_path / "ray")],
+        {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert marker.exists(), "the fault was not injected"
     assert "2 completed" in proc.stdout and "0 failed" in proc.stdout
@@ -87,15 +105,38 @@ def test_mlflow_server_down_for_seconds_mid_sweep_loses_no_metric(tmp_path):
     backend = f"sqlite:///{tmp_path}/server.db"
     server = start_mlflow_server(backend, port, tmp_path / "artifacts")
     uri = f"http://127.0.0.1:{port}"
-    space = write_space(tmp_path / "down.yaml", name="server_down_e2e",
-                        train={"dataset": {"name": "digits"}, "model": {"name": "small_cnn"}, "epochs": EPOCHS,
-                               "repeats": 1, "loss": {"name": "dal", "params": {"a": 10.0}},
-                               "optimizer": {"name": "sgd", "lr": 0.05}, "batch_size": 16},
-                        params={"loss.a": {"grid": [5.0, 10.0, 15.0]}})
+    space = write_space(
+        tmp_path / "down.yaml",
+        name="server_down_e2e",
+        train={
+            "dataset": {"name": "digits"},
+            "model": {"name": "small_cnn"},
+            "epochs": EPOCHS,
+            "repeats": 1,
+            "loss": {"name": "dal", "params": {"a": 10.0}},
+            "optimizer": {"name": "sgd", "lr": 0.05},
+            "batch_size": 16,
+        },
+        params={"loss.a": {"grid": [5.0, 10.0, 15.0]}},
+    )
     env = {**os.environ, "RAY_ADDRESS": ""}
     log = open(tmp_path / "sweep.log", "w")
-    sweep = subprocess.Popen([sys.executable, "-m", "tune_losses.cli", "sweep", str(space), "--tracking-uri", uri,
-                              "--storage", str(tmp_path / "ray")], stdout=log, stderr=subprocess.STDOUT, env=env)
+    sweep = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tune_losses.cli",
+            "sweep",
+            str(space),
+            "--tracking-uri",
+            uri,
+            "--storage",
+            str(tmp_path / "ray"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     try:
         c = tracking.client(uri)
         deadline = time.time() + 240
@@ -115,8 +156,7 @@ def test_mlflow_server_down_for_seconds_mid_sweep_loses_no_metric(tmp_path):
             assert r.info.status == "FINISHED" and r.data.tags["status"] == "completed"
             for key in ("val_acc", "train_loss", "test_f1"):
                 assert steps(c, r.info.run_id, key) == list(range(1, EPOCHS + 1)), (r.info.run_name, key)
-            assert {"confusion_matrix.json", "learning_curves.png"} <= {a.path for a in c.list_artifacts(
-                r.info.run_id)}
+            assert {"confusion_matrix.json", "learning_curves.png"} <= {a.path for a in c.list_artifacts(r.info.run_id)}
     finally:
         if sweep.poll() is None:
             sweep.kill()

@@ -10,10 +10,20 @@ from tune_losses.training import load_checkpoint, save_checkpoint, train
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
-LOSSES = [("ce", {}), ("focal", {"gamma": 2.0}), ("dal", {"a": 8.0}), ("beta_gamma", {"beta": 4.0, "gamma": 3.0}),
-          ("cc", {"lam": 1.0})]
-BASE = {"dataset": {"name": "digits"}, "model": {"name": "small_cnn", "params": {"width": 8}},
-        "optimizer": {"name": "sgd", "lr": 0.05}, "batch_size": 64, "epochs": 3}
+LOSSES = [
+    ("ce", {}),
+    ("focal", {"gamma": 2.0}),
+    ("dal", {"a": 8.0}),
+    ("beta_gamma", {"beta": 4.0, "gamma": 3.0}),
+    ("cc", {"lam": 1.0}),
+]
+BASE = {
+    "dataset": {"name": "digits"},
+    "model": {"name": "small_cnn", "params": {"width": 8}},
+    "optimizer": {"name": "sgd", "lr": 0.05},
+    "batch_size": 64,
+    "epochs": 3,
+}
 
 
 @pytest.mark.parametrize("name,params", LOSSES)
@@ -47,8 +57,7 @@ def test_backbones_with_cam_run_on_cuda(name):
 
 def test_train_picks_the_gpu_and_learns():
     reports = []
-    final = train({**BASE, "loss": {"name": "dal", "params": {"a": 10.0}}},
-                  report=lambda m, s: reports.append((m, s)))
+    final = train({**BASE, "loss": {"name": "dal", "params": {"a": 10.0}}}, report=lambda m, s: reports.append((m, s)))
     assert final["status"] == "completed" and final["test_acc"] > 0.5
     assert any(t.is_cuda for t in reports[-1][1]["replicas"]["models"][0].values())  # it did train on the GPU
     final_cpu = train({**BASE, "device": "cpu", "loss": {"name": "dal", "params": {"a": 10.0}}})
@@ -57,6 +66,7 @@ def test_train_picks_the_gpu_and_learns():
 
 def test_cuda_checkpoint_resumes_on_cpu_and_on_cuda(tmp_path):
     cfg = {**BASE, "loss": {"name": "dal", "params": {"a": 10.0}}, "epochs": 2}
+
     def report(metrics, state):
         if metrics["epoch"] == 1:
             save_checkpoint(state, tmp_path)  # from the GPU run, as a trial saves it
@@ -70,8 +80,11 @@ def test_cuda_checkpoint_resumes_on_cpu_and_on_cuda(tmp_path):
 
 
 def test_vectorised_repeats_on_cuda_equal_solo_seeds():
-    common = {**BASE, "loss": {"name": "beta_gamma", "params": {"beta": 4, "gamma": 2}},
-              "model": {"name": "mlp", "params": {}}}
+    common = {
+        **BASE,
+        "loss": {"name": "beta_gamma", "params": {"beta": 4, "gamma": 2}},
+        "model": {"name": "mlp", "params": {}},
+    }
     together = train({**common, "repeats": 3, "seed": 10})
     assert together["replicas"] == "VectorReplicas"
     for k in range(3):

@@ -13,16 +13,21 @@ from tune_losses import _internals
 from tune_losses.losses import build_loss, fused
 
 ROOT = Path(__file__).resolve().parents[1]
-PINS = dict(ln.split("==") for ln in (ROOT / "constraints.txt").read_text().splitlines()
-            if "==" in ln and not ln.startswith("#"))
+PINS = dict(
+    ln.split("==")
+    for ln in (ROOT / "constraints.txt").read_text().splitlines()
+    if "==" in ln and not ln.startswith("#")
+)
 
 
 def changed(what: str, package: str = "ray") -> str:
     import importlib
 
     version = importlib.import_module(package).__version__
-    return (f"{package} {version} (pinned: {PINS.get(package)}) changed {what}; revisit tune_losses/_internals.py "
-            "and the code that calls it")
+    return (
+        f"{package} {version} (pinned: {PINS.get(package)}) changed {what}; revisit tune_losses/_internals.py "
+        "and the code that calls it"
+    )
 
 
 def test_ray_tune_gives_trial_actors_only_the_environment_variable_workers_py_drops():
@@ -30,8 +35,9 @@ def test_ray_tune_gives_trial_actors_only_the_environment_variable_workers_py_dr
     from ray.tune.execution.class_cache import _ActorClassCache
 
     env = _internals.tune_actor_env_vars()
-    assert env is not None, changed("ray.tune.execution.class_cache.DEFAULT_ENV_VARS (gone, or not a dict): "
-                                    "trials start in fresh processes again")
+    assert env is not None, changed(
+        "ray.tune.execution.class_cache.DEFAULT_ENV_VARS (gone, or not a dict): trials start in fresh processes again"
+    )
     assert set(env) <= {"PL_DISABLE_FORK"}, changed(f"Tune's default trial environment (now {env})")
     assert _internals.drop_tune_actor_env_var("PL_DISABLE_FORK") and env == {}
 
@@ -43,14 +49,16 @@ def test_ray_tune_gives_trial_actors_only_the_environment_variable_workers_py_dr
 
     options = getattr(_ActorClassCache().get(Probe), "_default_options", None)
     assert options is not None and not options.get("runtime_env"), changed(
-        f"how Tune makes its trial actors (runtime_env {options and options.get('runtime_env')}, none expected)")
+        f"how Tune makes its trial actors (runtime_env {options and options.get('runtime_env')}, none expected)"
+    )
     env["TUNE_LOSSES_PROBE"] = "1"  # the actor class cache reads that very dict (no copy made at import)
     try:
         options = _ActorClassCache().get(Other)._default_options
     finally:
         env.pop("TUNE_LOSSES_PROBE")
     assert options["runtime_env"].get("env_vars") == {"TUNE_LOSSES_PROBE": "1"}, changed(
-        "where Tune's actor class cache takes its default environment from (DEFAULT_ENV_VARS is not read)")
+        "where Tune's actor class cache takes its default environment from (DEFAULT_ENV_VARS is not read)"
+    )
 
 
 def test_ray_init_takes_a_system_config_with_the_preload_key():
@@ -100,7 +108,8 @@ def test_fused_losses_under_vmap_equal_a_loop_over_replicas_in_value_and_gradien
         for got, want in zip(grads, expected):
             assert (got is None and want is None) or torch.equal(got, want), name
         # unbatched target and attention (expanded by the vmap rule), and vmap over another dimension
-        same = torch.vmap(lambda lg, loss=losses[0], t=y[0], a=att[0]: loss(lg, t, attention=a, validate=False),
-                          in_dims=1)
+        same = torch.vmap(
+            lambda lg, loss=losses[0], t=y[0], a=att[0]: loss(lg, t, attention=a, validate=False), in_dims=1
+        )
         want = torch.stack([losses[0](z[i], y[0], attention=att[0]) for i in range(k)])
         assert torch.equal(same(z.transpose(0, 1)), want), name

@@ -63,9 +63,12 @@ def test_a_create_that_reached_the_store_is_not_made_twice(ledger):
 
 
 def test_duplicate_runs_of_a_key_collapse_to_the_oldest(ledger):
-    made = [ledger.client.create_run(ledger.experiment_id, tags={KEY_TAG: "k", "mlflow.parentRunId":
-                                                                 ledger.parent_run_id}).info.run_id
-            for _ in range(3)]
+    made = [
+        ledger.client.create_run(
+            ledger.experiment_id, tags={KEY_TAG: "k", "mlflow.parentRunId": ledger.parent_run_id}
+        ).info.run_id
+        for _ in range(3)
+    ]
     assert ledger.find_or_create("k", "x", {}).run_id == made[0]
     assert ledger.trials()["k"].run_id == made[0]
     assert [r.info.run_id for r in ledger._runs()] == [made[0]]  # the others are deleted, not just hidden
@@ -220,7 +223,13 @@ def test_a_sweep_name_in_the_store_is_resumed_never_started_twice(tmp_path):
     with pytest.raises(SpaceError, match="--name: a sweep named 'taken' is already in"):
         run_sweep(path, tracking_uri=uri, storage=str(tmp_path / "ray"), make_report=False)
     with pytest.raises(SpaceError, match="epochs: 3 in the sweep, 5 now"):
-        run_sweep(path, tracking_uri=uri, storage=str(tmp_path / "ray"), resume=True, make_report=False,
-                  overrides={"train.epochs": 5})
+        run_sweep(
+            path,
+            tracking_uri=uri,
+            storage=str(tmp_path / "ray"),
+            resume=True,
+            make_report=False,
+            overrides={"train.epochs": 5},
+        )
     assert not (tmp_path / "ray").exists() or not any((tmp_path / "ray").iterdir())
     assert len(c.search_runs([exp])) == 1

@@ -22,8 +22,14 @@ from tune_losses.tuning.runner import run_sweep
 from helpers import write_space
 
 ROOT = Path(__file__).resolve().parent.parent
-NOISE = ("run_trial_", "TensorBoard", "Token authentication", "Trial status", "View detailed results",
-         "Creating initial MLflow database tables")
+NOISE = (
+    "run_trial_",
+    "TensorBoard",
+    "Token authentication",
+    "Trial status",
+    "View detailed results",
+    "Creating initial MLflow database tables",
+)
 
 
 def _env(tmp_path) -> dict:
@@ -43,31 +49,41 @@ def test_quickstart_fits_one_screen_and_shows_progress_while_it_runs(tmp_path):
         pytest.skip("needs tmux (Debian's tmux) to look at the terminal")
     sock, env = f"tl-{os.getpid()}", _env(tmp_path)
     exports = " ".join(f"{k}={v}" for k, v in env.items() if k in ("TUNE_LOSSES_HOME", "PYTHONPATH"))
-    command = (f"cd {ROOT} && env -u RAY_AIR_NEW_OUTPUT -u MLFLOW_TRACKING_URI {exports} {sys.executable} -m "
-               "tune_losses.cli sweep quickstart; echo EXIT=$?; sleep 600")
-    subprocess.run([tmux, "-L", sock, "new-session", "-d", "-s", "q", "-x", "120", "-y", "100", command],
-                   check=True, env=env)
+    command = (
+        f"cd {ROOT} && env -u RAY_AIR_NEW_OUTPUT -u MLFLOW_TRACKING_URI {exports} {sys.executable} -m "
+        "tune_losses.cli sweep quickstart; echo EXIT=$?; sleep 600"
+    )
+    subprocess.run(
+        [tmux, "-L", sock, "new-session", "-d", "-s", "q", "-x", "120", "-y", "100", command], check=True, env=env
+    )
     frames = []
     try:
         deadline = time.time() + 900
         while time.time() < deadline:
-            frame = subprocess.run([tmux, "-L", sock, "capture-pane", "-p", "-J", "-t", "q"], capture_output=True,
-                                   text=True).stdout
+            frame = subprocess.run(
+                [tmux, "-L", sock, "capture-pane", "-p", "-J", "-t", "q"], capture_output=True, text=True
+            ).stdout
             frames.append(frame)
             if "EXIT=" in frame:
                 break
             time.sleep(0.5)  # a person glancing at the screen twice a second
-        screen = subprocess.run([tmux, "-L", sock, "capture-pane", "-p", "-J", "-S", "-", "-t", "q"],
-                                capture_output=True, text=True).stdout
+        screen = subprocess.run(
+            [tmux, "-L", sock, "capture-pane", "-p", "-J", "-S", "-", "-t", "q"], capture_output=True, text=True
+        ).stdout
     finally:
         subprocess.run([tmux, "-L", sock, "kill-server"], capture_output=True)
     (tmp_path / "frames.txt").write_text("\n=====\n".join(frames))
     assert "EXIT=0" in screen, screen[-3000:]
-    lines = screen[:screen.index("EXIT=")].rstrip().splitlines()
+    lines = screen[: screen.index("EXIT=")].rstrip().splitlines()
     assert len(lines) < 60, screen
     # while it ran: the epochs bar part-way, with the trials line under it, redrawn in place
-    running = [f for f in frames if "EXIT=" not in f and re.search(r"^epochs ([1-9]\d*)/(\d+) .*ETA", f, re.M)
-               and re.search(r"^trials: .*running", f, re.M)]
+    running = [
+        f
+        for f in frames
+        if "EXIT=" not in f
+        and re.search(r"^epochs ([1-9]\d*)/(\d+) .*ETA", f, re.M)
+        and re.search(r"^trials: .*running", f, re.M)
+    ]
     assert running, "no progress was on screen while the sweep ran"
     done, total = map(int, re.search(r"^epochs (\d+)/(\d+)", running[0], re.M).groups())
     assert 0 < done < total
@@ -85,11 +101,27 @@ def test_sweeps_and_status_from_mlflow_while_a_sweep_runs_elsewhere(tmp_path, ca
     """A sweep runs in another process (the CLI, its output piped); `status` follows it from the store alone."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracking.experiment_id(tracking.client(uri))  # the store exists before the sweep starts
-    space = write_space(tmp_path / "watched.yaml", name="watched", params={"loss.a": {"grid": [5.0, 10.0, 15.0]}},
-                        train={"epochs": 2})
-    proc = subprocess.Popen([sys.executable, "-m", "tune_losses.cli", "sweep", str(space), "--tracking-uri", uri,
-                             "--storage", str(tmp_path / "ray")], cwd=ROOT, env=_env(tmp_path),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    space = write_space(
+        tmp_path / "watched.yaml", name="watched", params={"loss.a": {"grid": [5.0, 10.0, 15.0]}}, train={"epochs": 2}
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tune_losses.cli",
+            "sweep",
+            str(space),
+            "--tracking-uri",
+            uri,
+            "--storage",
+            str(tmp_path / "ray"),
+        ],
+        cwd=ROOT,
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     seen = []
     while proc.poll() is None:
         with contextlib.suppress(ValueError):  # its parent run is not there yet
@@ -125,18 +157,26 @@ def test_sweeps_and_status_from_mlflow_while_a_sweep_runs_elsewhere(tmp_path, ca
 
 
 @pytest.mark.slow
-def test_warm_start_gives_optuna_the_earlier_results_and_the_report_covers_both(tmp_path, ray_local, capsys,
-                                                                                   monkeypatch):
+def test_warm_start_gives_optuna_the_earlier_results_and_the_report_covers_both(
+    tmp_path, ray_local, capsys, monkeypatch
+):
     monkeypatch.setenv("TUNE_LOSSES_HOME", str(tmp_path / "home"))  # the report's directory
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    first = write_space(tmp_path / "first.yaml", name="grid_first", params={"loss.a": {"grid": [5.0, 15.0, 30.0]}},
-                        train={"epochs": 2})
+    first = write_space(
+        tmp_path / "first.yaml", name="grid_first", params={"loss.a": {"grid": [5.0, 15.0, 30.0]}}, train={"epochs": 2}
+    )
     run_sweep(first, tracking_uri=uri, storage=str(tmp_path / "ray"), verbose=0, make_report=False)
-    more = write_space(tmp_path / "more.yaml", name="tpe_more", params={"loss.a": {"uniform": [4.0, 20.0]}},
-                       train={"epochs": 2}, search={"searcher": "optuna", "num_samples": 2})
+    more = write_space(
+        tmp_path / "more.yaml",
+        name="tpe_more",
+        params={"loss.a": {"uniform": [4.0, 20.0]}},
+        train={"epochs": 2},
+        search={"searcher": "optuna", "num_samples": 2},
+    )
     capsys.readouterr()
-    result = run_sweep(more, tracking_uri=uri, storage=str(tmp_path / "ray"), verbose=0, warm_start="grid_first",
-                       progress=True)
+    result = run_sweep(
+        more, tracking_uri=uri, storage=str(tmp_path / "ray"), verbose=0, warm_start="grid_first", progress=True
+    )
     out = capsys.readouterr().out
     assert "Warm start from sweep 'grid_first': 2 earlier trial(s) given to Optuna with their results, 1 skipped" in out
     assert "skipped dal a=30: loss.a = 30.0 is outside [4.0, 20.0]" in out
@@ -164,21 +204,37 @@ def test_warm_start_gives_optuna_the_earlier_results_and_the_report_covers_both(
     searcher = _searcher(space, ws)
     searcher.set_search_properties("val_acc", "max", {"params": {p: to_tune(d) for p, d in space.params.items()}})
     study = [(t.params["params/loss.a"], t.value) for t in searcher._ot_study.trials]
-    earlier = {r.info.run_name: r.data.metrics["val_acc"] for r in tracking.trial_runs(
-        c, tracking.find_sweep(c, "grid_first").info.run_id, parent.info.experiment_id)}
+    earlier = {
+        r.info.run_name: r.data.metrics["val_acc"]
+        for r in tracking.trial_runs(c, tracking.find_sweep(c, "grid_first").info.run_id, parent.info.experiment_id)
+    }
     assert sorted(study) == sorted([(5.0, earlier["dal a=5"]), (15.0, earlier["dal a=15"])])
 
 
 def test_warm_start_is_refused_for_a_grid_before_anything_starts(tmp_path, capsys):
     space = write_space(tmp_path / "g.yaml", name="g")
     db = tmp_path / "store" / "mlflow.db"
-    assert main(["sweep", str(space), "--warm-start", "earlier", "--tracking-uri", f"sqlite:///{db}",
-                 "--storage", str(tmp_path / "ray")]) == 2
+    assert (
+        main(
+            [
+                "sweep",
+                str(space),
+                "--warm-start",
+                "earlier",
+                "--tracking-uri",
+                f"sqlite:///{db}",
+                "--storage",
+                str(tmp_path / "ray"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "--warm-start: search.searcher is 'grid'; a warm start needs searcher optuna" in err
     assert not db.exists() and not (tmp_path / "ray" / "g").exists()
-    optuna = write_space(tmp_path / "o.yaml", name="o", params={"loss.a": {"uniform": [4.0, 20.0]}},
-                         search={"searcher": "optuna"})
+    optuna = write_space(
+        tmp_path / "o.yaml", name="o", params={"loss.a": {"uniform": [4.0, 20.0]}}, search={"searcher": "optuna"}
+    )
     assert main(["sweep", str(optuna), "--warm-start", "earlier", "--tracking-uri", f"sqlite:///{db}"]) == 2
     assert "--warm-start: no sweep named 'earlier'" in capsys.readouterr().err
     assert not db.exists()
@@ -189,10 +245,16 @@ def test_budgets_end_the_sweep_and_the_parent_run_says_why(tmp_path, ray_local, 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     choice = {"loss.a": {"choice": [5.0, 8.0, 10.0, 15.0]}}
     # plateau: no trial can beat the first by more than 1.0 in accuracy, so it ends after 1 + 2 finished trials
-    plateau = write_space(tmp_path / "p.yaml", name="plateau", params=choice, train={"epochs": 2},
-                          search={"searcher": "random", "num_samples": 8, "plateau": {"patience": 2, "min_delta": 1.0}})
-    result = run_sweep(plateau, tracking_uri=uri, storage=str(tmp_path / "ray"), verbose=0, make_report=False,
-                       progress=True)
+    plateau = write_space(
+        tmp_path / "p.yaml",
+        name="plateau",
+        params=choice,
+        train={"epochs": 2},
+        search={"searcher": "random", "num_samples": 8, "plateau": {"patience": 2, "min_delta": 1.0}},
+    )
+    result = run_sweep(
+        plateau, tracking_uri=uri, storage=str(tmp_path / "ray"), verbose=0, make_report=False, progress=True
+    )
     out = capsys.readouterr().out
     c = tracking.client(uri)
     parent = c.get_run(result.parent_run_id)
@@ -204,8 +266,13 @@ def test_budgets_end_the_sweep_and_the_parent_run_says_why(tmp_path, ray_local, 
     assert status["state"] == "finished" and status["ended_by"] == "plateau" and status["planned"] == 8
 
     # time budget: 40 trials cannot run in 3 s
-    timed = write_space(tmp_path / "t.yaml", name="timed", params=choice, train={"epochs": 3},
-                        search={"searcher": "random", "num_samples": 40, "time_budget_s": 3})
+    timed = write_space(
+        tmp_path / "t.yaml",
+        name="timed",
+        params=choice,
+        train={"epochs": 3},
+        search={"searcher": "random", "num_samples": 40, "time_budget_s": 3},
+    )
     result = run_sweep(timed, tracking_uri=uri, storage=str(tmp_path / "ray"), verbose=0, make_report=False)
     parent = c.get_run(result.parent_run_id)
     assert parent.data.tags["ended_by"] == "time_budget"
@@ -219,8 +286,22 @@ def test_train_and_features_show_progress_bars(tmp_path, capsys):
     assert main(["train", str(config), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]) == 0
     err = capsys.readouterr().err
     assert re.search(r"c: 100%\|.*\| 2/2 .*val_acc 0\.\d{4}", err), err[-2000:]
-    assert main(["features", "digits", "--backbone", "vgg16", "--random-init", "--image-size", "32",
-                 "--cache-dir", str(tmp_path / "features")]) == 0
+    assert (
+        main(
+            [
+                "features",
+                "digits",
+                "--backbone",
+                "vgg16",
+                "--random-init",
+                "--image-size",
+                "32",
+                "--cache-dir",
+                str(tmp_path / "features"),
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     for split in ("train", "val", "test"):
         assert re.search(rf"vgg16 features, {split}: 100%\|.*batch", err), err[-2000:]

@@ -56,7 +56,7 @@ def ref_dal(z, y, confusion, a):
 
 def ref_beta_gamma(z, y, beta, gamma):
     p = softmax(z)
-    return np.mean([-(1 - p[i, c] ** beta) ** gamma * np.log(p[i, c]) for i, c in enumerate(y)])
+    return np.mean([-((1 - p[i, c] ** beta) ** gamma) * np.log(p[i, c]) for i, c in enumerate(y)])
 
 
 def ref_cc(att, y, eps=1e-6):
@@ -215,9 +215,16 @@ def test_cc_lambda0_is_ce_and_degenerate_batches_are_finite():
     assert channel_correlation(coincide, same).item() == 0.0
 
 
-@pytest.mark.parametrize("name,params", [("ce", {}), ("focal", {"gamma": 2.0, "alpha": [0.5, 1, 2]}),
-                                         ("dal", {"a": 3.0}), ("beta_gamma", {"beta": 3, "gamma": 2}),
-                                         ("cc", {"lam": 1.0})])
+@pytest.mark.parametrize(
+    "name,params",
+    [
+        ("ce", {}),
+        ("focal", {"gamma": 2.0, "alpha": [0.5, 1, 2]}),
+        ("dal", {"a": 3.0}),
+        ("beta_gamma", {"beta": 3, "gamma": 2}),
+        ("cc", {"lam": 1.0}),
+    ],
+)
 @pytest.mark.usefixtures("both_paths")
 def test_gradcheck_float64(name, params):
     z, y = inputs(6, 3, seed=10)
@@ -233,11 +240,19 @@ def test_gradcheck_float64(name, params):
         assert torch.autograd.gradcheck(lambda a: loss(a, y), (z,))
 
 
-@pytest.mark.parametrize("name,params,field", [
-    ("dal", {"a": 1.0}, "a=1.0"), ("dal", {"a": -3}, "a=-3"), ("focal", {"gamma": -0.1}, "gamma=-0.1"),
-    ("beta_gamma", {"gamma": -1}, "gamma=-1"), ("beta_gamma", {"beta": 0}, "beta=0"),
-    ("cc", {"lam": -0.5}, "lam=-0.5"), ("focal", {"alpha": [1, 2]}, "alpha"), ("nope", {}, "loss='nope'"),
-])
+@pytest.mark.parametrize(
+    "name,params,field",
+    [
+        ("dal", {"a": 1.0}, "a=1.0"),
+        ("dal", {"a": -3}, "a=-3"),
+        ("focal", {"gamma": -0.1}, "gamma=-0.1"),
+        ("beta_gamma", {"gamma": -1}, "gamma=-1"),
+        ("beta_gamma", {"beta": 0}, "beta=0"),
+        ("cc", {"lam": -0.5}, "lam=-0.5"),
+        ("focal", {"alpha": [1, 2]}, "alpha"),
+        ("nope", {}, "loss='nope'"),
+    ],
+)
 def test_bad_parameters_raise_clear_errors(name, params, field):
     with pytest.raises(ValueError, match="is not allowed") as err:
         build_loss(name, num_classes=3, **params)
@@ -265,8 +280,13 @@ def test_fused_kernels_build_where_a_compiler_is():
 @pytest.mark.parametrize("value", ["0", "false"])
 def test_fused_kernels_can_be_turned_off(value):
     code = "import torch; from tune_losses.losses import fused; print(fused.usable(torch.zeros(2, 3)))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "TUNE_LOSSES_FUSED": value})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TUNE_LOSSES_FUSED": value},
+    )
     assert out.stdout.strip() == "False", out.stderr[-2000:]
 
 
@@ -283,9 +303,14 @@ def test_fused_and_expression_versions_agree_in_value_and_gradient(monkeypatch, 
     att = torch.rand(batch, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     dal = build_loss("dal", num_classes=classes, a=4.0)
     dal.update(torch.randint(0, 20, (classes, classes)))
-    losses = [dal] + [build_loss("beta_gamma", num_classes=classes, beta=b, gamma=g)
-                      for b, g in ((4, 5), (0.5, 0.7), (2, 1), (16, 21))] + [
-        build_loss("cc", num_classes=classes, lam=lam) for lam in (0.5, 2.0)]
+    losses = (
+        [dal]
+        + [
+            build_loss("beta_gamma", num_classes=classes, beta=b, gamma=g)
+            for b, g in ((4, 5), (0.5, 0.7), (2, 1), (16, 21))
+        ]
+        + [build_loss("cc", num_classes=classes, lam=lam) for lam in (0.5, 2.0)]
+    )
 
     def run(loss, dt):
         x, w = z.to(dt).clone().requires_grad_(True), att.to(dt).clone().requires_grad_(True)
@@ -328,8 +353,11 @@ def test_fused_versions_refuse_second_derivatives_and_bad_targets():
     z = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     y = torch.tensor([0, 1, 2, 0])
     att = torch.rand(4, 5, dtype=torch.float64)
-    for loss in (build_loss("dal", num_classes=3, a=5), build_loss("beta_gamma", num_classes=3),
-                 build_loss("cc", num_classes=3)):
+    for loss in (
+        build_loss("dal", num_classes=3, a=5),
+        build_loss("beta_gamma", num_classes=3),
+        build_loss("cc", num_classes=3),
+    ):
         with pytest.raises(RuntimeError, match="differentiable once"):
             torch.autograd.grad(loss(z, y, attention=att), z, create_graph=True)
         with pytest.raises(RuntimeError, match="target 3 is not a class index"):
@@ -349,9 +377,13 @@ def test_losses_under_vmap_take_the_expression_version():
 
 def extreme_loss(name, gamma, dtype):
     """Loss ``name`` with focusing exponent ``gamma`` where it has one (focal, beta/gamma with beta 4 and 0.5)."""
-    params = {"focal": [{"gamma": gamma}, {"gamma": gamma, "alpha": [0.5, 1, 2]}],
-              "beta_gamma": [{"beta": 4, "gamma": gamma}, {"beta": 0.5, "gamma": gamma}],
-              "dal": [{"a": 5}], "cc": [{"lam": 1.0}], "ce": [{}]}
+    params = {
+        "focal": [{"gamma": gamma}, {"gamma": gamma, "alpha": [0.5, 1, 2]}],
+        "beta_gamma": [{"beta": 4, "gamma": gamma}, {"beta": 0.5, "gamma": gamma}],
+        "dal": [{"a": 5}],
+        "cc": [{"lam": 1.0}],
+        "ce": [{}],
+    }
     assert set(params) == set(names()), "a new loss: add its parameters here"
     for p in params[name]:
         loss = build_loss(name, num_classes=3, **p).to(dtype)
@@ -360,8 +392,15 @@ def extreme_loss(name, gamma, dtype):
         yield loss
 
 
-EXTREME_LOGITS = [[40.0, 0.0, 0.0], [0.0, 900.0, 3.0], [0.0, 120.0, -50.0], [1e4, -1e4, 0.0], [1e4, -1e4, 0.0],
-                  [1.0, 1.0, 1.0], [-30.0, 30.0, 0.0]]
+EXTREME_LOGITS = [
+    [40.0, 0.0, 0.0],
+    [0.0, 900.0, 3.0],
+    [0.0, 120.0, -50.0],
+    [1e4, -1e4, 0.0],
+    [1e4, -1e4, 0.0],
+    [1.0, 1.0, 1.0],
+    [-30.0, 30.0, 0.0],
+]
 EXTREME_TARGETS = [0, 0, 0, 0, 1, 2, 1]
 
 

@@ -12,8 +12,23 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_wheel_ships_spaces_and_reference_tables(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(tmp_path), str(ROOT)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     names = zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist()
     for space in (ROOT / "search_spaces").glob("*.yaml"):
         assert f"tune_losses/search_spaces/{space.name}" in names

@@ -18,38 +18,74 @@ from tune_losses.training import train
 
 from helpers import write_space
 
-BASE = {"name": "p", "train": {"dataset": {"name": "digits"}, "model": {"name": "mlp"}, "epochs": 2},
-        "params": {"loss.a": {"grid": [5.0, 15.0]}}}
+BASE = {
+    "name": "p",
+    "train": {"dataset": {"name": "digits"}, "model": {"name": "mlp"}, "epochs": 2},
+    "params": {"loss.a": {"grid": [5.0, 15.0]}},
+}
 
 
 def space(**over):
     return parse_space({**BASE, **over, "train": {**BASE["train"], "loss": {"name": "dal"}, **over.get("train", {})}})
 
 
-@pytest.mark.parametrize("over, match", [
-    ({"search": {"metric": "test_acc"}}, r"search: metric: test_acc would choose the best config on the test split"),
-    ({"search": {"metric": "test_f1", "select_on_test": True}}, "needs select_on_test_reason"),
-    ({"search": {"metric": "val_acc", "select_on_test": True, "select_on_test_reason": "x"}}, "test metric"),
-    ({"protocol": "paper"}, "metric: val_acc is not allowed with protocol: paper"),
-    ({"protocol": "paper", "search": {"metric": "test_acc", "scheduler": {"name": "asha"}}},
-     "scheduler asha would choose trials on test_acc"),
-    ({"protocol": "paper", "search": {"metric": "test_acc", "searcher": "optuna", "scheduler": {"name": "fifo"}},
-      "params": {"loss.a": {"uniform": [3, 20]}}}, "searcher optuna would choose trials on test_acc"),
-    ({"protocol": "paper", "search": {"metric": "test_acc", "scheduler": {"name": "fifo"}},
-      "train": {"dataset": {"name": "digits", "options": {"val_fraction": 0.2}}}}, "val_fraction: 0.2 is not allowed"),
-    ({"train": {"dataset": {"name": "digits", "options": {"split": "half", "val_fraction": 0}}}},
-     "metric: val_acc is not allowed with train.dataset.options.val_fraction: 0"),
-    ({"protocol": "paper", "search": {"metric": "test_acc", "scheduler": {"name": "fifo"}},
-      "params": {"dataset.val_fraction": {"grid": [0.1, 0.2]}}}, "dataset.val_fraction cannot be swept"),
-])
+@pytest.mark.parametrize(
+    "over, match",
+    [
+        (
+            {"search": {"metric": "test_acc"}},
+            r"search: metric: test_acc would choose the best config on the test split",
+        ),
+        ({"search": {"metric": "test_f1", "select_on_test": True}}, "needs select_on_test_reason"),
+        ({"search": {"metric": "val_acc", "select_on_test": True, "select_on_test_reason": "x"}}, "test metric"),
+        ({"protocol": "paper"}, "metric: val_acc is not allowed with protocol: paper"),
+        (
+            {"protocol": "paper", "search": {"metric": "test_acc", "scheduler": {"name": "asha"}}},
+            "scheduler asha would choose trials on test_acc",
+        ),
+        (
+            {
+                "protocol": "paper",
+                "search": {"metric": "test_acc", "searcher": "optuna", "scheduler": {"name": "fifo"}},
+                "params": {"loss.a": {"uniform": [3, 20]}},
+            },
+            "searcher optuna would choose trials on test_acc",
+        ),
+        (
+            {
+                "protocol": "paper",
+                "search": {"metric": "test_acc", "scheduler": {"name": "fifo"}},
+                "train": {"dataset": {"name": "digits", "options": {"val_fraction": 0.2}}},
+            },
+            "val_fraction: 0.2 is not allowed",
+        ),
+        (
+            {"train": {"dataset": {"name": "digits", "options": {"split": "half", "val_fraction": 0}}}},
+            "metric: val_acc is not allowed with train.dataset.options.val_fraction: 0",
+        ),
+        (
+            {
+                "protocol": "paper",
+                "search": {"metric": "test_acc", "scheduler": {"name": "fifo"}},
+                "params": {"dataset.val_fraction": {"grid": [0.1, 0.2]}},
+            },
+            "dataset.val_fraction cannot be swept",
+        ),
+    ],
+)
 def test_selection_on_test_data_or_missing_validation_is_refused(over, match):
     with pytest.raises(SpaceError, match=match):
         space(**over)
 
 
 def test_a_test_metric_needs_the_recorded_opt_in_and_the_paper_protocol_selects_nothing():
-    opted = space(search={"metric": "test_acc", "select_on_test": True,
-                          "select_on_test_reason": "reproduces the paper's own choice"})
+    opted = space(
+        search={
+            "metric": "test_acc",
+            "select_on_test": True,
+            "select_on_test_reason": "reproduces the paper's own choice",
+        }
+    )
     assert opted.selection_metric == "test_acc"
     paper = space(protocol="paper", search={"metric": "test_acc", "scheduler": {"name": "fifo"}})
     assert paper.selection_metric is None
@@ -59,9 +95,22 @@ def test_a_test_metric_needs_the_recorded_opt_in_and_the_paper_protocol_selects_
 
 def test_the_cli_refuses_a_test_metric_before_anything_starts(tmp_path):
     path = write_space(tmp_path / "s.yaml", search={"metric": "test_acc"})
-    proc = subprocess.run([sys.executable, "-m", "tune_losses.cli", "sweep", str(path), "--tracking-uri",
-                           f"sqlite:///{tmp_path}/mlflow.db", "--storage", str(tmp_path / "ray")],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tune_losses.cli",
+            "sweep",
+            str(path),
+            "--tracking-uri",
+            f"sqlite:///{tmp_path}/mlflow.db",
+            "--storage",
+            str(tmp_path / "ray"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "error:" in proc.stderr and "select_on_test" in proc.stderr
     assert "search: metric: test_acc" in proc.stderr and not (tmp_path / "mlflow.db").exists()
 
@@ -109,18 +158,37 @@ def test_the_paper_split_trains_on_exactly_the_training_half(tmp_path):
 
 
 def test_val_fraction_0_trains_with_no_validation_metrics(tmp_path):
-    result = train({"dataset": {"name": "digits", "options": {"split": "half", "val_fraction": 0}},
-                    "model": {"name": "mlp"}, "epochs": 2, "repeats": 2})
+    result = train(
+        {
+            "dataset": {"name": "digits", "options": {"split": "half", "val_fraction": 0}},
+            "model": {"name": "mlp"},
+            "epochs": 2,
+            "repeats": 2,
+        }
+    )
     assert result["status"] == "completed" and 0 < result["test_acc"] <= 1
     assert not [k for k in result if k.startswith("val_")]
     # the same through a features table (the DAL head's path, with its row-space reduction)
     from tune_losses.data.features import compute_features
 
-    path = compute_features("image_folder", backbone="vgg16", random_init=True, image_size=32, cache_dir=tmp_path,
-                            root=str(_image_folder(tmp_path / "lm")), split="half", val_fraction=0)
-    cfg = {"dataset": {"name": "features", "options": {"path": str(path), "split": "half", "val_fraction": 0}},
-           "model": {"name": "mlp"}, "loss": {"name": "dal", "params": {"a": 10}}, "epochs": 2, "repeats": 2,
-           "optimizer": {"lr": 0.01}}
+    path = compute_features(
+        "image_folder",
+        backbone="vgg16",
+        random_init=True,
+        image_size=32,
+        cache_dir=tmp_path,
+        root=str(_image_folder(tmp_path / "lm")),
+        split="half",
+        val_fraction=0,
+    )
+    cfg = {
+        "dataset": {"name": "features", "options": {"path": str(path), "split": "half", "val_fraction": 0}},
+        "model": {"name": "mlp"},
+        "loss": {"name": "dal", "params": {"a": 10}},
+        "epochs": 2,
+        "repeats": 2,
+        "optimizer": {"lr": 0.01},
+    }
     result = train(cfg)
     assert result["status"] == "completed" and not [k for k in result if k.startswith("val_")]
     cfg["dataset"]["options"]["val_fraction"] = 0.2  # the table has no validation split: refused, not ignored
@@ -133,8 +201,12 @@ def test_a_paper_protocol_sweep_selects_nothing_and_says_so(tmp_path, ray_local,
     from tune_losses.tuning.runner import print_summary, run_sweep
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    path = write_space(tmp_path / "paper.yaml", name="paper_e2e", protocol="paper",
-                       search={"metric": "test_acc", "scheduler": {"name": "fifo"}})
+    path = write_space(
+        tmp_path / "paper.yaml",
+        name="paper_e2e",
+        protocol="paper",
+        search={"metric": "test_acc", "scheduler": {"name": "fifo"}},
+    )
     result = run_sweep(path, tracking_uri=uri, storage=str(tmp_path / "ray"), verbose=0)
     assert result.best_config is None and result.report is not None
     c = tracking.client(uri)
@@ -163,11 +235,18 @@ def test_summary_report_and_best_state_the_same_facts(tmp_path, ray_local, capsy
     from tune_losses.tuning.runner import print_summary, run_sweep
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    path = write_space(tmp_path / "asha.yaml", name="asha_facts", replace=("params",), study="dal_a",
-                       train={"epochs": 3, "repeats": 1},
-                       params={"optimizer.lr": {"grid": [0.1, 0.05, 0.0001]}},
-                       search={"max_concurrent": 1,
-                               "scheduler": {"name": "asha", "max_t": 3, "grace_period": 1, "reduction_factor": 2}})
+    path = write_space(
+        tmp_path / "asha.yaml",
+        name="asha_facts",
+        replace=("params",),
+        study="dal_a",
+        train={"epochs": 3, "repeats": 1},
+        params={"optimizer.lr": {"grid": [0.1, 0.05, 0.0001]}},
+        search={
+            "max_concurrent": 1,
+            "scheduler": {"name": "asha", "max_t": 3, "grace_period": 1, "reduction_factor": 2},
+        },
+    )
     result = run_sweep(path, tracking_uri=uri, storage=str(tmp_path / "ray"), verbose=0)
     c = tracking.client(uri)
     runs = tracking.trial_runs(c, result.parent_run_id, tracking.experiment_id(c))
@@ -193,15 +272,23 @@ def test_selection_on_test_data_is_recorded_and_printed_with_its_reason(tmp_path
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     reason = "reproduces the paper's own choice of a on its test split"
-    path = write_space(tmp_path / "opt.yaml", name="opt_in", train={"epochs": 1, "repeats": 1},
-                       search={"metric": "test_acc", "select_on_test": True, "select_on_test_reason": reason})
+    path = write_space(
+        tmp_path / "opt.yaml",
+        name="opt_in",
+        train={"epochs": 1, "repeats": 1},
+        search={"metric": "test_acc", "select_on_test": True, "select_on_test_reason": reason},
+    )
     result = run_sweep(path, tracking_uri=uri, storage=str(tmp_path / "ray"), verbose=0)
     params = tracking.client(uri).get_run(result.parent_run_id).data.params
     assert (params["select_on_test"], params["select_on_test_reason"]) == ("true", reason)
     assert params["selection.split"] == "test" and result.best_config is not None
     assert f"by explicit opt-in (`search.select_on_test`): {reason}" in result.report.markdown
-    proc = subprocess.run([sys.executable, "-m", "tune_losses.cli", "best", "opt_in", "--tracking-uri", uri],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tune_losses.cli", "best", "opt_in", "--tracking-uri", uri],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0 and reason in proc.stdout and "(test split, 359 images)" in proc.stdout
 
 

@@ -28,12 +28,26 @@ def swept(tmp_path_factory, ray_local):
     tmp = tmp_path_factory.mktemp("report")
     uri = f"sqlite:///{tmp}/mlflow.db"
     space = tmp / "rep.yaml"
-    space.write_text(yaml.safe_dump({
-        "name": "report_e2e", "study": "dal_a",
-        "train": {"dataset": {"name": "digits"}, "model": {"name": "mlp"}, "loss": {"name": "dal"},
-                  "optimizer": {"name": "sgd", "lr": 0.05}, "batch_size": 64, "epochs": 3, "repeats": 3},
-        "params": {"loss.a": {"grid": A_VALUES}},
-        "search": {"searcher": "grid", "scheduler": {"name": "fifo"}, "max_concurrent": 2}}, sort_keys=False))
+    space.write_text(
+        yaml.safe_dump(
+            {
+                "name": "report_e2e",
+                "study": "dal_a",
+                "train": {
+                    "dataset": {"name": "digits"},
+                    "model": {"name": "mlp"},
+                    "loss": {"name": "dal"},
+                    "optimizer": {"name": "sgd", "lr": 0.05},
+                    "batch_size": 64,
+                    "epochs": 3,
+                    "repeats": 3,
+                },
+                "params": {"loss.a": {"grid": A_VALUES}},
+                "search": {"searcher": "grid", "scheduler": {"name": "fifo"}, "max_concurrent": 2},
+            },
+            sort_keys=False,
+        )
+    )
     result = run_sweep(space, tracking_uri=uri, storage=str(tmp / "ray"), verbose=0)
     return tmp, uri, result
 
@@ -97,9 +111,26 @@ def test_best_exports_a_config_that_train_runs(swept, tmp_path):
     best = best_trial("report_e2e", tracking_uri=uri)
     assert best["train"]["loss"]["params"]["a"] in A_VALUES and best["train"]["repeats"] == 3
     path = export(best, tmp_path / "best.yaml")
-    proc = subprocess.run([sys.executable, "-m", "tune_losses.cli", "train", str(path), "--tracking-uri", uri,
-                           "--set", "epochs=2", "--set", "repeats=1", "--register", "dal_best"],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tune_losses.cli",
+            "train",
+            str(path),
+            "--tracking-uri",
+            uri,
+            "--set",
+            "epochs=2",
+            "--set",
+            "repeats=1",
+            "--register",
+            "dal_best",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     c = tracking.client(uri)
     runs = c.search_runs([tracking.experiment_id(c)], "tags.`tune_losses.role` = 'train'")
@@ -119,8 +150,7 @@ def test_report_from_a_server_uri_equals_the_local_one(swept, tmp_path):
     port = free_port()
     server = start_mlflow_server(uri, port, tmp / "mlartifacts")
     try:
-        remote = build_report("report_e2e", tracking_uri=f"http://127.0.0.1:{port}", out_dir=tmp_path / "r",
-                              log=False)
+        remote = build_report("report_e2e", tracking_uri=f"http://127.0.0.1:{port}", out_dir=tmp_path / "r", log=False)
     finally:
         stop_server(server)
     local = build_report("report_e2e", tracking_uri=uri, out_dir=tmp_path / "l", log=False)
@@ -134,8 +164,9 @@ def test_continuous_sweeps_get_fanova_importance_and_a_slice_plot(tmp_path):
     from tune_losses.reports.build import importance
 
     rng = np.random.default_rng(0)
-    df = pd.DataFrame({"run_id": [str(i) for i in range(30)], "loss.a": rng.uniform(3, 30, 30),
-                       "batch_size": rng.uniform(8, 128, 30)})
+    df = pd.DataFrame(
+        {"run_id": [str(i) for i in range(30)], "loss.a": rng.uniform(3, 30, 30), "batch_size": rng.uniform(8, 128, 30)}
+    )
     df["val_acc"] = 0.5 + 0.01 * df["loss.a"] + rng.normal(0, 0.001, 30)  # only a matters
     scores = importance(df, ["loss.a", "batch_size"], "val_acc", "max").set_index("parameter")
     assert scores.loc["loss.a", "fanova_importance"] > 0.8 > scores.loc["batch_size", "fanova_importance"]
@@ -148,13 +179,24 @@ def test_a_continuous_sweeps_report_ranks_its_trials_with_importance_and_a_slice
     """Random search over a range: nine trials, each its own `a`, as dal_a_search's TPE gives. Two epochs: DAL is
     CE until its first update, so after one epoch every `a` has the same accuracy (and fANOVA no variance)."""
     space = tmp_path / "cont.yaml"
-    space.write_text(yaml.safe_dump({
-        "name": "report_continuous",
-        "train": {"dataset": {"name": "digits"}, "model": {"name": "mlp"}, "loss": {"name": "dal"},
-                  "optimizer": {"name": "sgd", "lr": 0.05}, "batch_size": 128, "epochs": 2},
-        "params": {"loss.a": {"uniform": [3, 30]}},
-        "search": {"searcher": "random", "num_samples": 9, "scheduler": {"name": "fifo"}, "max_concurrent": 2}},
-        sort_keys=False))
+    space.write_text(
+        yaml.safe_dump(
+            {
+                "name": "report_continuous",
+                "train": {
+                    "dataset": {"name": "digits"},
+                    "model": {"name": "mlp"},
+                    "loss": {"name": "dal"},
+                    "optimizer": {"name": "sgd", "lr": 0.05},
+                    "batch_size": 128,
+                    "epochs": 2,
+                },
+                "params": {"loss.a": {"uniform": [3, 30]}},
+                "search": {"searcher": "random", "num_samples": 9, "scheduler": {"name": "fifo"}, "max_concurrent": 2},
+            },
+            sort_keys=False,
+        )
+    )
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     result = run_sweep(space, tracking_uri=uri, storage=str(tmp_path / "ray"), verbose=0)
     report = result.report
@@ -169,14 +211,23 @@ def test_a_continuous_sweeps_report_ranks_its_trials_with_importance_and_a_slice
 def test_ui_serves_the_store_on_localhost(swept):
     tmp, uri, result = swept
     port = free_port()
-    ui = subprocess.Popen([sys.executable, "-m", "tune_losses.cli", "ui", "--tracking-uri", uri, "--port",
-                           str(port)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "tune_losses.cli", "ui", "--tracking-uri", uri, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         assert f"http://127.0.0.1:{port}" in ui.stdout.readline()
         for _ in range(120):
             try:
-                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search"
-                                              "?max_results=10", timeout=1).read().decode()
+                body = (
+                    urllib.request.urlopen(
+                        f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10", timeout=1
+                    )
+                    .read()
+                    .decode()
+                )
                 break
             except OSError:
                 time.sleep(0.5)

@@ -17,15 +17,27 @@ def wide_table(tmp_path):
     y = np.arange(120) % 4
     x = np.maximum(0, 0.3 * rng.normal(size=(4, 4096))[y] + rng.normal(size=(120, 4096))).astype(np.float32)
     arrays = {"train": (x[:60], y[:60]), "val": (x[60:80], y[60:80]), "test": (x[80:], y[80:])}
-    meta = {"dataset": "synthetic", "backbone": "none", "weights": "none", "num_classes": 4,
-            "class_names": ["a", "b", "c", "d"]}
+    meta = {
+        "dataset": "synthetic",
+        "backbone": "none",
+        "weights": "none",
+        "num_classes": 4,
+        "class_names": ["a", "b", "c", "d"],
+    }
     return write_features(tmp_path / "wide.parquet", arrays, meta)
 
 
 def config(path, **over):
-    return {"dataset": {"name": "features", "options": {"path": str(path)}}, "model": {"name": "mlp"},
-            "loss": {"name": "dal", "params": {"a": 5.0}}, "optimizer": {"name": "sgd", "lr": 0.005},
-            "batch_size": 16, "epochs": 30, "repeats": 3, **over}
+    return {
+        "dataset": {"name": "features", "options": {"path": str(path)}},
+        "model": {"name": "mlp"},
+        "loss": {"name": "dal", "params": {"a": 5.0}},
+        "optimizer": {"name": "sgd", "lr": 0.005},
+        "batch_size": 16,
+        "epochs": 30,
+        "repeats": 3,
+        **over,
+    }
 
 
 def test_reduction_trains_exactly_like_the_full_features(wide_table):
@@ -47,8 +59,11 @@ def test_reduction_only_where_it_is_exact_and_pays(wide_table):
 
     splits = build_dataset("features", path=str(wide_table))
     assert applies(TrainConfig.model_validate(config(wide_table)), splits)
-    for over in ({"optimizer": {"name": "adam", "lr": 0.01}}, {"optimizer": {"name": "sgd", "weight_decay": 1e-4}},
-                 {"epochs": 1, "repeats": 1}):
+    for over in (
+        {"optimizer": {"name": "adam", "lr": 0.01}},
+        {"optimizer": {"name": "sgd", "weight_decay": 1e-4}},
+        {"epochs": 1, "repeats": 1},
+    ):
         assert not applies(TrainConfig.model_validate(config(wide_table, **over)), splits)
 
 
@@ -72,8 +87,9 @@ def test_a_reduced_run_resumes_exactly(wide_table, tmp_path):
 
 
 @pytest.mark.parametrize("change,vectorize", [("rotated", True), ("one more dimension", False)])
-def test_a_run_resumed_with_another_basis_continues_the_same_training(wide_table, tmp_path, monkeypatch, change,
-                                                                      vectorize):
+def test_a_run_resumed_with_another_basis_continues_the_same_training(
+    wide_table, tmp_path, monkeypatch, change, vectorize
+):
     """Another node can compute another basis of the same row space (rotated within it, or with one more column
     at the rank cut-off): the reduced weights of the checkpoint then mean something else there. The checkpoint
     also holds the first layer as combinations of the data rows, so the resumed run continues the same training
@@ -96,8 +112,9 @@ def test_a_run_resumed_with_another_basis_continues_the_same_training(wide_table
 
     def another_basis(x):
         q, g = original(x)
-        rotation = torch.linalg.qr(torch.randn(q.shape[1], q.shape[1], dtype=torch.float64,
-                                               generator=torch.Generator().manual_seed(3)))[0]
+        rotation = torch.linalg.qr(
+            torch.randn(q.shape[1], q.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+        )[0]
         q, g = q @ rotation, g @ rotation
         if change == "one more dimension":  # a unit direction outside the row space (X v ~ 0)
             v = torch.randn(q.shape[0], 1, dtype=torch.float64, generator=torch.Generator().manual_seed(4))

@@ -34,11 +34,14 @@ def test_checkpoints_refuse_pickled_objects(tmp_path):
         load_checkpoint(tmp_path)
 
 
-@pytest.mark.parametrize("uri,shown", [
-    ("http://alice:s3cret@mlflow.example:5000", "http://***@mlflow.example:5000"),
-    ("postgresql+psycopg2://mlflow:s3cret@db:5432/mlflow", "postgresql+psycopg2://***@db:5432/mlflow"),
-    ("sqlite:////tmp/runs/mlflow.db", "sqlite:////tmp/runs/mlflow.db"),
-])
+@pytest.mark.parametrize(
+    "uri,shown",
+    [
+        ("http://alice:s3cret@mlflow.example:5000", "http://***@mlflow.example:5000"),
+        ("postgresql+psycopg2://mlflow:s3cret@db:5432/mlflow", "postgresql+psycopg2://***@db:5432/mlflow"),
+        ("sqlite:////tmp/runs/mlflow.db", "sqlite:////tmp/runs/mlflow.db"),
+    ],
+)
 def test_credentials_in_tracking_uris_are_redacted(uri, shown):
     assert tracking.redact(uri) == shown
 

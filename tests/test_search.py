@@ -11,18 +11,27 @@ from helpers import write_space
 
 
 def test_asha_visits_a_grid_in_a_seeded_random_order(tmp_path):
-    space, _, _ = load_space(write_space(tmp_path / "g.yaml", params={
-        "loss.a": {"grid": [3.0, 5.0, 8.0, 10.0, 13.0, 15.0, 20.0]}, "batch_size": {"grid": [16, 32]}},
-        search={"scheduler": {"name": "asha", "max_t": 3, "grace_period": 1}}))
+    space, _, _ = load_space(
+        write_space(
+            tmp_path / "g.yaml",
+            params={"loss.a": {"grid": [3.0, 5.0, 8.0, 10.0, 13.0, 15.0, 20.0]}, "batch_size": {"grid": [16, 32]}},
+            search={"scheduler": {"name": "asha", "max_t": 3, "grace_period": 1}},
+        )
+    )
     order = grid_order(space)
     product = [{"loss.a": a, "batch_size": b} for a, b in itertools.product(space.params["loss.a"].grid, [16, 32])]
     assert sorted(map(str, order)) == sorted(map(str, product)) and order != product
     assert grid_order(space) == order  # the same order on a rerun and a resume
     assert param_space(space)["params"]["grid_search"] == order
     assert _parent_params(space, "sqlite:///x")["grid_order"].startswith("[[")
-    other, _, _ = load_space(write_space(tmp_path / "h.yaml", params={
-        "loss.a": {"grid": [3.0, 5.0, 8.0, 10.0, 13.0, 15.0, 20.0]}, "batch_size": {"grid": [16, 32]}},
-        search={"scheduler": {"name": "asha", "max_t": 3, "grace_period": 1}}, train={"seed": 1}))
+    other, _, _ = load_space(
+        write_space(
+            tmp_path / "h.yaml",
+            params={"loss.a": {"grid": [3.0, 5.0, 8.0, 10.0, 13.0, 15.0, 20.0]}, "batch_size": {"grid": [16, 32]}},
+            search={"scheduler": {"name": "asha", "max_t": 3, "grace_period": 1}},
+            train={"seed": 1},
+        )
+    )
     assert grid_order(other) != order  # the order follows the seed
 
 
@@ -30,9 +39,13 @@ def test_no_reordering_without_asha_or_with_sampled_fields(tmp_path):
     fifo, _, _ = load_space(write_space(tmp_path / "f.yaml"))
     assert grid_order(fifo) is None
     assert param_space(fifo)["params"]["loss.a"] == {"grid_search": [5.0, 15.0]}
-    mixed, _, _ = load_space(write_space(tmp_path / "m.yaml", params={
-        "loss.a": {"grid": [5.0, 15.0]}, "optimizer.lr": {"uniform": [0.01, 0.1]}},
-        search={"searcher": "random", "scheduler": {"name": "asha", "max_t": 3}}))
+    mixed, _, _ = load_space(
+        write_space(
+            tmp_path / "m.yaml",
+            params={"loss.a": {"grid": [5.0, 15.0]}, "optimizer.lr": {"uniform": [0.01, 0.1]}},
+            search={"searcher": "random", "scheduler": {"name": "asha", "max_t": 3}},
+        )
+    )
     assert grid_order(mixed) is None
 
 
@@ -50,10 +63,17 @@ def test_a_resumed_optuna_search_knows_the_finished_trials_and_suggests_the_inte
     from tune_losses.tracking.ledger import TrialRecord
     from tune_losses.tuning.runner import _searcher
 
-    space, _, _ = load_space(write_space(tmp_path / "o.yaml", params={"loss.a": {"uniform": [3.0, 30.0]}},
-                                         search={"searcher": "optuna", "num_samples": 6}))
-    done = [TrialRecord("r1", "k1", "FINISHED", 3, {"val_acc": 0.7}, params={"swept.loss.a": json.dumps(7.5)}),
-            TrialRecord("r2", "k2", "FINISHED", 3, {"val_acc": 0.8}, params={"swept.loss.a": json.dumps(21.25)})]
+    space, _, _ = load_space(
+        write_space(
+            tmp_path / "o.yaml",
+            params={"loss.a": {"uniform": [3.0, 30.0]}},
+            search={"searcher": "optuna", "num_samples": 6},
+        )
+    )
+    done = [
+        TrialRecord("r1", "k1", "FINISHED", 3, {"val_acc": 0.7}, params={"swept.loss.a": json.dumps(7.5)}),
+        TrialRecord("r2", "k2", "FINISHED", 3, {"val_acc": 0.8}, params={"swept.loss.a": json.dumps(21.25)}),
+    ]
     todo = [TrialRecord("r3", "k3", "KILLED", 1, {}, params={"swept.loss.a": json.dumps(12.125)})]
     ps = param_space(space)
     searcher = _searcher(space, ps, done, todo)

@@ -27,14 +27,17 @@ def test_grid_sweep_records_every_trial(tmp_path, ray_local):
     space = write_space(tmp_path / "grid.yaml", name="grid_e2e")
     import tune_losses
 
-    result = tune_losses.sweep(space, tracking_uri=uri, storage=str(tmp_path / "ray"), verbose=0,
-                               **{"train.epochs": 3})  # the Python API, with a dotted override
+    result = tune_losses.sweep(
+        space, tracking_uri=uri, storage=str(tmp_path / "ray"), verbose=0, **{"train.epochs": 3}
+    )  # the Python API, with a dotted override
     assert result.summary["trials"] == 2 and result.summary["completed"] == 2
     assert result.summary["epochs_run"] == result.summary["epochs_full_budget"] == 6
     c, parent, runs = children(uri, "grid_e2e")
     assert parent.info.status == "FINISHED" and parent.data.params["searcher"] == "grid"
-    assert {a.path for a in c.list_artifacts(parent.info.run_id, "space")} == {"space/grid.yaml",
-                                                                                 "space/resolved_space.json"}
+    assert {a.path for a in c.list_artifacts(parent.info.run_id, "space")} == {
+        "space/grid.yaml",
+        "space/resolved_space.json",
+    }
     assert sorted(r.info.run_name for r in runs) == ["dal a=15", "dal a=5"]
     for r in runs:
         assert r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parent.info.run_id
@@ -49,21 +52,31 @@ def test_grid_sweep_records_every_trial(tmp_path, ray_local):
             assert key in r.data.metrics
         arts = {a.path for a in c.list_artifacts(r.info.run_id)}
         assert {"confusion_matrix.json", "confusion_matrix.png", "learning_curves.png"} <= arts
-        confusion = json.loads(open(c.download_artifacts(r.info.run_id, "confusion_matrix.json",
-                                                         str(tmp_path))).read())
+        confusion = json.loads(open(c.download_artifacts(r.info.run_id, "confusion_matrix.json", str(tmp_path))).read())
         assert len(confusion) == 10 and sum(map(sum, confusion)) == 359
 
 
 def test_asha_optuna_sweep_stops_trials_early(tmp_path, ray_local):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    space = write_space(tmp_path / "asha.yaml", name="asha_e2e",
-                        train={"dataset": {"name": "digits"}, "model": {"name": "mlp"}, "epochs": 6, "repeats": 1,
-                               "loss": {"name": "dal", "params": {"a": 10.0}},
-                               "optimizer": {"name": "sgd", "lr": 0.02}, "batch_size": 64},
-                        params={"loss.a": {"uniform": [1.5, 30.0]}, "batch_size": {"choice": [32, 64]}},
-                        search={"searcher": "optuna", "num_samples": 6,
-                                "scheduler": {"name": "asha", "max_t": 6, "grace_period": 1,
-                                              "reduction_factor": 3}})
+    space = write_space(
+        tmp_path / "asha.yaml",
+        name="asha_e2e",
+        train={
+            "dataset": {"name": "digits"},
+            "model": {"name": "mlp"},
+            "epochs": 6,
+            "repeats": 1,
+            "loss": {"name": "dal", "params": {"a": 10.0}},
+            "optimizer": {"name": "sgd", "lr": 0.02},
+            "batch_size": 64,
+        },
+        params={"loss.a": {"uniform": [1.5, 30.0]}, "batch_size": {"choice": [32, 64]}},
+        search={
+            "searcher": "optuna",
+            "num_samples": 6,
+            "scheduler": {"name": "asha", "max_t": 6, "grace_period": 1, "reduction_factor": 3},
+        },
+    )
     result = run_sweep(space, tracking_uri=uri, storage=str(tmp_path / "ray"), verbose=0)
     s = result.summary
     assert s["trials"] == 6 and s["stopped_early"] >= 1 and s["epochs_run"] < s["epochs_full_budget"]
@@ -112,10 +125,19 @@ def test_bundled_spaces_validate_and_reproduce_the_papers_grids():
 
 
 def test_spaces_command_lists_bundled_spaces():
-    out = subprocess.run([sys.executable, "-m", "tune_losses.cli", "spaces"], capture_output=True, text=True,
-                         timeout=120).stdout
-    for name in ("quickstart", "dal_a_table2", "dal_a_search", "beta_gamma_grid", "beta_gamma_search",
-                 "cc_lambda", "cc_batch", "cc_search"):
+    out = subprocess.run(
+        [sys.executable, "-m", "tune_losses.cli", "spaces"], capture_output=True, text=True, timeout=120
+    ).stdout
+    for name in (
+        "quickstart",
+        "dal_a_table2",
+        "dal_a_search",
+        "beta_gamma_grid",
+        "beta_gamma_search",
+        "cc_lambda",
+        "cc_batch",
+        "cc_search",
+    ):
         assert name in out
 
 
@@ -127,17 +149,36 @@ def test_driver_killed_mid_sweep_resumes_with_one_run_per_trial(tmp_path):
     import time
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    space = write_space(tmp_path / "resume.yaml", name="resume_e2e",
-                        train={"dataset": {"name": "digits"}, "model": {"name": "small_cnn"}, "epochs": 8,
-                               "repeats": 1, "loss": {"name": "dal", "params": {"a": 10.0}},
-                               "optimizer": {"name": "sgd", "lr": 0.05}, "batch_size": 16},
-                        params={"loss.a": {"grid": [5.0, 10.0, 15.0, 20.0]}},
-                        search={"searcher": "grid", "max_concurrent": 2, "scheduler": {"name": "fifo"}})
-    cmd = [sys.executable, "-m", "tune_losses.cli", "sweep", str(space), "--tracking-uri", uri,
-           "--storage", str(tmp_path / "ray")]
+    space = write_space(
+        tmp_path / "resume.yaml",
+        name="resume_e2e",
+        train={
+            "dataset": {"name": "digits"},
+            "model": {"name": "small_cnn"},
+            "epochs": 8,
+            "repeats": 1,
+            "loss": {"name": "dal", "params": {"a": 10.0}},
+            "optimizer": {"name": "sgd", "lr": 0.05},
+            "batch_size": 16,
+        },
+        params={"loss.a": {"grid": [5.0, 10.0, 15.0, 20.0]}},
+        search={"searcher": "grid", "max_concurrent": 2, "scheduler": {"name": "fifo"}},
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "tune_losses.cli",
+        "sweep",
+        str(space),
+        "--tracking-uri",
+        uri,
+        "--storage",
+        str(tmp_path / "ray"),
+    ]
     env = {**os.environ, "RAY_ADDRESS": ""}
-    driver = subprocess.Popen(cmd, stdout=open(tmp_path / "driver.log", "w"), stderr=subprocess.STDOUT, env=env,
-                              start_new_session=True)
+    driver = subprocess.Popen(
+        cmd, stdout=open(tmp_path / "driver.log", "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
     deadline = time.time() + 240
     logged = 0
     while time.time() < deadline and driver.poll() is None:
@@ -156,8 +197,7 @@ def test_driver_killed_mid_sweep_resumes_with_one_run_per_trial(tmp_path):
     resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     c, parent, runs = children(uri, "resume_e2e")
-    assert len(runs) == 4 and sorted(r.info.run_name for r in runs) == ["dal a=10", "dal a=15", "dal a=20",
-                                                                        "dal a=5"]
+    assert len(runs) == 4 and sorted(r.info.run_name for r in runs) == ["dal a=10", "dal a=15", "dal a=20", "dal a=5"]
     assert len({r.data.tags["tune_losses.trial_key"] for r in runs}) == 4
     for r in runs:
         r = c.get_run(r.info.run_id)
@@ -166,14 +206,14 @@ def test_driver_killed_mid_sweep_resumes_with_one_run_per_trial(tmp_path):
         assert steps == list(range(1, 9))
         # figures too, also for trials that had finished before the kill (drawn with the report, from MLflow)
         assert {"confusion_matrix.json", "confusion_matrix.png", "learning_curves.png"} <= {
-            a.path for a in c.list_artifacts(r.info.run_id)}
+            a.path for a in c.list_artifacts(r.info.run_id)
+        }
     assert c.get_run(parent.info.run_id).info.status == "FINISHED"
 
 
 def test_a_diverging_trial_is_recorded_with_its_reason_and_the_sweep_goes_on(tmp_path, ray_local):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    space = write_space(tmp_path / "nan.yaml", name="nan_e2e",
-                        params={"optimizer.lr": {"grid": [0.05, 1.0e30]}})
+    space = write_space(tmp_path / "nan.yaml", name="nan_e2e", params={"optimizer.lr": {"grid": [0.05, 1.0e30]}})
     result = run_sweep(space, tracking_uri=uri, storage=str(tmp_path / "ray"), verbose=0)
     assert result.summary["diverged"] == 2 and result.summary["completed"] == 2  # 2 values of a x 2 lr
     c, parent, runs = children(uri, "nan_e2e")

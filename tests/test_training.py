@@ -10,8 +10,13 @@ from tune_losses.losses import fused
 from tune_losses.training import load_checkpoint, save_checkpoint, train
 from tune_losses.training.config import TrainConfig
 
-BASE = {"dataset": {"name": "digits"}, "model": {"name": "small_cnn", "params": {"width": 8}},
-        "optimizer": {"name": "sgd", "lr": 0.05}, "batch_size": 64, "epochs": 3}
+BASE = {
+    "dataset": {"name": "digits"},
+    "model": {"name": "small_cnn", "params": {"width": 8}},
+    "optimizer": {"name": "sgd", "lr": 0.05},
+    "batch_size": 64,
+    "epochs": 3,
+}
 
 
 def run(**over):
@@ -24,16 +29,24 @@ def run(**over):
 # CC-Loss's intra/inter ratio has large gradients while the attention vectors are still alike, so rounding
 # differences between a batched and a plain matmul grow over many steps at a high learning rate; at lr 0.002
 # the replicas agree to ~1e-6 after 3 epochs (at lr 0.05, to ~1e-2).
-@pytest.mark.parametrize("loss,params,model,lr", [("dal", {"a": 5.0}, "small_cnn", 0.05),
-                                                  ("cc", {"lambda": 1.0}, "small_cnn", 0.002),
-                                                  ("beta_gamma", {"beta": 4, "gamma": 2}, "mlp", 0.05)])
+@pytest.mark.parametrize(
+    "loss,params,model,lr",
+    [
+        ("dal", {"a": 5.0}, "small_cnn", 0.05),
+        ("cc", {"lambda": 1.0}, "small_cnn", 0.002),
+        ("beta_gamma", {"beta": 4, "gamma": 2}, "mlp", 0.05),
+    ],
+)
 def test_vectorised_replica_equals_the_same_seed_alone(monkeypatch, loss, params, model, lr):
     # Under vmap the losses take their tensor-expression version; a solo run on CPU would take the fused kernel
     # (losses/fused.py), whose rounding differs and grows over the epochs like that of a batched matmul. The
     # two versions are compared with each other in test_losses.py; here both runs use the same one.
     monkeypatch.setattr(fused, "usable", lambda logits: False)
-    common = {"loss": {"name": loss, "params": params}, "model": {"name": model, "params": {}},
-              "optimizer": {"name": "sgd", "lr": lr}}
+    common = {
+        "loss": {"name": loss, "params": params},
+        "model": {"name": model, "params": {}},
+        "optimizer": {"name": "sgd", "lr": lr},
+    }
     together, reports = run(repeats=3, seed=10, **common)
     assert together["replicas"] == "VectorReplicas"
     stacked = reports[-1][1]["replicas"]["params"]
@@ -93,8 +106,9 @@ def test_resume_gives_the_same_metrics_as_not_stopping(tmp_path, repeats):
 
 def test_diverging_run_stops_with_a_reason():
     reports = []
-    result = train({**BASE, "optimizer": {"name": "sgd", "lr": 1e30}, "epochs": 5},
-                   report=lambda m, s: reports.append(m))
+    result = train(
+        {**BASE, "optimizer": {"name": "sgd", "lr": 1e30}, "epochs": 5}, report=lambda m, s: reports.append(m)
+    )
     assert result["status"] == "diverged" and "training loss became" in result["reason"]
     assert all(math.isfinite(m["train_loss"]) for m in reports) and len(reports) < 5
 
@@ -146,8 +160,14 @@ def test_each_replica_draws_from_its_own_stream_and_equals_its_seed_alone(model,
 def test_resume_with_dropout_and_batch_norm_is_exact(tmp_path, vectorize):
     """Each replica's random stream is in the checkpoint: stopped after epoch 2 and resumed, the run is the
     uninterrupted one to the last bit, vectorised or looped."""
-    cfg = {**BASE, **RANDOM_MODELS, "model": {"name": "bn_cnn", "params": {}}, "epochs": 4, "repeats": 2,
-           "vectorize": vectorize}
+    cfg = {
+        **BASE,
+        **RANDOM_MODELS,
+        "model": {"name": "bn_cnn", "params": {}},
+        "epochs": 4,
+        "repeats": 2,
+        "vectorize": vectorize,
+    }
     straight = []
     train(cfg, report=lambda m, s: straight.append(m))
 
@@ -177,8 +197,11 @@ def test_a_trial_uses_exactly_the_gpus_ray_assigned_it(monkeypatch):
     assert pick_device("auto", [2]) == torch.device("cuda", 2)  # Ray left every GPU visible: its physical id
     assert pick_device("cuda", ["3"], visible="3") == torch.device("cuda", 0)  # Ray set CUDA_VISIBLE_DEVICES=3
     assert pick_device("auto", ["3", "1"], visible="1,3") == torch.device("cuda", 1)
-    with pytest.raises(ValueError, match=r"device='cuda' is not allowed in a trial that Ray assigned no GPU.*"
-                                         r"resources.gpu"):
+    with pytest.raises(
+        ValueError,
+        match=r"device='cuda' is not allowed in a trial that Ray assigned no GPU.*"
+        r"resources.gpu",
+    ):
         pick_device("cuda", [])
     with pytest.raises(ValueError, match="assigned this trial GPU 5"):
         pick_device("auto", [5], visible="0,1")

@@ -59,9 +59,18 @@ def cmd_sweep(args) -> int:
         overrides["paper_dataset"] = None
     space, _, _ = load_space(args.space, overrides)  # validate before anything starts
     try:
-        result = run_sweep(args.space, name=args.name, address=args.address, tracking_uri=args.tracking_uri,
-                           storage=args.storage, resume=args.resume, overrides=overrides,
-                           verbose=args.verbose, progress=True, warm_start=args.warm_start)
+        result = run_sweep(
+            args.space,
+            name=args.name,
+            address=args.address,
+            tracking_uri=args.tracking_uri,
+            storage=args.storage,
+            resume=args.resume,
+            overrides=overrides,
+            verbose=args.verbose,
+            progress=True,
+            warm_start=args.warm_start,
+        )
     except SweepInterrupted as exc:
         again = [a for a in sys.argv[1:] if a != "--resume"] + ["--resume"]
         print(f"\n{exc}. Resume with: tune-losses {' '.join(shlex.quote(a) for a in again)}", file=sys.stderr)
@@ -86,8 +95,10 @@ def cmd_train(args) -> int:
     prefix = "train." if isinstance(doc, dict) and "train" in doc else ""
     data = doc.get("train", doc) if isinstance(doc, dict) else doc
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: invalid training config\n  {prefix.rstrip('.') or '(top level)'}: must be a "
-                         "mapping of training fields (dataset, model, loss, epochs, ...)")
+        raise ValueError(
+            f"{path}: invalid training config\n  {prefix.rstrip('.') or '(top level)'}: must be a "
+            "mapping of training fields (dataset, model, loss, epochs, ...)"
+        )
     for key, value in _overrides(args.set).items():
         try:
             set_path(data, tuple(key.removeprefix("train.").split(".")), value)
@@ -97,8 +108,14 @@ def cmd_train(args) -> int:
         cfg = TrainConfig.model_validate(data)
     except ValidationError as exc:
         raise ValueError(format_validation_error(exc, str(path), "training config", prefix)) from None
-    result = train_and_record(cfg, tracking_uri=args.tracking_uri, name=args.name or path.stem,
-                              sweep_run_id=doc.get("from_sweep"), register=args.register, progress=True)
+    result = train_and_record(
+        cfg,
+        tracking_uri=args.tracking_uri,
+        name=args.name or path.stem,
+        sweep_run_id=doc.get("from_sweep"),
+        register=args.register,
+        progress=True,
+    )
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, list)}, indent=2))
     return 0 if result.get("status") == "completed" else 1
 
@@ -120,8 +137,10 @@ def cmd_best(args) -> int:
     if args.export:
         _output_path(args.export, "--export")
     best = best_trial(args.sweep, tracking_uri=args.tracking_uri)
-    print(f"best trial of {best['sweep']}: {best['trial']}  {best['metric']} = {best['value']:.4f} "
-          f"(run {best['trial_run_id']})")
+    print(
+        f"best trial of {best['sweep']}: {best['trial']}  {best['metric']} = {best['value']:.4f} "
+        f"(run {best['trial_run_id']})"
+    )
     print("\n".join(best["protocol"]))
     print(yaml.safe_dump(best["train"], sort_keys=False))
     if args.export:
@@ -132,9 +151,16 @@ def cmd_best(args) -> int:
 def cmd_features(args) -> int:
     from tune_losses.data.features import compute_features
 
-    path = compute_features(args.dataset, backbone=args.backbone, weights=args.weights,
-                            random_init=args.random_init, image_size=args.image_size, root=args.root,
-                            cache_dir=args.cache_dir, progress=True)
+    path = compute_features(
+        args.dataset,
+        backbone=args.backbone,
+        weights=args.weights,
+        random_init=args.random_init,
+        image_size=args.image_size,
+        root=args.root,
+        cache_dir=args.cache_dir,
+        progress=True,
+    )
     print(path)
     return 0
 
@@ -163,8 +189,20 @@ def cmd_ui(args) -> int:
     tracking.store.check_uri(uri)  # a scheme MLflow cannot serve: an error here, not the server's traceback
     page = ui_url(f"http://{args.host}:{args.port}", uri, args.sweep)  # an unknown sweep: error before starting
     print(f"MLflow UI for {tracking.redact(uri)}: {page}", flush=True)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
-           "--port", str(args.port), "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--workers",
+        "1",
+    ]
     os.execv(sys.executable, cmd)  # become the MLflow server: stopping this process stops it
 
 
@@ -184,10 +222,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue an interrupted sweep of this name")
     s.add_argument("--dataset", help="run the study on another data set (e.g. digits, fashion_mnist)")
     s.add_argument("--set", action="append", metavar="PATH=VALUE", help="override a field, e.g. train.epochs=3")
-    s.add_argument("--warm-start", metavar="EARLIER_SWEEP",
-                   help="start Optuna from an earlier sweep's results (searcher optuna; tuning/warm_start.py)")
-    s.add_argument("-v", "--verbose", action="count", default=0,
-                   help="-v: Ray Tune's own tables instead of the progress display; -vv: also its logs")
+    s.add_argument(
+        "--warm-start",
+        metavar="EARLIER_SWEEP",
+        help="start Optuna from an earlier sweep's results (searcher optuna; tuning/warm_start.py)",
+    )
+    s.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="-v: Ray Tune's own tables instead of the progress display; -vv: also its logs",
+    )
     s.set_defaults(func=cmd_sweep)
 
     s = sub.add_parser("sweeps", help="the sweeps in the tracking store: status, trials, best, times")

@@ -21,8 +21,10 @@ class Registry:
         def wrap(obj: T) -> T:
             taken = self._items.get(name)
             if taken is not None and taken is not obj and not replace:
-                raise ValueError(f"{self.kind}={name!r} is already registered ({describe(taken)}); registering "
-                                 f"{describe(obj)} under that name needs register({name!r}, replace=True)")
+                raise ValueError(
+                    f"{self.kind}={name!r} is already registered ({describe(taken)}); registering "
+                    f"{describe(obj)} under that name needs register({name!r}, replace=True)"
+                )
             self._items[name] = obj
             return obj
 

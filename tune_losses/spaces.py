@@ -147,13 +147,17 @@ class Search(Strict):
     @model_validator(mode="after")
     def opt_in_is_explained(self):
         if self.select_on_test and not self.select_on_test_reason.strip():
-            raise ValueError("select_on_test: true needs select_on_test_reason: one line saying why a config may "
-                             "be chosen on the test split (e.g. reproducing a paper's own selection)")
+            raise ValueError(
+                "select_on_test: true needs select_on_test_reason: one line saying why a config may "
+                "be chosen on the test split (e.g. reproducing a paper's own selection)"
+            )
         if self.select_on_test_reason.strip() and not self.select_on_test:
             raise ValueError("select_on_test_reason is given but select_on_test is not true")
         if self.select_on_test and metric_split(self.metric) != "test":
-            raise ValueError(f"select_on_test: true with metric {self.metric}: the opt-in is for a test metric "
-                             "(test_acc, test_f1, test_nmi) only; drop it")
+            raise ValueError(
+                f"select_on_test: true with metric {self.metric}: the opt-in is for a test metric "
+                "(test_acc, test_f1, test_nmi) only; drop it"
+            )
         return self
 
 
@@ -185,12 +189,16 @@ class Space(Strict):
             return train
         options = train.dataset.options
         if options.get("val_fraction", 0) != 0:
-            raise ValueError(f"dataset.options.val_fraction: {options['val_fraction']!r} is not allowed with "
-                             "protocol: paper, which trains on exactly the paper's training set: allowed: 0 (or "
-                             "leave it out), or protocol: standard to hold validation out of the training part")
+            raise ValueError(
+                f"dataset.options.val_fraction: {options['val_fraction']!r} is not allowed with "
+                "protocol: paper, which trains on exactly the paper's training set: allowed: 0 (or "
+                "leave it out), or protocol: standard to hold validation out of the training part"
+            )
         if options.get("split", "half") != "half":
-            raise ValueError(f"dataset.options.split: {options['split']!r} is not allowed with protocol: paper "
-                             "(the ratios split holds out validation data): allowed: half, or protocol: standard")
+            raise ValueError(
+                f"dataset.options.split: {options['split']!r} is not allowed with protocol: paper "
+                "(the ratios split holds out validation data): allowed: half, or protocol: standard"
+            )
         options.update(val_fraction=0, split="half")  # an official test set is kept whatever split says
         return train
 
@@ -199,8 +207,10 @@ class Space(Strict):
     def paper_split_not_swept(cls, params: dict, info: ValidationInfo) -> dict:
         swept = [p for path in params for p in path.split(",") if p in ("dataset.val_fraction", "dataset.split")]
         if swept and info.data.get("protocol") == "paper":
-            raise ValueError(f"{swept[0]} cannot be swept with protocol: paper, whose split is the paper's (half, "
-                             "val_fraction 0): allowed: protocol: standard")
+            raise ValueError(
+                f"{swept[0]} cannot be swept with protocol: paper, whose split is the paper's (half, "
+                "val_fraction 0): allowed: protocol: standard"
+            )
         return params
 
     @field_validator("search")
@@ -208,26 +218,40 @@ class Space(Strict):
     def selection_on_allowed_data(cls, search: Search, info: ValidationInfo) -> Search:
         split, paper = metric_split(search.metric), info.data.get("protocol") == "paper"
         if paper and split == "validation":
-            raise ValueError(f"metric: {search.metric} is not allowed with protocol: paper, which holds out no "
-                             "validation split: allowed: a test metric (the table's; nothing is selected), or "
-                             "protocol: standard to select on validation data")
+            raise ValueError(
+                f"metric: {search.metric} is not allowed with protocol: paper, which holds out no "
+                "validation split: allowed: a test metric (the table's; nothing is selected), or "
+                "protocol: standard to select on validation data"
+            )
         train = info.data.get("train")
         if split == "validation" and train is not None and train.dataset.options.get("val_fraction") == 0:
-            raise ValueError(f"metric: {search.metric} is not allowed with train.dataset.options.val_fraction: 0, "
-                             "which holds out no validation split: allowed: a val_fraction in (0, 1), train_loss, "
-                             "or protocol: paper (a table of test numbers, nothing selected)")
+            raise ValueError(
+                f"metric: {search.metric} is not allowed with train.dataset.options.val_fraction: 0, "
+                "which holds out no validation split: allowed: a val_fraction in (0, 1), train_loss, "
+                "or protocol: paper (a table of test numbers, nothing selected)"
+            )
         if split == "test" and not search.select_on_test:
             if not paper:
-                raise ValueError(f"metric: {search.metric} would choose the best config on the test split, the "
-                                 "data whose numbers are reported: allowed: val_acc, val_f1, val_nmi, train_loss; "
-                                 "or select_on_test: true with select_on_test_reason (e.g. reproducing a paper's "
-                                 "own selection), recorded on the sweep and printed in its reports")
-            adaptive = [x for x in (search.searcher == "optuna" and "searcher optuna",
-                                    search.scheduler.name == "asha" and "scheduler asha") if x]
+                raise ValueError(
+                    f"metric: {search.metric} would choose the best config on the test split, the "
+                    "data whose numbers are reported: allowed: val_acc, val_f1, val_nmi, train_loss; "
+                    "or select_on_test: true with select_on_test_reason (e.g. reproducing a paper's "
+                    "own selection), recorded on the sweep and printed in its reports"
+                )
+            adaptive = [
+                x
+                for x in (
+                    search.searcher == "optuna" and "searcher optuna",
+                    search.scheduler.name == "asha" and "scheduler asha",
+                )
+                if x
+            ]
             if adaptive:
-                raise ValueError(f"{' and '.join(adaptive)} would choose trials on {search.metric}, the test split: "
-                                 "allowed with protocol: paper: searcher grid or random and scheduler fifo, or "
-                                 "select_on_test: true with select_on_test_reason")
+                raise ValueError(
+                    f"{' and '.join(adaptive)} would choose trials on {search.metric}, the test split: "
+                    "allowed with protocol: paper: searcher grid or random and scheduler fifo, or "
+                    "select_on_test: true with select_on_test_reason"
+                )
         return search
 
     @property
@@ -250,8 +274,10 @@ def set_path(tree: dict, keys: tuple[str, ...], value) -> None:
     for i, key in enumerate(keys[:-1]):
         tree = tree.setdefault(key, {})
         if not isinstance(tree, dict):
-            raise ValueError(f"{'.'.join(keys[:i + 1])} is {tree!r}, not a mapping, so {'.'.join(keys)} cannot be "
-                             "set; allowed: a path to a field, e.g. train.epochs")
+            raise ValueError(
+                f"{'.'.join(keys[: i + 1])} is {tree!r}, not a mapping, so {'.'.join(keys)} cannot be "
+                "set; allowed: a path to a field, e.g. train.epochs"
+            )
     tree[keys[-1]] = value
 
 
@@ -279,14 +305,14 @@ def _check_semantics(space: Space) -> list[tuple[str, str]]:
     if space.search.searcher == "optuna":
         for path, dom in space.params.items():
             if dom.kind == "grid":
-                problems.append((f"params.{path}", "grid domains need searcher grid or random; "
-                                 "use choice (or a range) with optuna"))
+                problems.append(
+                    (f"params.{path}", "grid domains need searcher grid or random; use choice (or a range) with optuna")
+                )
     sched = space.search.scheduler
     if sched.name == "asha":
         max_t = sched.max_t or space.train.epochs
         if sched.grace_period > max_t:
-            problems.append(("search.scheduler.grace_period",
-                             f"must be <= max_t ({max_t}), got {sched.grace_period}"))
+            problems.append(("search.scheduler.grace_period", f"must be <= max_t ({max_t}), got {sched.grace_period}"))
     for path, dom in space.params.items():
         for value in dom.extremes():
             try:
@@ -307,8 +333,10 @@ def _check_semantics(space: Space) -> list[tuple[str, str]]:
             except ValueError as exc:
                 problems.append((f"params.{path}", str(exc)))
                 break
-    for field, check in (("train.loss.params", lambda t: build_loss(t.loss.name, num_classes=2, **t.loss.params)),
-                         ("train.model.params", lambda t: check_model(t.model.name, t.model.params))):
+    for field, check in (
+        ("train.loss.params", lambda t: build_loss(t.loss.name, num_classes=2, **t.loss.params)),
+        ("train.model.params", lambda t: check_model(t.model.name, t.model.params)),
+    ):
         try:
             check(space.train)
         except ValueError as exc:

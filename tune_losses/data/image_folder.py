@@ -14,9 +14,18 @@ def image_folder(root=None, download=False, seed=0, image_size: int = 64, split:
 
     root = None if root is None else Path(root).expanduser()
     if root is None or not root.is_dir():
-        raise ValueError(f"root={root!r} is not allowed: dataset 'image_folder' needs root to be a directory "
-                         "with one sub-directory of images per class")
+        raise ValueError(
+            f"root={root!r} is not allowed: dataset 'image_folder' needs root to be a directory "
+            "with one sub-directory of images per class"
+        )
     data = ImageFolder(str(root))
     x, y = images_to_array(data, image_size)
-    return make_splits(x, y, seed=seed, split=split, class_names=list(data.classes),
-                       info={"root": str(root), "image_size": image_size}, **options)
+    return make_splits(
+        x,
+        y,
+        seed=seed,
+        split=split,
+        class_names=list(data.classes),
+        info={"root": str(root), "image_size": image_size},
+        **options,
+    )

@@ -27,10 +27,12 @@ def _root(root) -> Path:
 
 
 def _missing(name: str, cls, root: Path, files: list[str]) -> ValueError:
-    return ValueError(f"dataset={name!r}: the files are not in root={str(root)!r}. Expected "
-                      f"{', '.join(files)} under {root / cls.__name__ / 'raw'} (or another layout that "
-                      f"torchvision.datasets.{cls.__name__} reads). Put them there, or pass download=True "
-                      "(--download) on a machine with the internet.")
+    return ValueError(
+        f"dataset={name!r}: the files are not in root={str(root)!r}. Expected "
+        f"{', '.join(files)} under {root / cls.__name__ / 'raw'} (or another layout that "
+        f"torchvision.datasets.{cls.__name__} reads). Put them there, or pass download=True "
+        "(--download) on a machine with the internet."
+    )
 
 
 def _stage_fashion_mnist(root: Path) -> None:
@@ -62,8 +64,15 @@ def _mnist_like(name, cls_name, root, download, seed, **options):
     except RuntimeError:
         raise _missing(name, cls, root, [Path(u).stem for u, _ in cls.resources]) from None
     x, xt = train.data[:, None].numpy(), test.data[:, None].numpy()
-    return make_splits(x, train.targets.numpy(), test=(xt, test.targets.numpy()), seed=seed,
-                       class_names=list(train.classes), info={"root": str(root)}, **options)
+    return make_splits(
+        x,
+        train.targets.numpy(),
+        test=(xt, test.targets.numpy()),
+        seed=seed,
+        class_names=list(train.classes),
+        info={"root": str(root)},
+        **options,
+    )
 
 
 @register("mnist")
@@ -84,12 +93,21 @@ def _cifar(name, cls_name, root, download, seed, **options):
     try:
         train, test = cls(root, train=True, download=download), cls(root, train=False, download=download)
     except RuntimeError:
-        raise ValueError(f"dataset={name!r}: {cls.base_folder}/ (from {cls.filename}) is not in "
-                         f"root={str(root)!r}. Extract the archive there, or pass download=True (--download) "
-                         "on a machine with the internet.") from None
+        raise ValueError(
+            f"dataset={name!r}: {cls.base_folder}/ (from {cls.filename}) is not in "
+            f"root={str(root)!r}. Extract the archive there, or pass download=True (--download) "
+            "on a machine with the internet."
+        ) from None
     to_chw = lambda a: np.ascontiguousarray(a.transpose(0, 3, 1, 2))  # noqa: E731
-    return make_splits(to_chw(train.data), train.targets, test=(to_chw(test.data), test.targets), seed=seed,
-                       class_names=list(train.classes), info={"root": str(root)}, **options)
+    return make_splits(
+        to_chw(train.data),
+        train.targets,
+        test=(to_chw(test.data), test.targets),
+        seed=seed,
+        class_names=list(train.classes),
+        info={"root": str(root)},
+        **options,
+    )
 
 
 @register("cifar10")
@@ -121,13 +139,22 @@ def stanford_cars(root=None, download=False, seed=0, image_size: int = 224, **op
         train = tvd.StanfordCars(root, split="train", download=download)
         test = tvd.StanfordCars(root, split="test", download=download)
     except RuntimeError:
-        raise ValueError(f"dataset='stanford_cars': stanford_cars/ (devkit, cars_train, cars_test, "
-                         f"cars_test_annos_withlabels.mat) is not in root={str(root)!r}; torchvision no longer "
-                         "downloads it, so place the files there by hand.") from None
+        raise ValueError(
+            f"dataset='stanford_cars': stanford_cars/ (devkit, cars_train, cars_test, "
+            f"cars_test_annos_withlabels.mat) is not in root={str(root)!r}; torchvision no longer "
+            "downloads it, so place the files there by hand."
+        ) from None
     x, y = images_to_array(train, image_size)
     xt, yt = images_to_array(test, image_size)
-    return make_splits(x, y, test=(xt, yt), seed=seed, class_names=list(train.classes),
-                       info={"root": str(root), "image_size": image_size}, **options)
+    return make_splits(
+        x,
+        y,
+        test=(xt, yt),
+        seed=seed,
+        class_names=list(train.classes),
+        info={"root": str(root), "image_size": image_size},
+        **options,
+    )
 
 
 @register("caltech101")
@@ -138,11 +165,18 @@ def caltech101(root=None, download=False, seed=0, image_size: int = 224, split: 
     try:
         data = tvd.Caltech101(root, target_type="category", download=download)
     except RuntimeError:
-        raise ValueError(f"dataset='caltech101': caltech101/101_ObjectCategories/ is not in "
-                         f"root={str(root)!r}. Extract it there, or pass download=True (--download) on a "
-                         "machine with the internet.") from None
+        raise ValueError(
+            f"dataset='caltech101': caltech101/101_ObjectCategories/ is not in "
+            f"root={str(root)!r}. Extract it there, or pass download=True (--download) on a "
+            "machine with the internet."
+        ) from None
     x, y = images_to_array(data, image_size)
-    return make_splits(x, y, seed=seed, split=split, class_names=list(data.categories),
-                       info={"root": str(root), "image_size": image_size}, **options)
-
-
+    return make_splits(
+        x,
+        y,
+        seed=seed,
+        split=split,
+        class_names=list(data.categories),
+        info={"root": str(root), "image_size": image_size},
+        **options,
+    )

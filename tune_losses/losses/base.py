@@ -39,8 +39,14 @@ class ClassificationLoss(nn.Module):
         require(isinstance(num_classes, int) and num_classes >= 2, "num_classes", num_classes, "an integer >= 2")
         self.num_classes = num_classes
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, attention: torch.Tensor | None = None,
-                *, validate: bool = True) -> torch.Tensor:
+    def forward(
+        self,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        attention: torch.Tensor | None = None,
+        *,
+        validate: bool = True,
+    ) -> torch.Tensor:
         if validate:
             self.check(logits, target, attention)
         return self.compute(logits, target, attention)
@@ -53,16 +59,29 @@ class ClassificationLoss(nn.Module):
 
     def check(self, logits: torch.Tensor, target: torch.Tensor, attention: torch.Tensor | None) -> None:
         require(logits.dim() == 2, "logits.shape", tuple(logits.shape), "(batch, num_classes)")
-        require(logits.shape[1] == self.num_classes, "logits.shape[1]", logits.shape[1],
-                f"num_classes={self.num_classes}")
+        require(
+            logits.shape[1] == self.num_classes, "logits.shape[1]", logits.shape[1], f"num_classes={self.num_classes}"
+        )
         require(target.shape == logits.shape[:1], "target.shape", tuple(target.shape), f"({logits.shape[0]},)")
         require(not target.is_floating_point(), "target.dtype", target.dtype, "an integer dtype")
         if target.numel():
             lo, hi = int(target.min()), int(target.max())
-            require(lo >= 0 and hi < self.num_classes, "target", f"values in [{lo}, {hi}]",
-                    f"class indices in [0, {self.num_classes - 1}]")
+            require(
+                lo >= 0 and hi < self.num_classes,
+                "target",
+                f"values in [{lo}, {hi}]",
+                f"class indices in [0, {self.num_classes - 1}]",
+            )
         if self.needs_attention:
-            require(attention is not None, "attention", None,
-                    "the channel-attention vectors (B, channels) of a model with CAM")
-            require(attention.dim() == 2 and attention.shape[0] == logits.shape[0], "attention.shape",
-                    tuple(attention.shape), f"({logits.shape[0]}, channels)")
+            require(
+                attention is not None,
+                "attention",
+                None,
+                "the channel-attention vectors (B, channels) of a model with CAM",
+            )
+            require(
+                attention.dim() == 2 and attention.shape[0] == logits.shape[0],
+                "attention.shape",
+                tuple(attention.shape),
+                f"({logits.shape[0]}, channels)",
+            )

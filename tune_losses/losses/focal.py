@@ -23,8 +23,9 @@ class FocalLoss(ClassificationLoss):
         self.gamma = float(gamma)
         if alpha is not None:
             alpha = torch.as_tensor(alpha, dtype=torch.float64)
-            require(alpha.shape == (num_classes,), "alpha", list(alpha.shape),
-                    f"a list of {num_classes} per-class weights")
+            require(
+                alpha.shape == (num_classes,), "alpha", list(alpha.shape), f"a list of {num_classes} per-class weights"
+            )
             require(bool((alpha >= 0).all()), "alpha", alpha.tolist(), "non-negative weights")
         self.register_buffer("alpha", alpha)
 

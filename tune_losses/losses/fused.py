@@ -65,9 +65,14 @@ def _build():
 
 def _replicas_leading(info, in_dims, *args):
     """vmap rule: the batch dimension first in every tensor (unbatched ones expanded), as the kernels take it."""
-    return tuple(a if d is None and not isinstance(a, Tensor) else
-                 a.movedim(d, 0) if d is not None else a.expand(info.batch_size, *a.shape)
-                 for a, d in zip(args, in_dims))
+    return tuple(
+        a
+        if d is None and not isinstance(a, Tensor)
+        else a.movedim(d, 0)
+        if d is not None
+        else a.expand(info.batch_size, *a.shape)
+        for a, d in zip(args, in_dims)
+    )
 
 
 def _vmap_rule(op, outputs: int):
@@ -79,6 +84,7 @@ def _vmap_rule(op, outputs: int):
 
 def _fake(*like):
     """A fake kernel (shapes only, for torch.compile): the loss per replica, then gradients shaped like inputs."""
+
     def fake(logits, *args):
         inputs = (logits, *args)
         return (logits.new_empty(logits.shape[:-2]), *(torch.empty_like(inputs[i]) for i in like))
@@ -91,8 +97,11 @@ def _operators(module):
     and autograd kernels in C++; each returns the loss, then its gradients) given their vmap and fake rules. The
     module's functions of the same names return the loss alone."""
     ops = torch.ops.tune_losses
-    for op, outputs, like in ((ops.dal_loss.default, 2, (0,)), (ops.beta_gamma_loss.default, 2, (0,)),
-                              (ops.cc_loss.default, 3, (0, 2))):
+    for op, outputs, like in (
+        (ops.dal_loss.default, 2, (0,)),
+        (ops.beta_gamma_loss.default, 2, (0,)),
+        (ops.cc_loss.default, 3, (0, 2)),
+    ):
         torch.library.register_vmap(op, _vmap_rule(op, outputs))
         torch.library.register_fake(op, _fake(*like))
     return module
@@ -110,9 +119,12 @@ def kernels():
                 except Exception as exc:  # no compiler, no ninja, a failed build: same values, slower
                     lines = str(exc).strip().splitlines() or [repr(exc)]
                     reason = next((ln.strip() for ln in lines if "error" in ln.lower()), lines[-1])
-                    warnings.warn(f"tune_losses: the fused CPU loss kernels (DAL, beta/gamma, CC) could not be "
-                                  f"built ({reason}); using their tensor-expression versions (same values, "
-                                  f"slower on CPU)", stacklevel=2)
+                    warnings.warn(
+                        f"tune_losses: the fused CPU loss kernels (DAL, beta/gamma, CC) could not be "
+                        f"built ({reason}); using their tensor-expression versions (same values, "
+                        f"slower on CPU)",
+                        stacklevel=2,
+                    )
                 _resolved = True
     return _kernels
 

@@ -19,8 +19,11 @@ from .registry import register
 
 # name: (torchvision builder, its weights enum, channels of the last conv block); torchvision is imported when a
 # backbone is built, not with this module (a trial process that trains a small model never pays for it).
-_TORCHVISION = {"vgg16": ("vgg16", "VGG16_Weights", 512), "resnet18": ("resnet18", "ResNet18_Weights", 512),
-                "googlenet": ("googlenet", "GoogLeNet_Weights", 1024)}
+_TORCHVISION = {
+    "vgg16": ("vgg16", "VGG16_Weights", 512),
+    "resnet18": ("resnet18", "ResNet18_Weights", 512),
+    "googlenet": ("googlenet", "GoogLeNet_Weights", 1024),
+}
 
 
 class CAMNet(nn.Module):
@@ -62,8 +65,10 @@ def load_torchvision(name: str, weights: str | Path | None):
         return model, f"imagenet:{enum.DEFAULT}"
     path = Path(weights)
     if not path.is_file():
-        raise ValueError(f"weights={str(weights)!r} is not allowed: weights must be None, 'imagenet' or the path "
-                         f"of an existing .pth state dict (no file at {path})")
+        raise ValueError(
+            f"weights={str(weights)!r} is not allowed: weights must be None, 'imagenet' or the path "
+            f"of an existing .pth state dict (no file at {path})"
+        )
     model = factory(weights=None, **extra)
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = {k: v for k, v in state.items() if not k.startswith(("aux1.", "aux2."))}
@@ -83,18 +88,33 @@ def build_backbone(name: str, num_classes: int, cam: bool = False, weights=None,
         model.fc = nn.Linear(model.fc.in_features, num_classes)
         if in_channels != 3:
             model.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
-        trunk = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool,
-                              model.layer1, model.layer2, model.layer3, model.layer4)
+        trunk = nn.Sequential(
+            model.conv1, model.bn1, model.relu, model.maxpool, model.layer1, model.layer2, model.layer3, model.layer4
+        )
         net = CAMNet(trunk, nn.Sequential(model.avgpool, nn.Flatten(), model.fc), channels, cam)
     else:  # googlenet
         model.fc = nn.Linear(model.fc.in_features, num_classes)
         if in_channels != 3:
             model.conv1.conv = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         model.transform_input = False
-        trunk = nn.Sequential(model.conv1, model.maxpool1, model.conv2, model.conv3, model.maxpool2,
-                              model.inception3a, model.inception3b, model.maxpool3, model.inception4a,
-                              model.inception4b, model.inception4c, model.inception4d, model.inception4e,
-                              model.maxpool4, model.inception5a, model.inception5b)
+        trunk = nn.Sequential(
+            model.conv1,
+            model.maxpool1,
+            model.conv2,
+            model.conv3,
+            model.maxpool2,
+            model.inception3a,
+            model.inception3b,
+            model.maxpool3,
+            model.inception4a,
+            model.inception4b,
+            model.inception4c,
+            model.inception4d,
+            model.inception4e,
+            model.maxpool4,
+            model.inception5a,
+            model.inception5b,
+        )
         net = CAMNet(trunk, nn.Sequential(model.avgpool, nn.Flatten(), model.dropout, model.fc), channels, cam)
     net.weights_source = source
     return net

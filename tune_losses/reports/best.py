@@ -26,10 +26,12 @@ def best_trial(sweep: str, tracking_uri: str | None = None) -> dict:
     metric, mode = chosen_on(space), space["search"]["mode"]
     protocol = [line.removeprefix("- ") for line in statement(space, parent.data.params)]
     if metric is None:
-        raise ValueError(f"sweep={name!r} selects no config: it ran protocol {space.get('protocol')!r} with no "
-                         "validation split (its tables are test numbers per value). Allowed: a sweep of a space "
-                         "with protocol: standard and a validation metric (e.g. --set protocol=standard --set "
-                         "search.metric=val_acc)")
+        raise ValueError(
+            f"sweep={name!r} selects no config: it ran protocol {space.get('protocol')!r} with no "
+            "validation split (its tables are test numbers per value). Allowed: a sweep of a space "
+            "with protocol: standard and a validation metric (e.g. --set protocol=standard --set "
+            "search.metric=val_acc)"
+        )
     means = ranked(trial_table(runs, list(space["params"])), metric, mode)
     if means.empty:
         raise ValueError(f"sweep={name!r}: no completed trial to choose from")
@@ -37,16 +39,26 @@ def best_trial(sweep: str, tracking_uri: str | None = None) -> dict:
     with open(client.download_artifacts(run_id, "config.json")) as f:
         config = json.load(f)
     run = client.get_run(run_id)
-    return {"sweep": name, "sweep_run_id": parent.info.run_id, "trial_run_id": run_id, "trial": run.info.run_name,
-            "metric": metric, "split": split_of(metric), "value": float(means[run_id]), "protocol": protocol,
-            "train": config}
+    return {
+        "sweep": name,
+        "sweep_run_id": parent.info.run_id,
+        "trial_run_id": run_id,
+        "trial": run.info.run_name,
+        "metric": metric,
+        "split": split_of(metric),
+        "value": float(means[run_id]),
+        "protocol": protocol,
+        "train": config,
+    }
 
 
 def export(best: dict, path) -> Path:
     path = Path(path)
-    header = (f"# Best trial of sweep {best['sweep']}: {best['trial']} ({best['metric']} = {best['value']:.4f},\n"
-              f"# mean over repeats, {best['split']} split). Run it with: tune-losses train {path.name} "
-              "[--set epochs=300]\n" + "".join(f"# {line}\n" for line in best["protocol"]))
+    header = (
+        f"# Best trial of sweep {best['sweep']}: {best['trial']} ({best['metric']} = {best['value']:.4f},\n"
+        f"# mean over repeats, {best['split']} split). Run it with: tune-losses train {path.name} "
+        "[--set epochs=300]\n" + "".join(f"# {line}\n" for line in best["protocol"])
+    )
     body = {"from_sweep": best["sweep_run_id"], "from_trial": best["trial_run_id"], "train": best["train"]}
     path.write_text(header + yaml.safe_dump(body, sort_keys=False))
     return path

@@ -50,8 +50,11 @@ def importance(df: pd.DataFrame, params: list[str], metric: str, mode: str) -> p
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
     dists = {p: FloatDistribution(float(trials[p].min()), float(trials[p].max()) + 1e-9) for p in params}
     for _, row in trials.iterrows():
-        study.add_trial(optuna.trial.create_trial(params={p: float(row[p]) for p in params}, distributions=dists,
-                                                  value=float(row[metric])))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={p: float(row[p]) for p in params}, distributions=dists, value=float(row[metric])
+            )
+        )
     scores = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))
     return pd.DataFrame({"parameter": list(scores), "fanova_importance": list(scores.values())})
 
@@ -67,34 +70,53 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir=None, log:
     metric, mode = space["search"]["metric"], space["search"]["mode"]
     study, paper_dataset = space.get("study"), space.get("paper_dataset")
     df = trial_table(runs, list(space["params"]), sweep_names(client, runs))
-    report = Report(name, out, trials=df, counts=count_trials(trial_outcomes(runs)),
-                    protocol=statement(space, parent.data.params))
+    report = Report(
+        name, out, trials=df, counts=count_trials(trial_outcomes(runs)), protocol=statement(space, parent.data.params)
+    )
     dataset = space["train"]["dataset"]["name"]
     chooser = chosen_on(space)
-    lines = [f"# Report of sweep `{name}`", "",
-             f"{describe_trials(report.counts)}; {df.groupby('run_id').size().max() if len(df) else 0} "
-             f"replica(s) per trial; data set `{dataset}`, model `{space['train']['model']['name']}`, loss "
-             f"`{space['train']['loss']['name']}`, search metric `{metric}` ({mode}). Source: MLflow parent run "
-             f"`{parent.info.run_id}`.", "", "## Protocol and selection", "", *report.protocol, ""]
+    lines = [
+        f"# Report of sweep `{name}`",
+        "",
+        f"{describe_trials(report.counts)}; {df.groupby('run_id').size().max() if len(df) else 0} "
+        f"replica(s) per trial; data set `{dataset}`, model `{space['train']['model']['name']}`, loss "
+        f"`{space['train']['loss']['name']}`, search metric `{metric}` ({mode}). Source: MLflow parent run "
+        f"`{parent.info.run_id}`.",
+        "",
+        "## Protocol and selection",
+        "",
+        *report.protocol,
+        "",
+    ]
     by_sweep = df.drop_duplicates("run_id")["from_sweep"].value_counts()
     if len(by_sweep) > 1:  # warm-started: the earlier sweep's trials are in the tables, marked in from_sweep
         lines += ["Trials by sweep (warm start): " + ", ".join(f"`{k}` {v}" for k, v in by_sweep.items()) + ".", ""]
     if not paper_dataset:
-        lines += [f"These tables hold data set `{dataset}` with this space's protocol, not the paper's data set, "
-                  "so the paper's published numbers are not set beside them.", ""]
+        lines += [
+            f"These tables hold data set `{dataset}` with this space's protocol, not the paper's data set, "
+            "so the paper's published numbers are not set beside them.",
+            "",
+        ]
     bad = df.drop_duplicates("run_id")
     bad = bad[bad["status"].isin(["diverged", "error"])]
     if len(bad):
-        lines += ["Trials that did not finish:", ""] + [f"- `{r.trial}`: {r.status} ({r.reason})"
-                                                        for r in bad.itertuples()] + [""]
+        lines += (
+            ["Trials that did not finish:", ""]
+            + [f"- `{r.trial}`: {r.status} ({r.reason})" for r in bad.itertuples()]
+            + [""]
+        )
 
     def save(key: str, table: pd.DataFrame, title: str, note: str = ""):
         report.tables[key] = table
         table.to_csv(out / f"{key}.csv", index=key.startswith("grid"))
-        table.reset_index().to_parquet(out / f"{key}.parquet") if key.startswith("grid") else \
-            table.to_parquet(out / f"{key}.parquet")
-        lines.extend([f"## {title}", ""] + ([note, ""] if note else []) +
-                     [table.to_markdown(index=key.startswith("grid"), floatfmt=".4g"), ""])
+        table.reset_index().to_parquet(out / f"{key}.parquet") if key.startswith("grid") else table.to_parquet(
+            out / f"{key}.parquet"
+        )
+        lines.extend(
+            [f"## {title}", ""]
+            + ([note, ""] if note else [])
+            + [table.to_markdown(index=key.startswith("grid"), floatfmt=".4g"), ""]
+        )
 
     def figure(path: Path):
         report.figures.append(path)
@@ -115,13 +137,21 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir=None, log:
                 continue
             table, source = with_paper(table, p, study, paper_dataset)
             key = f"{p.split('.')[-1]}_{m}"
-            save(key, as_percent(table), f"{m} vs {p}" + (f" at {fixed}" if fixed else ""),
-                 f"Percent, {m} per value. `is_best`: the best mean in this table (a description of the table, "
-                 "not a selection); `distinguishable`: the value's replicas differ from that value's (Welch "
-                 "t-test, Benjamini-Hochberg corrected, alpha 0.05); empty without repeats."
-                 + (" Trials stopped early by ASHA count with their values at the epoch they stopped (`epochs` in "
-                    "trials_per_replica.csv)." if subset["stopped_early"].any() else "")
-                 + (f" {source}" if source else ""))
+            save(
+                key,
+                as_percent(table),
+                f"{m} vs {p}" + (f" at {fixed}" if fixed else ""),
+                f"Percent, {m} per value. `is_best`: the best mean in this table (a description of the table, "
+                "not a selection); `distinguishable`: the value's replicas differ from that value's (Welch "
+                "t-test, Benjamini-Hochberg corrected, alpha 0.05); empty without repeats."
+                + (
+                    " Trials stopped early by ASHA count with their values at the epoch they stopped (`epochs` in "
+                    "trials_per_replica.csv)."
+                    if subset["stopped_early"].any()
+                    else ""
+                )
+                + (f" {source}" if source else ""),
+            )
             png = out / f"{key}_box.png"
             plots.boxplot_png(subset[subset["status"] == "completed"], p, m, png, f"{m} per {p}")
             figure(png)
@@ -136,10 +166,18 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir=None, log:
         figure(png)
     if continuous or len(by_sweep) > 1:  # warm-started: every trial is listed with the sweep it ran in
         trials = df.groupby("run_id", as_index=False).agg(
-            {**{p: "first" for p in params}, metric: "mean", "trial": "first",
-             **({"from_sweep": "first"} if len(by_sweep) > 1 else {})})
-        save("trials", trials.sort_values(metric, ascending=mode == "min").reset_index(drop=True),
-             f"trials by {metric} (mean over replicas)")
+            {
+                **{p: "first" for p in params},
+                metric: "mean",
+                "trial": "first",
+                **({"from_sweep": "first"} if len(by_sweep) > 1 else {}),
+            }
+        )
+        save(
+            "trials",
+            trials.sort_values(metric, ascending=mode == "min").reset_index(drop=True),
+            f"trials by {metric} (mean over replicas)",
+        )
     if continuous:
         if len(trials) >= 4:
             try:
@@ -156,15 +194,20 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir=None, log:
     elif len(chosen):
         rid = chosen.index[0]
         also = f", {metrics[0]} = {df[df['run_id'] == rid][metrics[0]].mean():.4g}" if metrics[0] != chooser else ""
-        lines += [f"**Best config** (selected on `{chooser}`, {split_of(chooser)} split, mean over replicas): "
-                  f"`{names[rid]}`, {chooser} = {chosen.iloc[0]:.4g}{also}.", ""]
+        lines += [
+            f"**Best config** (selected on `{chooser}`, {split_of(chooser)} split, mean over replicas): "
+            f"`{names[rid]}`, {chooser} = {chosen.iloc[0]:.4g}{also}.",
+            "",
+        ]
     # the curves of the best and worst configs by the selecting metric, else (nothing selected) by the table's
     by = chooser or metrics[0]
     finished = chosen if chooser else ranked(df, by, mode if by == metric else "max")
     if len(finished):
         ends = [finished.index[0], finished.index[-1]]
-        curves = {f"{label}: {names[rid]}": h for label, rid, h in
-                  zip(("best", "worst"), ends, histories(client, ends).values())}
+        curves = {
+            f"{label}: {names[rid]}": h
+            for label, rid, h in zip(("best", "worst"), ends, histories(client, ends).values())
+        }
         png = out / "learning_curves_best_worst.png"
         key = "val_acc" if any(h["val_acc"].notna().any() for h in curves.values()) else "test_acc"
         lines += [f"Learning curves ({key}) of the best and worst configs by mean `{by}`:", ""]

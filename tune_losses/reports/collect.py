@@ -30,8 +30,9 @@ def sweep_runs(sweep: str, tracking_uri: str | None = None):
         try:
             parent = c.get_run(sweep)
         except Exception:
-            raise ValueError(f"sweep={sweep!r}: no sweep of that name or run id in "
-                             f"{tracking.redact(c.tracking_uri)}") from None
+            raise ValueError(
+                f"sweep={sweep!r}: no sweep of that name or run id in {tracking.redact(c.tracking_uri)}"
+            ) from None
     runs = tracking.trial_runs(c, parent.info.run_id, parent.info.experiment_id)
     runs = list(runs) + earlier_runs(c, parent)  # --warm-start: the earlier sweep's trials are part of this one
     path = c.download_artifacts(parent.info.run_id, "space/resolved_space.json")
@@ -54,10 +55,17 @@ def trial_table(runs, swept: list[str], sweeps: dict | None = None) -> pd.DataFr
         replicas = sorted({int(x.group(1)) for k in m if (x := re.match(r"test_acc_r(\d+)$", k))}) or [None]
         for r in replicas:
             suffix = "" if r is None else f"_r{r}"
-            row = {"run_id": run.info.run_id, "trial": run.info.run_name, "replica": r or 0, **values,
-                   "status": tags.get("status", ""), "stopped_early": tags.get("stopped_early") == "true",
-                   "epochs": int(tags.get("stopped_at_epoch", 0)) or None, "reason": tags.get("reason", ""),
-                   "from_sweep": (sweeps or {}).get(tags.get("mlflow.parentRunId"), tags.get("tune_losses.sweep"))}
+            row = {
+                "run_id": run.info.run_id,
+                "trial": run.info.run_name,
+                "replica": r or 0,
+                **values,
+                "status": tags.get("status", ""),
+                "stopped_early": tags.get("stopped_early") == "true",
+                "epochs": int(tags.get("stopped_at_epoch", 0)) or None,
+                "reason": tags.get("reason", ""),
+                "from_sweep": (sweeps or {}).get(tags.get("mlflow.parentRunId"), tags.get("tune_losses.sweep")),
+            }
             for key in FINAL:
                 row[key] = m.get(key + suffix, m.get(key))
             rows.append(row)

@@ -36,8 +36,10 @@ def _table(lines: list[str]) -> str:
     head, rule, body = _cells(lines[0]), _cells(lines[1]), [_cells(r) for r in lines[2:]]
     align = ["right" if r.endswith(":") and not r.startswith(":") else "left" for r in rule]
     th = "".join(f"<th>{_inline(c)}</th>" for c in head)
-    rows = "".join("<tr>" + "".join(f'<td style="text-align:{a}">{_inline(c)}</td>' for c, a in zip(row, align))
-                   + "</tr>\n" for row in body)
+    rows = "".join(
+        "<tr>" + "".join(f'<td style="text-align:{a}">{_inline(c)}</td>' for c, a in zip(row, align)) + "</tr>\n"
+        for row in body
+    )
     return f"<table>\n<thead><tr>{th}</tr></thead>\n<tbody>\n{rows}</tbody>\n</table>"
 
 
@@ -82,8 +84,10 @@ def to_html(markdown: str, directory: Path, title: str) -> str:
                 i += 1
             out.append(f"<p>{_inline(' '.join(para))}</p>")
     body = "\n".join(out)
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>'
-            f"\n<style>{STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>'
+        f"\n<style>{STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+    )
 
 
 def write_html(report) -> Path:

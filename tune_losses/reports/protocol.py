@@ -35,14 +35,24 @@ def parent_params(space: dict, splits=None) -> dict[str, str]:
     from tune_losses.data.splits import describe
 
     search, metric = space["search"], chosen_on(space)
-    out = {"protocol": space.get("protocol", "standard"), "selection.metric": metric or "none",
-           "selection.split": split_of(metric) if metric else "none",
-           "select_on_test": str(bool(search.get("select_on_test"))).lower()}
+    out = {
+        "protocol": space.get("protocol", "standard"),
+        "selection.metric": metric or "none",
+        "selection.split": split_of(metric) if metric else "none",
+        "select_on_test": str(bool(search.get("select_on_test"))).lower(),
+    }
     if search.get("select_on_test"):
         out["select_on_test_reason"] = search["select_on_test_reason"]
-    out.update(describe(splits) if splits is not None else
-               {"data.n_train": "per trial", "data.n_val": "per trial", "data.n_test": "per trial",
-                "data.split": "per trial (the data set is swept)"})
+    out.update(
+        describe(splits)
+        if splits is not None
+        else {
+            "data.n_train": "per trial",
+            "data.n_val": "per trial",
+            "data.n_test": "per trial",
+            "data.split": "per trial (the data set is swept)",
+        }
+    )
     return out
 
 
@@ -56,28 +66,40 @@ def statement(space: dict, params: dict) -> list[str]:
     protocol = params.get("protocol") or space.get("protocol", "standard")
     metric = chosen_on(space)
     sizes = ", ".join(f"{name} {_n(params, name)}" for name in ("training", "validation", "test"))
-    lines = [f"- Protocol `{protocol}`: " + (
-        "the paper's train / test split with nothing held out: the models train on the whole training part "
-        "(on the paper's data set, exactly the paper's training set); there is no validation split."
-        if protocol == "paper" else "validation data is held out of the training part."),
-        f"- Data: {sizes}; split: {params.get('data.split', 'not recorded')}."]
+    lines = [
+        f"- Protocol `{protocol}`: "
+        + (
+            "the paper's train / test split with nothing held out: the models train on the whole training part "
+            "(on the paper's data set, exactly the paper's training set); there is no validation split."
+            if protocol == "paper"
+            else "validation data is held out of the training part."
+        ),
+        f"- Data: {sizes}; split: {params.get('data.split', 'not recorded')}.",
+    ]
     if metric is None:
-        lines.append("- Selection: none. This sweep has no validation split, so it chooses no config (no "
-                     "`best_config`, `tune-losses best` refuses); to choose one, run the space with "
-                     "`protocol: standard` and a validation metric.")
+        lines.append(
+            "- Selection: none. This sweep has no validation split, so it chooses no config (no "
+            "`best_config`, `tune-losses best` refuses); to choose one, run the space with "
+            "`protocol: standard` and a validation metric."
+        )
     else:
         split = split_of(metric)
         line = f"- Selection: the best config is chosen on `{metric}` ({split} split, {_n(params, split)})"
         if split == "test":
             reason = space["search"].get("select_on_test_reason")
-            line += (f", by explicit opt-in (`search.select_on_test`): {reason}" if reason else
-                     ", without the opt-in (a sweep recorded before selection on test data needed one)")
+            line += (
+                f", by explicit opt-in (`search.select_on_test`): {reason}"
+                if reason
+                else ", without the opt-in (a sweep recorded before selection on test data needed one)"
+            )
             line += ". A config chosen on the test split has seen the data its test numbers come from"
         lines.append(line + ".")
     tables = ", ".join(f"`{m}`" for m in table_metrics(space))
     kinds = sorted({split_of(m) for m in table_metrics(space)})
-    lines.append(f"- Tables: {tables} per value on the {' and '.join(kinds)} split "
-                 f"({', '.join(_n(params, k) for k in kinds)}); no selection is involved in a table.")
+    lines.append(
+        f"- Tables: {tables} per value on the {' and '.join(kinds)} split "
+        f"({', '.join(_n(params, k) for k in kinds)}); no selection is involved in a table."
+    )
     return lines
 
 
@@ -104,6 +126,8 @@ def trial_outcomes(runs) -> list[tuple[str, bool]]:
 
 
 def describe_trials(counts: dict) -> str:
-    text = (f"{counts['trials']} trials: {counts['completed']} completed, {counts['stopped_early']} stopped early "
-            f"by ASHA, {counts['diverged']} diverged, {counts['failed']} failed")
+    text = (
+        f"{counts['trials']} trials: {counts['completed']} completed, {counts['stopped_early']} stopped early "
+        f"by ASHA, {counts['diverged']} diverged, {counts['failed']} failed"
+    )
     return text + (f", {counts['unfinished']} unfinished" if counts.get("unfinished") else "")

@@ -10,12 +10,21 @@ HERE = Path(__file__).resolve().parent.parent / "reference"
 
 # study -> (CSV, the swept parameter's column there, {paper data set: [(our column, their column, scale)]})
 STUDIES = {
-    "dal_a": ("dal_table2.csv", "a", {"LabelMe": [("mean", "mean_percent", 100), ("max", "max_percent", 100),
-                                                  ("min", "min_percent", 100)]}),
-    "cc_lambda": ("cc_loss_lambda.csv", "lambda", {
-        d: [("mean", f"{d}_percent", 100), ("std", f"{d}_std", 100)] for d in ("mnist", "cifar100", "cars196")}),
-    "cc_batch": ("cc_loss_batch.csv", "batch_size", {
-        d: [("mean", f"{d}_percent", 100), ("std", f"{d}_std", 100)] for d in ("cifar100", "cars196")}),
+    "dal_a": (
+        "dal_table2.csv",
+        "a",
+        {"LabelMe": [("mean", "mean_percent", 100), ("max", "max_percent", 100), ("min", "min_percent", 100)]},
+    ),
+    "cc_lambda": (
+        "cc_loss_lambda.csv",
+        "lambda",
+        {d: [("mean", f"{d}_percent", 100), ("std", f"{d}_std", 100)] for d in ("mnist", "cifar100", "cars196")},
+    ),
+    "cc_batch": (
+        "cc_loss_batch.csv",
+        "batch_size",
+        {d: [("mean", f"{d}_percent", 100), ("std", f"{d}_std", 100)] for d in ("cifar100", "cars196")},
+    ),
 }
 
 

@@ -34,5 +34,11 @@ def versus_best(groups: dict, mode: str = "max", alpha: float = 0.05) -> pd.Data
     corrected = np.full_like(pvals, np.nan)
     if tested.any():
         corrected[tested] = stats.false_discovery_control(pvals[tested])
-    return pd.DataFrame({"value": rows, "is_best": [r == best for r in rows], "p_vs_best": corrected,
-                         "distinguishable": [bool(q < alpha) if not np.isnan(q) else None for q in corrected]})
+    return pd.DataFrame(
+        {
+            "value": rows,
+            "is_best": [r == best for r in rows],
+            "p_vs_best": corrected,
+            "distinguishable": [bool(q < alpha) if not np.isnan(q) else None for q in corrected],
+        }
+    )

@@ -16,8 +16,18 @@ def grouped(df: pd.DataFrame, param: str, metric: str, mode: str) -> pd.DataFram
     value is distinguishable from the best one (Welch t-test, BH-corrected)."""
     ok = df[df["status"] == "completed"]
     groups = {v: g[metric].dropna().to_numpy() for v, g in ok.groupby(param)}
-    rows = [{param: v, "mean": s.mean(), "std": s.std(ddof=1) if len(s) > 1 else 0.0, "min": s.min(),
-             "max": s.max(), "n": len(s)} for v, s in groups.items() if len(s)]
+    rows = [
+        {
+            param: v,
+            "mean": s.mean(),
+            "std": s.std(ddof=1) if len(s) > 1 else 0.0,
+            "min": s.min(),
+            "max": s.max(),
+            "n": len(s),
+        }
+        for v, s in groups.items()
+        if len(s)
+    ]
     table = pd.DataFrame(rows)
     if table.empty:
         return table

@@ -26,8 +26,9 @@ def draw_trial_figures(client, runs) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             if "confusion_matrix.png" not in present and "confusion_matrix.json" in present:
-                confusion = json.loads(Path(client.download_artifacts(rid, "confusion_matrix.json", str(tmp)))
-                                       .read_text())
+                confusion = json.loads(
+                    Path(client.download_artifacts(rid, "confusion_matrix.json", str(tmp))).read_text()
+                )
                 plots.confusion_png(confusion, tmp / "confusion_matrix.png")
             curves = histories(client, [rid])[rid]
             if "learning_curves.png" not in present and len(curves):

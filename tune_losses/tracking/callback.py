@@ -121,8 +121,13 @@ class LedgerCallback(Callback):
     def on_trial_recover(self, iteration, trials, trial, **info):  # it raised; Ray retries it
         self._retries[trial.trial_id] = self._retries.get(trial.trial_id, 0) + 1
         n = self._retries[trial.trial_id]
-        self._write("a retry", trial, lambda run_id: self.ledger.set_tags(
-            run_id, {"retries": n, "status": "retrying", "last_error": error_text(trial)}))
+        self._write(
+            "a retry",
+            trial,
+            lambda run_id: self.ledger.set_tags(
+                run_id, {"retries": n, "status": "retrying", "last_error": error_text(trial)}
+            ),
+        )
 
     def on_trial_error(self, iteration, trials, trial, **info):
         if self.interrupted is not None and self.interrupted.is_set():

@@ -33,14 +33,34 @@ log = logging.getLogger(__name__)
 
 KEY_TAG = "tune_losses.trial_key"
 #: error codes of an MlflowException that say "this request is wrong", never worth a retry
-REFUSED = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE",
-           "PERMISSION_DENIED", "UNAUTHENTICATED", "BAD_REQUEST", "ENDPOINT_NOT_FOUND", "NOT_IMPLEMENTED",
-           "FEATURE_DISABLED", "CUSTOMER_UNAUTHORIZED"}
+REFUSED = {
+    "INVALID_PARAMETER_VALUE",
+    "RESOURCE_DOES_NOT_EXIST",
+    "RESOURCE_ALREADY_EXISTS",
+    "INVALID_STATE",
+    "PERMISSION_DENIED",
+    "UNAUTHENTICATED",
+    "BAD_REQUEST",
+    "ENDPOINT_NOT_FOUND",
+    "NOT_IMPLEMENTED",
+    "FEATURE_DISABLED",
+    "CUSTOMER_UNAUTHORIZED",
+}
 #: what a store says when it is only busy, whatever its error code
 BUSY_MESSAGES = ("QueuePool limit", "database is locked", "too many connections", "Too many connections")
 #: result keys that Ray Tune adds and that are not the trial's metrics
-RAY_KEYS = {"epoch", "training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "pid",
-            "time_since_restore", "iterations_since_restore", "done", "replayed"}
+RAY_KEYS = {
+    "epoch",
+    "training_iteration",
+    "time_this_iter_s",
+    "time_total_s",
+    "timestamp",
+    "pid",
+    "time_since_restore",
+    "iterations_since_restore",
+    "done",
+    "replayed",
+}
 
 
 def trial_key(config: dict) -> str:
@@ -58,8 +78,16 @@ def transient(exc: BaseException) -> bool:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError,
-                            TimeoutError, sqlalchemy.exc.OperationalError)):
+        if isinstance(
+            exc,
+            (
+                requests.exceptions.ConnectionError,
+                requests.exceptions.Timeout,
+                ConnectionError,
+                TimeoutError,
+                sqlalchemy.exc.OperationalError,
+            ),
+        ):
             return True
         if isinstance(exc, MlflowException):
             # a server whose database connections are all busy answers BAD_REQUEST: a busy store, not a bad request
@@ -78,11 +106,15 @@ def retrying(fn, *args, seconds: float | None = None, **kwargs):
     seconds = retry_seconds() if seconds is None else seconds
 
     def warn(state):
-        log.warning("MLflow call %s failed (%s); retrying", getattr(fn, "__name__", fn),
-                    state.outcome.exception())
+        log.warning("MLflow call %s failed (%s); retrying", getattr(fn, "__name__", fn), state.outcome.exception())
 
-    for attempt in Retrying(retry=retry_if_exception(transient), stop=stop_after_delay(seconds),
-                            wait=wait_exponential(multiplier=0.5, max=5), before_sleep=warn, reraise=True):
+    for attempt in Retrying(
+        retry=retry_if_exception(transient),
+        stop=stop_after_delay(seconds),
+        wait=wait_exponential(multiplier=0.5, max=5),
+        before_sleep=warn,
+        reraise=True,
+    ):
         with attempt:
             return fn(*args, **kwargs)
     raise AssertionError("unreachable")
@@ -123,8 +155,9 @@ class Ledger:
         filt = f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'" + (f" and {extra}" if extra else "")
         runs, token = [], None
         while True:
-            page = self.call("search_runs", [self.experiment_id], filter_string=filt, max_results=1000,
-                             page_token=token)
+            page = self.call(
+                "search_runs", [self.experiment_id], filter_string=filt, max_results=1000, page_token=token
+            )
             runs.extend(page)
             token = page.token
             if not token:
@@ -135,8 +168,12 @@ class Ledger:
         deleted, so every reader sees one run per trial."""
         runs = sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
         for dup in runs[1:]:
-            log.warning("deleting duplicate run %s of trial key %s (kept %s)", dup.info.run_id,
-                        runs[0].data.tags.get(KEY_TAG), runs[0].info.run_id)
+            log.warning(
+                "deleting duplicate run %s of trial key %s (kept %s)",
+                dup.info.run_id,
+                runs[0].data.tags.get(KEY_TAG),
+                runs[0].info.run_id,
+            )
             self.call("delete_run", dup.info.run_id)
         return runs[0]
 
@@ -148,9 +185,15 @@ class Ledger:
         return {k: self._record(self._canonical(v)) for k, v in by_key.items()}
 
     def _record(self, run) -> TrialRecord:
-        return TrialRecord(run.info.run_id, run.data.tags.get(KEY_TAG, ""), run.info.status,
-                           last_step=int(run.data.metrics.get("epoch", 0) or 0), metrics=dict(run.data.metrics),
-                           tags=dict(run.data.tags), params=dict(run.data.params))
+        return TrialRecord(
+            run.info.run_id,
+            run.data.tags.get(KEY_TAG, ""),
+            run.info.status,
+            last_step=int(run.data.metrics.get("epoch", 0) or 0),
+            metrics=dict(run.data.metrics),
+            tags=dict(run.data.tags),
+            params=dict(run.data.params),
+        )
 
     # --- a trial's run ----------------------------------------------------------------------------------------
     def find_or_create(self, key: str, name: str, tags: dict) -> TrialRecord:
@@ -170,20 +213,25 @@ class Ledger:
         return self._record(self._canonical(found))
 
     def log_params(self, run_id: str, params: dict) -> None:
-        items = [Param(k, v if isinstance(v, str) else json.dumps(v) if isinstance(v, (list, dict)) else str(v))
-                 for k, v in params.items()]
+        items = [
+            Param(k, v if isinstance(v, str) else json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+            for k, v in params.items()
+        ]
         for i in range(0, len(items), 100):
-            self.call("log_batch", run_id, params=items[i:i + 100])
+            self.call("log_batch", run_id, params=items[i : i + 100])
 
     def log_epoch(self, run_id: str, result: dict, step: int) -> None:
         """One epoch's numeric results as metrics at ``step``; the ``epoch`` metric, which marks the epoch as
         recorded, goes in the last batch (MLflow takes at most 1000 metrics per call)."""
         ts = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), ts, step) for k, v in result.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in RAY_KEYS]
+        metrics = [
+            Metric(k, float(v), ts, step)
+            for k, v in result.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in RAY_KEYS
+        ]
         metrics.append(Metric("epoch", float(step), ts, step))
         for i in range(0, len(metrics), 1000):
-            self.call("log_batch", run_id, metrics=metrics[i:i + 1000])
+            self.call("log_batch", run_id, metrics=metrics[i : i + 1000])
 
     def set_tags(self, run_id: str, tags: dict) -> None:
         self.call("log_batch", run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])

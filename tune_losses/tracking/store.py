@@ -66,8 +66,11 @@ def check_uri(uri: str, option: str | None = None) -> None:
     is a directory. Nothing is opened or created."""
     option, shown = option or option_for(uri), redact(uri)
     schemes = tracking_schemes()
-    allowed = ("allowed: " + ", ".join(f"{s}:" for s in (schemes or KNOWN_SCHEMES))
-               + " (a database as SCHEME+DRIVER://), or a local path")
+    allowed = (
+        "allowed: "
+        + ", ".join(f"{s}:" for s in (schemes or KNOWN_SCHEMES))
+        + " (a database as SCHEME+DRIVER://), or a local path"
+    )
     scheme = uri.split("://")[0].lower() if "://" in uri else ""
     if scheme in UNSERVED:
         raise ValueError(f"{option}={shown!r}: MLflow serves {scheme}: as a model registry only; {allowed}")
@@ -75,8 +78,9 @@ def check_uri(uri: str, option: str | None = None) -> None:
         try:
             _store_registry().get_store_builder(uri)
         except Exception as exc:  # UnsupportedModelRegistryStoreURIException, MlflowException (a bad database URI)
-            raise ValueError(f"{option}={shown!r}: MLflow cannot serve this tracking URI "
-                             f"({type(exc).__name__}); {allowed}") from None
+            raise ValueError(
+                f"{option}={shown!r}: MLflow cannot serve this tracking URI ({type(exc).__name__}); {allowed}"
+            ) from None
     elif scheme.split("+")[0] not in KNOWN_SCHEMES + [""]:
         raise ValueError(f"{option}={shown!r}: MLflow cannot serve this tracking URI; {allowed}")
     if scheme.split("+")[0] in ("postgresql", "mysql", "mssql", "sqlite"):
@@ -85,13 +89,17 @@ def check_uri(uri: str, option: str | None = None) -> None:
         try:
             make_url(uri).get_dialect().import_dbapi()
         except Exception as exc:  # NoSuchModuleError (unknown driver), ImportError (driver not installed)
-            raise ValueError(f"{option}={shown!r}: its database driver cannot be loaded ({type(exc).__name__}: "
-                             f"{exc}); allowed: SCHEME+DRIVER:// with a driver SQLAlchemy knows and that is installed, "
-                             "e.g. postgresql+psycopg2:// or mysql+pymysql://") from None
+            raise ValueError(
+                f"{option}={shown!r}: its database driver cannot be loaded ({type(exc).__name__}: "
+                f"{exc}); allowed: SCHEME+DRIVER:// with a driver SQLAlchemy knows and that is installed, "
+                "e.g. postgresql+psycopg2:// or mysql+pymysql://"
+            ) from None
     db = _sqlite_path(uri)
     if db is not None and db.is_dir():
-        raise ValueError(f"{option}={shown!r}: {db} is a directory; allowed: the path of a SQLite file, "
-                         f"e.g. sqlite:///{db / 'mlflow.db'}")
+        raise ValueError(
+            f"{option}={shown!r}: {db} is a directory; allowed: the path of a SQLite file, "
+            f"e.g. sqlite:///{db / 'mlflow.db'}"
+        )
 
 
 def check_exists(uri: str, option: str | None = None) -> None:
@@ -101,8 +109,10 @@ def check_exists(uri: str, option: str | None = None) -> None:
     scheme = uri.split("://")[0].lower() if "://" in uri else ""
     local = db if db is not None else (Path(uri.removeprefix("file://")) if scheme in ("", "file") else None)
     if local is not None and not local.exists():
-        raise ValueError(f"{option}={shown!r}: no MLflow store exists there ({local} does not exist); allowed: "
-                         "the tracking URI a sweep recorded into (this command reads a store, it never makes one)")
+        raise ValueError(
+            f"{option}={shown!r}: no MLflow store exists there ({local} does not exist); allowed: "
+            "the tracking URI a sweep recorded into (this command reads a store, it never makes one)"
+        )
 
 
 def store_exists(uri: str) -> bool:
@@ -148,11 +158,15 @@ def find_sweep(c: MlflowClient, sweep: str, experiment: str = EXPERIMENT):
     exp = c.get_experiment_by_name(experiment)
     if exp is None:
         return None
-    runs = c.search_runs([exp.experiment_id], filter_string=f"tags.`tune_losses.sweep` = '{sweep}' "
-                         "and tags.`tune_losses.role` = 'sweep'", max_results=1)
+    runs = c.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`tune_losses.sweep` = '{sweep}' and tags.`tune_losses.role` = 'sweep'",
+        max_results=1,
+    )
     return runs[0] if runs else None
 
 
 def trial_runs(c: MlflowClient, parent_run_id: str, experiment_id_: str):
-    return c.search_runs([experiment_id_], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
-                         max_results=10000)
+    return c.search_runs(
+        [experiment_id_], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=10000
+    )

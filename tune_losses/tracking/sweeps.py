@@ -44,8 +44,14 @@ def parent_runs(c) -> list:
     exp = _experiment(c)
     if exp is None:
         return []
-    return list(c.search_runs([exp], filter_string="tags.`tune_losses.role` = 'sweep'", max_results=1000,
-                              order_by=["attributes.start_time DESC"]))
+    return list(
+        c.search_runs(
+            [exp],
+            filter_string="tags.`tune_losses.role` = 'sweep'",
+            max_results=1000,
+            order_by=["attributes.start_time DESC"],
+        )
+    )
 
 
 def find(c, sweep: str):
@@ -60,8 +66,10 @@ def find(c, sweep: str):
             parent = None
     if parent is None:
         names = sorted({r.data.tags.get("tune_losses.sweep", "?") for r in parent_runs(c)})
-        raise ValueError(f"sweep={sweep!r}: no sweep of that name or parent run id in {store.redact(c.tracking_uri)}"
-                         f" (sweeps there: {', '.join(names) or 'none'})")
+        raise ValueError(
+            f"sweep={sweep!r}: no sweep of that name or parent run id in {store.redact(c.tracking_uri)}"
+            f" (sweeps there: {', '.join(names) or 'none'})"
+        )
     return parent
 
 
@@ -156,31 +164,53 @@ def summary(c, parent, with_activity: bool = False) -> dict:
         elif run.info.status == "RUNNING":
             running.append(run)
         value = run.data.metrics.get(metric)
-        if value is not None and math.isfinite(value) and status != "error" and (
-                best is None or (value > best[0] if mode == "max" else value < best[0])):
-            values = {k.removeprefix("swept."): _value(v) for k, v in run.data.params.items()
-                      if k.startswith("swept.")}
+        if (
+            value is not None
+            and math.isfinite(value)
+            and status != "error"
+            and (best is None or (value > best[0] if mode == "max" else value < best[0]))
+        ):
+            values = {k.removeprefix("swept."): _value(v) for k, v in run.data.params.items() if k.startswith("swept.")}
             best = (value, values, run.info.run_name)
     start = parent.info.start_time / 1000 if parent.info.start_time else None
     end = parent.info.end_time / 1000 if parent.info.end_time else None
     state = _state(parent, trials)
-    out = {"name": tags.get("tune_losses.sweep", parent.info.run_id), "run_id": parent.info.run_id,
-           "experiment_id": parent.info.experiment_id, "state": state, "ended_by": tags.get("ended_by"),
-           "done": sum(counts.values()), "planned": planned_trials(c, parent), "counts": counts,
-           "running": [], "metric": metric, "mode": mode, "best": best, "started": start,
-           "duration": ((end if state != "running" and end else time.time()) - start) if start else None,
-           "warm_start": tags.get(WARM_START_TAG), "searcher": params.get("searcher"),
-           "epochs": int(params["epochs"]) if params.get("epochs", "").isdigit() else None}
-    last_seen = max([r.info.start_time or 0 for r in trials] + [r.info.end_time or 0 for r in trials] +
-                    [parent.info.start_time or 0]) / 1000
+    out = {
+        "name": tags.get("tune_losses.sweep", parent.info.run_id),
+        "run_id": parent.info.run_id,
+        "experiment_id": parent.info.experiment_id,
+        "state": state,
+        "ended_by": tags.get("ended_by"),
+        "done": sum(counts.values()),
+        "planned": planned_trials(c, parent),
+        "counts": counts,
+        "running": [],
+        "metric": metric,
+        "mode": mode,
+        "best": best,
+        "started": start,
+        "duration": ((end if state != "running" and end else time.time()) - start) if start else None,
+        "warm_start": tags.get(WARM_START_TAG),
+        "searcher": params.get("searcher"),
+        "epochs": int(params["epochs"]) if params.get("epochs", "").isdigit() else None,
+    }
+    last_seen = (
+        max(
+            [r.info.start_time or 0 for r in trials]
+            + [r.info.end_time or 0 for r in trials]
+            + [parent.info.start_time or 0]
+        )
+        / 1000
+    )
     if with_activity:
         for run in running:
             history = c.get_metric_history(run.info.run_id, metric)
             last = max(history, key=lambda m: m.step) if history else None
             if last is not None:
                 last_seen = max(last_seen, last.timestamp / 1000)
-            out["running"].append({"trial": run.info.run_name, "epoch": last.step if last else 0,
-                                   "value": last.value if last else None})
+            out["running"].append(
+                {"trial": run.info.run_name, "epoch": last.step if last else 0, "value": last.value if last else None}
+            )
     else:
         out["running"] = [{"trial": r.info.run_name} for r in running]
     out["last_activity"] = last_seen
@@ -207,30 +237,50 @@ def format_sweeps(rows: list[dict]) -> str:
     table = []
     for r in rows:
         best = r["best"]
-        table.append([r["name"], r["state"] + (f" ({r['ended_by']})" if r["ended_by"] not in (None, "completed")
-                                               and r["state"] == "finished" else ""),
-                      f"{r['done']}/{r['planned'] if r['planned'] is not None else '?'}",
-                      f"{r['metric']} {best[0]:.4g}" if best else "-", _fmt_values(best[1]) if best else "-",
-                      datetime.fromtimestamp(r["started"]).strftime("%Y-%m-%d %H:%M") if r["started"] else "?",
-                      _clock(r["duration"])])
-    return tabulate(table, headers=["sweep", "status", "trials", "best", "best config", "started", "duration"],
-                    tablefmt="simple", disable_numparse=True)
+        table.append(
+            [
+                r["name"],
+                r["state"]
+                + (
+                    f" ({r['ended_by']})"
+                    if r["ended_by"] not in (None, "completed") and r["state"] == "finished"
+                    else ""
+                ),
+                f"{r['done']}/{r['planned'] if r['planned'] is not None else '?'}",
+                f"{r['metric']} {best[0]:.4g}" if best else "-",
+                _fmt_values(best[1]) if best else "-",
+                datetime.fromtimestamp(r["started"]).strftime("%Y-%m-%d %H:%M") if r["started"] else "?",
+                _clock(r["duration"]),
+            ]
+        )
+    return tabulate(
+        table,
+        headers=["sweep", "status", "trials", "best", "best config", "started", "duration"],
+        tablefmt="simple",
+        disable_numparse=True,
+    )
 
 
 def format_status(s: dict) -> str:
-    ended = {"completed": "every trial ran", "time_budget": "its time budget was spent",
-             "plateau": "its best stopped improving (plateau)", "interrupted": "interrupted"}
+    ended = {
+        "completed": "every trial ran",
+        "time_budget": "its time budget was spent",
+        "plateau": "its best stopped improving (plateau)",
+        "interrupted": "interrupted",
+    }
     head = f"Sweep {s['name']}: {s['state']}"
     if s["state"] == "finished" and s["ended_by"]:
         head += f" ({ended.get(s['ended_by'], s['ended_by'])})"
     started = datetime.fromtimestamp(s["started"]).strftime("%Y-%m-%d %H:%M:%S") if s["started"] else "?"
     c = s["counts"]
-    lines = [head,
-             f"  started {started}, {'running for' if s['state'] == 'running' else 'ran'} {_clock(s['duration'])}; "
-             f"parent run {s['run_id']} (experiment {s['experiment_id']}) in {s.get('tracking_uri', '')}",
-             f"  trials: {s['done']} of {s['planned'] if s['planned'] is not None else '?'} done ({c['completed']} "
-             f"completed, {c['stopped early']} stopped early, {c['diverged']} diverged, {c['error']} failed), "
-             f"{len(s['running'])} running"]
+    lines = [
+        head,
+        f"  started {started}, {'running for' if s['state'] == 'running' else 'ran'} {_clock(s['duration'])}; "
+        f"parent run {s['run_id']} (experiment {s['experiment_id']}) in {s.get('tracking_uri', '')}",
+        f"  trials: {s['done']} of {s['planned'] if s['planned'] is not None else '?'} done ({c['completed']} "
+        f"completed, {c['stopped early']} stopped early, {c['diverged']} diverged, {c['error']} failed), "
+        f"{len(s['running'])} running",
+    ]
     if s["best"]:
         value, values, trial = s["best"]
         lines.append(f"  best {s['metric']}: {value:.4g} with {_fmt_values(values)} ({trial})")
@@ -242,8 +292,10 @@ def format_status(s: dict) -> str:
         lines.append(f"  running: {r['trial']}: epoch {r.get('epoch', 0)}{of}{value}")
     if s["state"] == "running":
         idle = time.time() - s["last_activity"]
-        lines.append(f"  last activity {_clock(idle)} ago" + (
-            " (if its driver was killed, continue it with `tune-losses sweep SPACE --resume`)" if idle > 600 else ""))
+        lines.append(
+            f"  last activity {_clock(idle)} ago"
+            + (" (if its driver was killed, continue it with `tune-losses sweep SPACE --resume`)" if idle > 600 else "")
+        )
     elif s["state"] == "interrupted":
         lines.append("  continue it with `tune-losses sweep SPACE --name NAME --resume`")
     return "\n".join(lines)

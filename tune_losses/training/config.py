@@ -77,8 +77,10 @@ def import_plugins(modules) -> None:
         try:
             importlib.import_module(module)
         except Exception as exc:  # ImportError, or the plugin's own error at import
-            raise ValueError(f"cannot import {module!r} ({type(exc).__name__}: {exc}); allowed: modules "
-                             "importable on the driver and on every Ray worker") from None
+            raise ValueError(
+                f"cannot import {module!r} ({type(exc).__name__}: {exc}); allowed: modules "
+                "importable on the driver and on every Ray worker"
+            ) from None
     return modules
 
 
@@ -98,7 +100,6 @@ class TrainConfig(Strict):
     vectorize: bool = True
     rowspace: bool = True  # the exact row-space reduction of the DAL head, where it applies
     device: Literal["auto", "cpu", "cuda"] = "auto"
-
 
 
 BACKBONES = ("vgg16", "resnet18", "googlenet")

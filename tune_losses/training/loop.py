@@ -43,15 +43,19 @@ def pick_device(name: str, gpu_ids=None, visible: str | None = None) -> torch.de
         return torch.device(name)
     if not gpu_ids:
         if name == "cuda":
-            raise ValueError("device='cuda' is not allowed in a trial that Ray assigned no GPU: set resources.gpu "
-                             "> 0 in the search space, or device: auto or cpu")
+            raise ValueError(
+                "device='cuda' is not allowed in a trial that Ray assigned no GPU: set resources.gpu "
+                "> 0 in the search space, or device: auto or cpu"
+            )
         return torch.device("cpu")
     gpu = str(gpu_ids[0])
     visible = os.environ.get("CUDA_VISIBLE_DEVICES") if visible is None else visible
     entries = [v.strip() for v in visible.split(",")] if visible is not None else None
     if not torch.cuda.is_available() or (entries is not None and gpu not in entries):
-        raise ValueError(f"device={name!r}: Ray assigned this trial GPU {gpu}, which torch cannot use here "
-                         f"(CUDA available: {torch.cuda.is_available()}, CUDA_VISIBLE_DEVICES={visible!r})")
+        raise ValueError(
+            f"device={name!r}: Ray assigned this trial GPU {gpu}, which torch cannot use here "
+            f"(CUDA available: {torch.cuda.is_available()}, CUDA_VISIBLE_DEVICES={visible!r})"
+        )
     return torch.device("cuda", entries.index(gpu) if entries is not None else int(gpu))
 
 
@@ -93,8 +97,14 @@ def evaluate(replicas, splits, num_classes: int) -> tuple[dict, np.ndarray]:
     return out, confusion
 
 
-def train(config: dict | TrainConfig, report: Report | None = None, resume_from=None,
-          return_model: bool = False, splits=None, gpu_ids=None) -> dict:
+def train(
+    config: dict | TrainConfig,
+    report: Report | None = None,
+    resume_from=None,
+    return_model: bool = False,
+    splits=None,
+    gpu_ids=None,
+) -> dict:
     """Train ``repeats`` replicas for ``epochs`` epochs; after each epoch call ``report(metrics, state)``.
 
     ``metrics`` holds the epoch, the mean training loss and validation / test accuracy, macro-F1 and NMI (mean
@@ -111,8 +121,13 @@ def train(config: dict | TrainConfig, report: Report | None = None, resume_from=
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.model_validate(config)
     device = pick_device(cfg.device, gpu_ids)
     if splits is None:
-        splits = build_dataset(cfg.dataset.name, root=cfg.dataset.root, download=cfg.dataset.download,
-                               seed=cfg.data_seed, **cfg.dataset.options)
+        splits = build_dataset(
+            cfg.dataset.name,
+            root=cfg.dataset.root,
+            download=cfg.dataset.download,
+            seed=cfg.data_seed,
+            **cfg.dataset.options,
+        )
     example = splits.train.batch(slice(0, 2))[0].numpy()
     c = splits.num_classes
     mparams, lparams = model_params(cfg, splits.input_shape), dict(cfg.loss.params)  # CC takes `lambda` too
@@ -125,10 +140,15 @@ def train(config: dict | TrainConfig, report: Report | None = None, resume_from=
         rowspace = RowSpace(splits)
         splits = rowspace.reduce(splits)
         make_model = lambda: rowspace.reduce_model(full_model())  # noqa: E731  (same init, same seed)
-    replicas = make_replicas(make_model,
-                             lambda: build_loss(cfg.loss.name, num_classes=c, **lparams),
-                             [cfg.seed + i for i in range(cfg.repeats)], cfg.optimizer, c, device,
-                             vectorize=cfg.vectorize)
+    replicas = make_replicas(
+        make_model,
+        lambda: build_loss(cfg.loss.name, num_classes=c, **lparams),
+        [cfg.seed + i for i in range(cfg.repeats)],
+        cfg.optimizer,
+        c,
+        device,
+        vectorize=cfg.vectorize,
+    )
     start = 0
     if resume_from is not None:
         state = load_checkpoint(resume_from)
@@ -142,13 +162,21 @@ def train(config: dict | TrainConfig, report: Report | None = None, resume_from=
         losses, train_confusion = replicas.train_epoch(splits.train, cfg.batch_size)
         bad = [i for i, v in enumerate(losses.tolist()) if not math.isfinite(v)]
         if bad:
-            return {"status": "diverged", "epoch": epoch,
-                    "reason": f"training loss became {losses[bad[0]].item()} at epoch {epoch} "
-                              f"(replica seeds {[replicas.seeds[i] for i in bad]})"}
+            return {
+                "status": "diverged",
+                "epoch": epoch,
+                "reason": f"training loss became {losses[bad[0]].item()} at epoch {epoch} "
+                f"(replica seeds {[replicas.seeds[i] for i in bad]})",
+            }
         replicas.update_losses(train_confusion)
         metrics, confusion = evaluate(replicas, splits, c)
-        metrics = {"epoch": epoch, "device": str(device), "train_loss": float(losses.mean()), **metrics,
-                   "test_confusion": confusion.tolist()}
+        metrics = {
+            "epoch": epoch,
+            "device": str(device),
+            "train_loss": float(losses.mean()),
+            **metrics,
+            "test_confusion": confusion.tolist(),
+        }
         if replicas.k > 1:
             metrics.update({f"train_loss_r{i}": float(v) for i, v in enumerate(losses)})
         if report is not None:

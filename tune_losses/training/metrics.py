@@ -12,9 +12,9 @@ def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, num_classes: in
     """Counts, rows = true class, columns = predicted class (batched over leading replica dims)."""
     flat = y_true * num_classes + y_pred
     if flat.dim() == 1:
-        return torch.bincount(flat, minlength=num_classes ** 2).reshape(num_classes, num_classes)
-    offsets = torch.arange(flat.shape[0], device=flat.device)[:, None] * num_classes ** 2
-    counts = torch.bincount((flat + offsets).reshape(-1), minlength=flat.shape[0] * num_classes ** 2)
+        return torch.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
+    offsets = torch.arange(flat.shape[0], device=flat.device)[:, None] * num_classes**2
+    counts = torch.bincount((flat + offsets).reshape(-1), minlength=flat.shape[0] * num_classes**2)
     return counts.reshape(flat.shape[0], num_classes, num_classes)
 
 
@@ -28,5 +28,9 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, 
 
 def summarize(values) -> dict[str, float]:
     a = np.asarray(values, dtype=float)
-    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
-            "min": float(a.min()), "max": float(a.max())}
+    return {
+        "mean": float(a.mean()),
+        "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
+        "min": float(a.min()),
+        "max": float(a.max()),
+    }

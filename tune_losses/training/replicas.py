@@ -159,7 +159,7 @@ class Replicas:
         total = torch.zeros(self.k, dtype=torch.float64)
         confusion = torch.zeros(self.k, self.num_classes, self.num_classes, dtype=torch.long)
         for start in range(0, n, batch_size):
-            x, y = split.batch(perms[:, start:start + batch_size])  # (K, B, ...), (K, B)
+            x, y = split.batch(perms[:, start : start + batch_size])  # (K, B, ...), (K, B)
             x, y = x.to(self.device), y.to(self.device)
             loss_values, predictions = self.step(x, y)
             total += loss_values.detach().double().cpu() * y.shape[1]
@@ -223,8 +223,11 @@ class LoopReplicas(Replicas):
 
     def map_param(self, state, name, fn):
         index = [n for n, _ in self.models[0].named_parameters()].index(name)
-        return {**state, "models": [{**m, name: fn(m[name])} for m in state["models"]],
-                "optimizers": [self._map_optimizer(o, index, fn) for o in state["optimizers"]]}
+        return {
+            **state,
+            "models": [{**m, name: fn(m[name])} for m in state["models"]],
+            "optimizers": [self._map_optimizer(o, index, fn) for o in state["optimizers"]],
+        }
 
     def predict_batch(self, x):
         preds = []
@@ -234,9 +237,13 @@ class LoopReplicas(Replicas):
         return torch.stack(preds)
 
     def state_dict(self):
-        return {"models": [m.state_dict() for m in self.models], "losses": [lo.state_dict() for lo in self.losses],
-                "optimizers": [o.state_dict() for o in self.optimizers],
-                "generators": [g.get_state() for g in self.generators], "streams": self.streams.state_dict()}
+        return {
+            "models": [m.state_dict() for m in self.models],
+            "losses": [lo.state_dict() for lo in self.losses],
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "generators": [g.get_state() for g in self.generators],
+            "streams": self.streams.state_dict(),
+        }
 
     def load_state_dict(self, state):
         self.load_streams(state)
@@ -281,9 +288,11 @@ class VectorReplicas(Replicas):
         except RuntimeError as exc:
             if "random operation" not in str(exc):
                 raise
-            raise ValueError(f"vectorize=True is not allowed for model {type(self.base).__name__}: its forward draws "
-                             "random numbers outside nn.Dropout, which vmap cannot give each replica from its own "
-                             "stream; set vectorize: false") from None
+            raise ValueError(
+                f"vectorize=True is not allowed for model {type(self.base).__name__}: its forward draws "
+                "random numbers outside nn.Dropout, which vmap cannot give each replica from its own "
+                "stream; set vectorize: false"
+            ) from None
 
     def step(self, x, y):
         self.base.train()
@@ -312,8 +321,11 @@ class VectorReplicas(Replicas):
 
     def map_param(self, state, name, fn):
         index = list(self.params).index(name)
-        return {**state, "params": {**state["params"], name: fn(state["params"][name])},
-                "optimizer": self._map_optimizer(state["optimizer"], index, fn)}
+        return {
+            **state,
+            "params": {**state["params"], name: fn(state["params"][name])},
+            "optimizer": self._map_optimizer(state["optimizer"], index, fn),
+        }
 
     def predict_batch(self, x):
         self.base.eval()
@@ -321,9 +333,14 @@ class VectorReplicas(Replicas):
         return split_output(self._forward(xk))[0].argmax(dim=-1)
 
     def state_dict(self):
-        return {"params": {k: v.detach() for k, v in self.params.items()}, "buffers": dict(self.buffers),
-                "losses": [lo.state_dict() for lo in self.losses], "optimizer": self.optimizer.state_dict(),
-                "generators": [g.get_state() for g in self.generators], "streams": self.streams.state_dict()}
+        return {
+            "params": {k: v.detach() for k, v in self.params.items()},
+            "buffers": dict(self.buffers),
+            "losses": [lo.state_dict() for lo in self.losses],
+            "optimizer": self.optimizer.state_dict(),
+            "generators": [g.get_state() for g in self.generators],
+            "streams": self.streams.state_dict(),
+        }
 
     def load_state_dict(self, state):
         self.load_streams(state)

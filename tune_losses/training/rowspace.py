@@ -30,8 +30,13 @@ from tune_losses.data import Split, Splits
 def applies(cfg, splits: Splits) -> bool:
     n = len(splits.train) + len(splits.val) + len(splits.test)
     d = int(torch.tensor(splits.input_shape).prod())
-    exact = (cfg.model.name == "mlp" and cfg.optimizer.name == "sgd" and cfg.optimizer.weight_decay == 0
-             and d > 2 * n and splits.train.x.is_floating_point())
+    exact = (
+        cfg.model.name == "mlp"
+        and cfg.optimizer.name == "sgd"
+        and cfg.optimizer.weight_decay == 0
+        and d > 2 * n
+        and splits.train.x.is_floating_point()
+    )
     hidden = int(cfg.model.params.get("hidden", 32))
     return exact and 6 * len(splits.train) * hidden * cfg.epochs * cfg.repeats > 4 * n * n
 
@@ -82,8 +87,14 @@ class RowSpace:
         def coords(s: Split) -> Split:
             return Split(s.x.flatten(1) @ self.basis, s.y)  # flatten(1): an empty split too
 
-        return Splits(coords(splits.train), coords(splits.val), coords(splits.test), splits.num_classes,
-                      splits.class_names, {**splits.info, "rowspace_rank": self.basis.shape[1]})
+        return Splits(
+            coords(splits.train),
+            coords(splits.val),
+            coords(splits.test),
+            splits.num_classes,
+            splits.class_names,
+            {**splits.info, "rowspace_rank": self.basis.shape[1]},
+        )
 
     def reduce_model(self, model: nn.Sequential) -> nn.Sequential:
         """The DAL head (Flatten, Linear(D, H), ReLU, Linear(H, C)) with its first weight W replaced by W Q."""

@@ -13,8 +13,14 @@ from .config import TrainConfig, weights_used
 from .loop import train
 
 
-def train_and_record(cfg: TrainConfig, tracking_uri: str | None = None, name: str = "train",
-                     sweep_run_id: str | None = None, register: str | None = None, progress: bool = False) -> dict:
+def train_and_record(
+    cfg: TrainConfig,
+    tracking_uri: str | None = None,
+    name: str = "train",
+    sweep_run_id: str | None = None,
+    register: str | None = None,
+    progress: bool = False,
+) -> dict:
     """Train, log params / per-epoch metrics / the trained model (``mlflow.pytorch``) as one MLflow run, tagged
     with the sweep it came from; ``register`` also registers the model under that name. ``progress``: a tqdm bar
     over the epochs (on stderr) with the last validation accuracy."""
@@ -24,8 +30,11 @@ def train_and_record(cfg: TrainConfig, tracking_uri: str | None = None, name: st
     if sweep_run_id:
         tags["tune_losses.from_sweep"] = sweep_run_id
     run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
-    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in flatten(cfg.model_dump()).items()]
-                     + [Param("weights", weights_used(cfg.model_dump()))])
+    client.log_batch(
+        run_id,
+        params=[Param(k, str(v)) for k, v in flatten(cfg.model_dump()).items()]
+        + [Param("weights", weights_used(cfg.model_dump()))],
+    )
 
     bar = None
     if progress:
@@ -38,8 +47,14 @@ def train_and_record(cfg: TrainConfig, tracking_uri: str | None = None, name: st
             bar.update(metrics["epoch"] - bar.n)
             bar.set_postfix_str(f"val_acc {metrics.get('val_acc', float('nan')):.4f}")
         ts = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, float(v), ts, metrics["epoch"]) for k, v in metrics.items()
-                                          if isinstance(v, (int, float)) and k != "epoch"])
+        client.log_batch(
+            run_id,
+            metrics=[
+                Metric(k, float(v), ts, metrics["epoch"])
+                for k, v in metrics.items()
+                if isinstance(v, (int, float)) and k != "epoch"
+            ],
+        )
 
     try:
         result = train(cfg, report=report, return_model=True)
@@ -52,8 +67,13 @@ def train_and_record(cfg: TrainConfig, tracking_uri: str | None = None, name: st
         import mlflow.pytorch
 
         with mlflow.start_run(run_id=run_id):
-            mlflow.pytorch.log_model(model, name="model", registered_model_name=register,
-                                     input_example=example, pip_requirements=["torch", "tune_losses"])
+            mlflow.pytorch.log_model(
+                model,
+                name="model",
+                registered_model_name=register,
+                input_example=example,
+                pip_requirements=["torch", "tune_losses"],
+            )
     client.set_tag(run_id, "status", result["status"])
     if result.get("reason"):
         client.set_tag(run_id, "reason", result["reason"])

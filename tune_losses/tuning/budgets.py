@@ -67,7 +67,7 @@ class Budget(Callback):
             stoppers.append(_Recorded(TimeoutStopper(self.time_budget_s), "time_budget", self))
         if self.patience:
             stoppers.append(_Recorded(_PlateauStopper(self), "plateau", self))
-        self.stopper = (None if not stoppers else stoppers[0] if len(stoppers) == 1 else CombinedStopper(*stoppers))
+        self.stopper = None if not stoppers else stoppers[0] if len(stoppers) == 1 else CombinedStopper(*stoppers)
 
     # --- the plateau ------------------------------------------------------------------------------------------
     def plateaued(self) -> bool:
@@ -110,6 +110,8 @@ class Budget(Callback):
         if ended_by == "time_budget":
             return f"the time budget of {self.time_budget_s:g} s was spent"
         if ended_by == "plateau":
-            return (f"the best {self.metric} did not improve by more than {self.min_delta:g} for {self.patience} "
-                    "finished trials")
+            return (
+                f"the best {self.metric} did not improve by more than {self.min_delta:g} for {self.patience} "
+                "finished trials"
+            )
         return {"completed": "every trial ran", "interrupted": "interrupted"}[ended_by]

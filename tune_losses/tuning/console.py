@@ -34,6 +34,8 @@ def header(space, name: str) -> str:
     n = s.num_samples if s.searcher == "optuna" else grid_size(space) * s.num_samples
     budget = f", time budget {s.time_budget_s:g} s" if s.time_budget_s else ""
     budget += f", plateau stop after {s.plateau.patience} trials" if s.plateau else ""
-    return (f"Sweep {name!r}: {'up to ' if s.searcher == 'optuna' or budget else ''}{n} trials of {space.train.epochs} "
-            f"epochs ({space.train.loss.name} on {space.train.dataset.name}, {space.train.model.name}; "
-            f"{s.searcher}, {s.scheduler.name}; {s.max_concurrent} at a time{budget}). Starting Ray...")
+    return (
+        f"Sweep {name!r}: {'up to ' if s.searcher == 'optuna' or budget else ''}{n} trials of {space.train.epochs} "
+        f"epochs ({space.train.loss.name} on {space.train.dataset.name}, {space.train.model.name}; "
+        f"{s.searcher}, {s.scheduler.name}; {s.max_concurrent} at a time{budget}). Starting Ray..."
+    )

@@ -34,8 +34,7 @@ def check_writable(path: Path, what: str) -> None:
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         why = "is a file, not a directory" if not probe.is_dir() else "has no write permission"
-        raise SpaceError(f"{what}={str(path)!r} is not writable ({probe} {why}); "
-                         f"choose a directory you can write to")
+        raise SpaceError(f"{what}={str(path)!r} is not writable ({probe} {why}); choose a directory you can write to")
 
 
 def _reachable(host: str, port: int) -> str | None:
@@ -60,8 +59,10 @@ def check_tracking(uri: str, resume: bool, name: str) -> None:
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
         why = _reachable(parsed.hostname or "", port)
         if why:
-            raise SpaceError(f"{option}={shown!r}: no MLflow server answers at {parsed.hostname}:{port} "
-                             f"({why}); allowed: the URI of a running MLflow server, or a sqlite:/// path")
+            raise SpaceError(
+                f"{option}={shown!r}: no MLflow server answers at {parsed.hostname}:{port} "
+                f"({why}); allowed: the URI of a running MLflow server, or a sqlite:/// path"
+            )
     elif parsed.scheme.startswith(("postgresql", "mysql")) and parsed.hostname:
         why = _reachable(parsed.hostname, parsed.port or (5432 if parsed.scheme.startswith("postgresql") else 3306))
         if why:
@@ -70,8 +71,10 @@ def check_tracking(uri: str, resume: bool, name: str) -> None:
         db = Path(uri.removeprefix("sqlite:///"))
         check_writable(db.parent, option)
         if resume and not db.is_file():
-            raise SpaceError(f"--resume: no sweep named {name!r}: the tracking store {db} does not exist; "
-                             "allowed: the name of a sweep recorded in that store")
+            raise SpaceError(
+                f"--resume: no sweep named {name!r}: the tracking store {db} does not exist; "
+                "allowed: the name of a sweep recorded in that store"
+            )
 
 
 def check_ray_address(address: str | None, option: str = "--address") -> None:
@@ -80,12 +83,16 @@ def check_ray_address(address: str | None, option: str = "--address") -> None:
         return
     parsed = urlparse(address if "://" in address else f"ray://{address}")
     if not parsed.hostname or not parsed.port:
-        raise SpaceError(f"{option}={address!r} is not allowed: give HOST:PORT of a Ray head "
-                         "(e.g. 127.0.0.1:6379), ray://HOST:10001, or 'auto'")
+        raise SpaceError(
+            f"{option}={address!r} is not allowed: give HOST:PORT of a Ray head "
+            "(e.g. 127.0.0.1:6379), ray://HOST:10001, or 'auto'"
+        )
     why = _reachable(parsed.hostname, parsed.port)
     if why:
-        raise SpaceError(f"{option}={address!r}: no Ray cluster answers there ({why}); allowed: the address of a "
-                         f"running Ray head (`ray start --head` prints it), or no {option} for a local Ray")
+        raise SpaceError(
+            f"{option}={address!r}: no Ray cluster answers there ({why}); allowed: the address of a "
+            f"running Ray head (`ray start --head` prints it), or no {option} for a local Ray"
+        )
 
 
 def check_resources(space: Space, source: str, nodes: list[dict], where: str, waited: float = 0) -> None:
@@ -105,11 +112,15 @@ def check_resources(space: Space, source: str, nodes: list[dict], where: str, wa
                 allowed = f"0 to {largest[k]:g}" if largest[k] else "0 (no GPU found)"
             else:
                 allowed = f"> 0, up to {largest[k]:g}" if largest[k] else "none here: no node has a CPU to give"
-            raise SpaceError(f"{source}: resources.{k}: {v:g} {unit} per trial is more than {place} has "
-                             f"({largest[k]:g}){after}; allowed: {allowed}")
+            raise SpaceError(
+                f"{source}: resources.{k}: {v:g} {unit} per trial is more than {place} has "
+                f"({largest[k]:g}){after}; allowed: {allowed}"
+            )
     sizes = [{k: n.get(k, 0) for k in ("CPU", "GPU")} for n in nodes]
-    raise SpaceError(f"{source}: resources: {want['cpu']:g} CPU and {want['gpu']:g} GPU per trial: no node of the "
-                     f"{where} has both at once{after} (nodes: {sizes}); allowed: what one node has")
+    raise SpaceError(
+        f"{source}: resources: {want['cpu']:g} CPU and {want['gpu']:g} GPU per trial: no node of the "
+        f"{where} has both at once{after} (nodes: {sizes}); allowed: what one node has"
+    )
 
 
 def check_local_resources(space: Space, source: str, num_cpus: int | None, gpus: int) -> None:
@@ -142,8 +153,11 @@ def check_ray_resources(space: Space, source: str, where: str = "cluster", poll_
     except SpaceError:
         if wait <= 0:
             raise
-    print(f"No node of the {where} has {space.resources.cpu:g} CPU and {space.resources.gpu:g} GPU for one trial; "
-          f"waiting up to {wait:g} s ({RESOURCE_WAIT_ENV}) for an autoscaler to add one", flush=True)
+    print(
+        f"No node of the {where} has {space.resources.cpu:g} CPU and {space.resources.gpu:g} GPU for one trial; "
+        f"waiting up to {wait:g} s ({RESOURCE_WAIT_ENV}) for an autoscaler to add one",
+        flush=True,
+    )
     deadline = time.monotonic() + wait
     while True:
         time.sleep(min(poll_s, max(deadline - time.monotonic(), 0)))

@@ -100,8 +100,11 @@ class SweepProgress(Callback):
         return left
 
     def status(self) -> str:
-        counts = ", ".join(f"{n} {k}" for k, n in self.counts.items() if n or k in ("finished", "failed",
-                                                                                   "stopped by ASHA", "diverged"))
+        counts = ", ".join(
+            f"{n} {k}"
+            for k, n in self.counts.items()
+            if n or k in ("finished", "failed", "stopped by ASHA", "diverged")
+        )
         of = f" (of {self.total_trials})" if self.total_trials and self.total_trials < 10**9 else ""
         best = ""
         if self.value:  # every trial's last value, running ones too (as Ray's "current best trial")
@@ -114,8 +117,10 @@ class SweepProgress(Callback):
     def epochs_text(self, now: float) -> str:
         total = self.total_epochs
         eta = self.eta(now)
-        return (f"epochs {self.done}/{total if total is not None else '?'}, {_clock(now - (self.start or now))} "
-                f"elapsed, ETA {_clock(eta) if eta is not None else '?'}")
+        return (
+            f"epochs {self.done}/{total if total is not None else '?'}, {_clock(now - (self.start or now))} "
+            f"elapsed, ETA {_clock(eta) if eta is not None else '?'}"
+        )
 
     def say(self, text: str) -> None:
         if self.bars:
@@ -244,8 +249,10 @@ class SweepProgress(Callback):
                 bar.close()
             self.bars = None
         why = f" ({self.budget.describe()})" if self.budget is not None else ""
-        self.say(f"Sweep ended after {_clock(time.monotonic() - (self.start or time.monotonic()))}{why}: "
-                 f"{self.done} epochs run")
+        self.say(
+            f"Sweep ended after {_clock(time.monotonic() - (self.start or time.monotonic()))}{why}: "
+            f"{self.done} epochs run"
+        )
 
     def __getstate__(self):  # Ray snapshots callbacks with the experiment state: not the terminal's bars
         state = dict(self.__dict__)

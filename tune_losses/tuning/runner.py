@@ -43,8 +43,9 @@ class SweepResult:
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
         return out.stdout.strip() or "unknown"
     except OSError:
         return "unknown"
@@ -62,8 +63,12 @@ def _scheduler(space: Space):
     s = space.search.scheduler
     if s.name == "fifo":
         return FIFOScheduler()
-    return ASHAScheduler(time_attr="epoch", max_t=s.max_t or space.train.epochs, grace_period=s.grace_period,
-                         reduction_factor=s.reduction_factor)
+    return ASHAScheduler(
+        time_attr="epoch",
+        max_t=s.max_t or space.train.epochs,
+        grace_period=s.grace_period,
+        reduction_factor=s.reduction_factor,
+    )
 
 
 def param_space(space: Space) -> dict:
@@ -87,8 +92,12 @@ def grid_order(space: Space) -> list[dict] | None:
     a paper's grid listed in ascending order, with quality rising along it, would have every trial beat its
     predecessors and none stopped. None when the space is not such a grid or the scheduler is not ASHA."""
     s = space.search
-    if s.scheduler.name != "asha" or s.searcher != "grid" or not space.params or \
-            any(d.kind != "grid" for d in space.params.values()):
+    if (
+        s.scheduler.name != "asha"
+        or s.searcher != "grid"
+        or not space.params
+        or any(d.kind != "grid" for d in space.params.values())
+    ):
         return None
     paths = list(space.params)
     points = [dict(zip(paths, combo)) for combo in itertools.product(*(space.params[p].grid for p in paths))]
@@ -115,8 +124,9 @@ def _searcher(space: Space, ps: dict, done: list[TrialRecord], todo: list[TrialR
 
     dists = OptunaSearch.convert_search_space(ps)
     storage = optuna.storages.InMemoryStorage()
-    study = optuna.create_study(storage=storage, study_name=space.name,
-                                direction="maximize" if space.search.mode == "max" else "minimize")
+    study = optuna.create_study(
+        storage=storage, study_name=space.name, direction="maximize" if space.search.mode == "max" else "minimize"
+    )
 
     def point(record: TrialRecord) -> dict:
         return {f"params/{p}": json.loads(record.params[f"swept.{p}"]) for p in space.params}
@@ -154,15 +164,30 @@ def _create_parent(client, exp_id: str, name: str, tags: dict) -> str:
 
 def _parent_params(space: Space, uri: str, data=None) -> dict:
     s = space.search
-    params = {"searcher": s.searcher, "scheduler": s.scheduler.name, "num_samples": s.num_samples,
-              "metric": s.metric, "mode": s.mode, "max_concurrent": s.max_concurrent,
-              "swept": ",".join(space.params), "loss": space.train.loss.name, "dataset": space.train.dataset.name,
-              "model": space.train.model.name, "repeats": space.train.repeats, "epochs": space.train.epochs,
-              "tracking_uri": tracking.redact(uri), "search_seed": space.train.seed}
+    params = {
+        "searcher": s.searcher,
+        "scheduler": s.scheduler.name,
+        "num_samples": s.num_samples,
+        "metric": s.metric,
+        "mode": s.mode,
+        "max_concurrent": s.max_concurrent,
+        "swept": ",".join(space.params),
+        "loss": space.train.loss.name,
+        "dataset": space.train.dataset.name,
+        "model": space.train.model.name,
+        "repeats": space.train.repeats,
+        "epochs": space.train.epochs,
+        "tracking_uri": tracking.redact(uri),
+        "search_seed": space.train.seed,
+    }
     if s.scheduler.name == "asha":
-        params.update({"asha.max_t": s.scheduler.max_t or space.train.epochs,
-                       "asha.grace_period": s.scheduler.grace_period,
-                       "asha.reduction_factor": s.scheduler.reduction_factor})
+        params.update(
+            {
+                "asha.max_t": s.scheduler.max_t or space.train.epochs,
+                "asha.grace_period": s.scheduler.grace_period,
+                "asha.reduction_factor": s.scheduler.reduction_factor,
+            }
+        )
     from tune_losses.reports.protocol import parent_params
 
     params.update(parent_params(space.model_dump(mode="json"), data))  # protocol, selection, split sizes
@@ -175,21 +200,42 @@ def _parent_params(space: Space, uri: str, data=None) -> dict:
 def check_resumable(parent, space: Space, uri: str, source: str, data=None) -> None:
     """A resumed sweep must be the sweep it continues: the same search, data, model, loss and budget."""
     recorded = parent.data.params
-    changed = [f"{k}: {recorded[k]} in the sweep, {v} now" for k, v in _parent_params(space, uri, data).items()
-               if k in recorded and recorded[k] != v and k != "tracking_uri"]
+    changed = [
+        f"{k}: {recorded[k]} in the sweep, {v} now"
+        for k, v in _parent_params(space, uri, data).items()
+        if k in recorded and recorded[k] != v and k != "tracking_uri"
+    ]
     if changed:
-        raise SpaceError(f"{source}: --resume: this space differs from the one the sweep {parent.info.run_name!r} "
-                         "ran with:\n  " + "\n  ".join(changed) + "\nresume with the same space and --set "
-                         "options, or start a new sweep with another --name")
+        raise SpaceError(
+            f"{source}: --resume: this space differs from the one the sweep {parent.info.run_name!r} "
+            "ran with:\n  " + "\n  ".join(changed) + "\nresume with the same space and --set "
+            "options, or start a new sweep with another --name"
+        )
 
 
-def _start_parent(client, exp_id: str, space: Space, path: Path, text: str, name: str, uri: str,
-                  parent_id: str | None = None, data=None) -> str:
+def _start_parent(
+    client,
+    exp_id: str,
+    space: Space,
+    path: Path,
+    text: str,
+    name: str,
+    uri: str,
+    parent_id: str | None = None,
+    data=None,
+) -> str:
     """Create the parent run (or, resuming, complete one whose creation a kill cut short): params and the space
     file; every write may be repeated."""
     if parent_id is None:
-        tags = {"tune_losses.sweep": name, "tune_losses.role": "sweep", "mlflow.runName": name,
-                "git_commit": git_commit(), "space_file": str(path), "study": space.study or "", "status": "running"}
+        tags = {
+            "tune_losses.sweep": name,
+            "tune_losses.role": "sweep",
+            "mlflow.runName": name,
+            "git_commit": git_commit(),
+            "space_file": str(path),
+            "study": space.study or "",
+            "status": "running",
+        }
         parent_id = _create_parent(client, exp_id, name, tags)
     retrying(client.log_batch, parent_id, params=[Param(k, v) for k, v in _parent_params(space, uri, data).items()])
     with tempfile.TemporaryDirectory() as tmp:
@@ -262,12 +308,18 @@ class Interrupt:
 
     def _handle(self, sig, frame):
         if self.event.is_set():
-            print("\nInterrupted again: exiting now. Finished trials and checkpoints are kept; resume with --resume.",
-                  file=sys.stderr, flush=True)
+            print(
+                "\nInterrupted again: exiting now. Finished trials and checkpoints are kept; resume with --resume.",
+                file=sys.stderr,
+                flush=True,
+            )
             os._exit(130)
         self.event.set()
-        print("\nInterrupted: stopping the trials (each keeps its last checkpoint); Ctrl-C again to exit at once.",
-              file=sys.stderr, flush=True)
+        print(
+            "\nInterrupted: stopping the trials (each keeps its last checkpoint); Ctrl-C again to exit at once.",
+            file=sys.stderr,
+            flush=True,
+        )
 
     @contextlib.contextmanager
     def catching(self):
@@ -311,10 +363,21 @@ def _finish_runs(ledger: Ledger, results, epochs: int) -> None:
         ledger.set_status(run_id, "KILLED")
 
 
-def run_sweep(space_or_path, name: str | None = None, address: str | None = None, tracking_uri: str | None = None,
-              storage: str | None = None, resume: bool = False, dataset: str | None = None,
-              overrides: dict | None = None, verbose: int = 1, num_cpus: int | None = None,
-              make_report: bool = True, progress: bool = False, warm_start: str | None = None) -> SweepResult:
+def run_sweep(
+    space_or_path,
+    name: str | None = None,
+    address: str | None = None,
+    tracking_uri: str | None = None,
+    storage: str | None = None,
+    resume: bool = False,
+    dataset: str | None = None,
+    overrides: dict | None = None,
+    verbose: int = 1,
+    num_cpus: int | None = None,
+    make_report: bool = True,
+    progress: bool = False,
+    warm_start: str | None = None,
+) -> SweepResult:
     """Validate the space, start (or join) Ray, run the Tuner, record everything in MLflow, return a summary.
 
     MLflow is the sweep's ledger (tracking/ledger.py): every trial is one child run of the parent, found by a key
@@ -341,8 +404,11 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
     address_option = "--address" if address else "RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS") or None
     uri = tracking_uri or tracking.default_tracking_uri()
-    storage_path = str(Path(storage).resolve()) if storage and "://" not in storage else (
-        storage or str(tracking.run_dir() / "ray"))
+    storage_path = (
+        str(Path(storage).resolve())
+        if storage and "://" not in storage
+        else (storage or str(tracking.run_dir() / "ray"))
+    )
     remote_storage = "://" in storage_path
     # Everything that can be wrong is found here, before Ray starts or MLflow is written to.
     preflight.check_sweep_name(name)
@@ -364,8 +430,10 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
     if resume:
         check_resumable(parent, space, uri, str(path), data)
     if not resume and parent is not None:
-        raise SpaceError(f"--name: a sweep named {name!r} is already in {tracking.redact(uri)}; continue it with "
-                         "--resume, or give this one another --name")
+        raise SpaceError(
+            f"--name: a sweep named {name!r} is already in {tracking.redact(uri)}; continue it with "
+            "--resume, or give this one another --name"
+        )
 
     from ray import tune
 
@@ -378,8 +446,9 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
     from .trial import run_trial
 
     exp_id = tracking.experiment_id(client)
-    parent_id = _start_parent(client, exp_id, space, path, text, name, uri, parent.info.run_id if resume else None,
-                              data)
+    parent_id = _start_parent(
+        client, exp_id, space, path, text, name, uri, parent.info.run_id if resume else None, data
+    )
     ledger = Ledger(uri, exp_id, parent_id)
     checkpoints = f"{storage_path.rstrip('/')}/{name}/checkpoints"
     done: list[TrialRecord] = []
@@ -397,10 +466,12 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
         done = [r for r in records.values() if r.finished]
         todo = [r for r in records.values() if not r.finished]
         lost = [r for r in todo if not remote_storage and not (Path(checkpoints) / r.key / FILENAME).is_file()]
-        print(f"Resuming sweep {name!r} from MLflow: {len(done)} finished trials kept (not trained again), "
-              f"{len(todo) - len(lost)} continue from their checkpoints"
-              + (f", {len(lost)} start again from epoch 1 (no checkpoint under {checkpoints})" if lost else ""),
-              flush=True)
+        print(
+            f"Resuming sweep {name!r} from MLflow: {len(done)} finished trials kept (not trained again), "
+            f"{len(todo) - len(lost)} continue from their checkpoints"
+            + (f", {len(lost)} start again from epoch 1 (no checkpoint under {checkpoints})" if lost else ""),
+            flush=True,
+        )
         retrying(client.update_run, parent_id, status="RUNNING")
         resumes = int(parent.data.tags.get("resumes", "0")) + 1
         retrying(client.log_batch, parent_id, tags=[RunTag("status", "running"), RunTag("resumes", str(resumes))])
@@ -409,8 +480,10 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
     interrupt = Interrupt()
     callback = LedgerCallback(ledger, space.train.epochs, interrupt.event)
     # the splits go once into Ray's object store; trials on every node read them from there
-    trainable = tune.with_resources(tune.with_parameters(run_trial, space_json=space_json, sweep=sweep, data=data),
-                                    {"cpu": space.resources.cpu, "gpu": space.resources.gpu})
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, space_json=space_json, sweep=sweep, data=data),
+        {"cpu": space.resources.cpu, "gpu": space.resources.gpu},
+    )
     ps = param_space(space)
     if not remote_storage:
         # Ray Tune snapshots its state whenever a trial has checkpointed num_to_keep times; with second-long epochs
@@ -421,13 +494,26 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
     s = space.search
     num_samples = 1 if s.searcher != "optuna" else max(s.num_samples - len(done), 0)
     tuner = tune.Tuner(
-        trainable, param_space=ps,
-        tune_config=tune.TuneConfig(metric=s.metric, mode=s.mode, scheduler=_scheduler(space),
-                                    search_alg=_searcher(space, ps, done, todo, warm), num_samples=num_samples,
-                                    max_concurrent_trials=s.max_concurrent, reuse_actors=True),
-        run_config=tune.RunConfig(name=name, storage_path=storage_path, callbacks=[callback] + extra, verbose=verbose,
-                                  stop=interrupt.stopper(budget.stopper),
-                                  failure_config=tune.FailureConfig(max_failures=s.max_failures)))
+        trainable,
+        param_space=ps,
+        tune_config=tune.TuneConfig(
+            metric=s.metric,
+            mode=s.mode,
+            scheduler=_scheduler(space),
+            search_alg=_searcher(space, ps, done, todo, warm),
+            num_samples=num_samples,
+            max_concurrent_trials=s.max_concurrent,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            callbacks=[callback] + extra,
+            verbose=verbose,
+            stop=interrupt.stopper(budget.stopper),
+            failure_config=tune.FailureConfig(max_failures=s.max_failures),
+        ),
+    )
     try:
         with interrupt.catching():
             results = tuner.fit()
@@ -454,8 +540,10 @@ def run_sweep(space_or_path, name: str | None = None, address: str | None = None
     except RuntimeError:
         pass
     metrics = [Metric(f"sweep.{k}", float(v), int(time.time() * 1000), 0) for k, v in summary.items()]
-    tags = [RunTag("status", "interrupted" if budget.ended_by == "interrupted" else "completed"),
-            RunTag("ended_by", budget.ended_by)]
+    tags = [
+        RunTag("status", "interrupted" if budget.ended_by == "interrupted" else "completed"),
+        RunTag("ended_by", budget.ended_by),
+    ]
     if best_metric is not None:
         metrics.append(Metric(f"best_{space.search.metric}", float(best_metric), int(time.time() * 1000), 0))
         tags.append(RunTag("best_config", json.dumps(best_config)))
@@ -478,8 +566,10 @@ class SweepInterrupted(KeyboardInterrupt):
     """A sweep stopped by Ctrl-C; its parent run is tagged `interrupted` and `--resume` continues it."""
 
     def __init__(self, name: str, finished: int, total: int):
-        super().__init__(f"sweep {name!r} interrupted: {finished} of the {total} trials started had finished; the "
-                         "others keep their checkpoints")
+        super().__init__(
+            f"sweep {name!r} interrupted: {finished} of the {total} trials started had finished; the "
+            "others keep their checkpoints"
+        )
         self.name = name
 
 
@@ -492,12 +582,16 @@ def print_summary(result: SweepResult, metric: str) -> None:
     s = result.summary
     _, parent, runs, space = sweep_runs(result.parent_run_id, result.tracking_uri)
     print(f"\nSweep {result.name!r}: {describe_trials(count_trials(trial_outcomes(runs)))}")
-    print(f"Epochs run: {s['epochs_run']} of a full budget of {s['epochs_full_budget']} "
-          f"({100 * s['epochs_run'] / max(s['epochs_full_budget'], 1):.0f}%)")
+    print(
+        f"Epochs run: {s['epochs_run']} of a full budget of {s['epochs_full_budget']} "
+        f"({100 * s['epochs_run'] / max(s['epochs_full_budget'], 1):.0f}%)"
+    )
     print("\n".join(line.removeprefix("- ") for line in statement(space, parent.data.params)))
     if result.best_config is not None:
         print(f"Best {metric}: {result.best_metric} with {result.best_config}")
-    print(f"MLflow: {tracking.redact(result.tracking_uri)}, parent run {result.parent_run_id} "
-          f"(browse with `tune-losses ui`)")
+    print(
+        f"MLflow: {tracking.redact(result.tracking_uri)}, parent run {result.parent_run_id} "
+        f"(browse with `tune-losses ui`)"
+    )
     if result.report is not None:
         print(f"Report: {result.report.directory / 'report.md'} (also in the parent run's report/ artifacts)")

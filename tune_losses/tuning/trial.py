@@ -61,8 +61,7 @@ class CheckpointStore:
         with tempfile.TemporaryDirectory() as tmp:
             save_checkpoint(state, tmp)
             fs.create_dir(f"{base}/{self.key}", recursive=True)
-            pyarrow.fs.copy_files(str(Path(tmp) / FILENAME), f"{base}/{self.key}/{FILENAME}",
-                                  destination_filesystem=fs)
+            pyarrow.fs.copy_files(str(Path(tmp) / FILENAME), f"{base}/{self.key}/{FILENAME}", destination_filesystem=fs)
 
     def fetch(self, into: Path) -> Path | None:
         """A directory holding the checkpoint (``into`` for a remote one), or None when there is none."""
@@ -104,22 +103,30 @@ def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
     node = ray.get_runtime_context().get_node_id()  # which node of the cluster ran each epoch
     key = trial_key(config)
     ledger = Ledger(sweep["tracking_uri"], sweep["experiment_id"], sweep["parent_run_id"])
-    record = ledger.find_or_create(key, trial_label(space, config),
-                                   {"tune_losses.sweep": space.name, "tune_losses.role": "trial",
-                                    "status": "running"})
+    record = ledger.find_or_create(
+        key,
+        trial_label(space, config),
+        {"tune_losses.sweep": space.name, "tune_losses.role": "trial", "status": "running"},
+    )
     run_id = record.run_id
     if record.finished:
         final = {k: v for k, v in record.metrics.items() if k != "epoch"}
         status = record.tags.get("status", "completed")
-        tune.report({**final, "epoch": record.last_step, "trial_status": status, "replayed": True,
-                     "mlflow_run_id": run_id})
+        tune.report(
+            {**final, "epoch": record.last_step, "trial_status": status, "replayed": True, "mlflow_run_id": run_id}
+        )
         return
     checkpoints = CheckpointStore(sweep["checkpoints"], key)
     nodes = [n for n in record.tags.get("ray_nodes", "").split(",") if n]
     attempts = int(record.tags.get("attempts", "0")) + 1
-    tags = {"status": "running", "ray_trial_id": tune.get_context().get_trial_id(), "attempts": attempts,
-            "ray_node_id": node, "ray_nodes": ",".join(nodes + [node] if node not in nodes else nodes),
-            "checkpoint": f"{sweep['checkpoints'].rstrip('/')}/{key}/{FILENAME}"}
+    tags = {
+        "status": "running",
+        "ray_trial_id": tune.get_context().get_trial_id(),
+        "attempts": attempts,
+        "ray_node_id": node,
+        "ray_nodes": ",".join(nodes + [node] if node not in nodes else nodes),
+        "checkpoint": f"{sweep['checkpoints'].rstrip('/')}/{key}/{FILENAME}",
+    }
     if record.status != "RUNNING":
         ledger.set_status(run_id, "RUNNING")
     ledger.set_tags(run_id, tags)
@@ -160,8 +167,14 @@ def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
         metric, mode = space.search.metric, space.search.mode
         worst = float("-inf") if mode == "max" else float("inf")
         final = {k: v for k, v in last.items() if k != "test_confusion"}
-        final.update({metric: last.get(metric, worst), "epoch": result["epoch"], "trial_status": "diverged",
-                      "reason": result["reason"]})
+        final.update(
+            {
+                metric: last.get(metric, worst),
+                "epoch": result["epoch"],
+                "trial_status": "diverged",
+                "reason": result["reason"],
+            }
+        )
         ledger.set_tags(run_id, {"status": "diverged", "reason": result["reason"], "stopped_early": "false"})
         ledger.set_status(run_id, "FINISHED")
         tune.report({**final, "mlflow_run_id": run_id})

@@ -39,8 +39,10 @@ class WarmStart:
     notes: list[str] = field(default_factory=list)
 
     def describe(self) -> list[str]:
-        lines = [f"Warm start from sweep {self.sweep!r}: {len(self.points)} earlier trial(s) given to Optuna with "
-                 f"their results, {len(self.skipped)} skipped"]
+        lines = [
+            f"Warm start from sweep {self.sweep!r}: {len(self.points)} earlier trial(s) given to Optuna with "
+            f"their results, {len(self.skipped)} skipped"
+        ]
         lines += [f"  skipped {name}: {why}" for name, why in self.skipped]
         lines += [f"  note: {n}" for n in self.notes]
         return lines
@@ -48,9 +50,11 @@ class WarmStart:
 
 def check_searcher(space: Space, source: str = "--warm-start") -> None:
     if space.search.searcher != "optuna":
-        raise SpaceError(f"{source}: search.searcher is {space.search.searcher!r}; a warm start needs searcher "
-                         "optuna (a grid or random search does not learn from earlier results: run the new points "
-                         "as their own sweep, or use searcher: optuna with choice/range domains)")
+        raise SpaceError(
+            f"{source}: search.searcher is {space.search.searcher!r}; a warm start needs searcher "
+            "optuna (a grid or random search does not learn from earlier results: run the new points "
+            "as their own sweep, or use searcher: optuna with choice/range domains)"
+        )
 
 
 def _parse(text):
@@ -146,8 +150,7 @@ def from_runs(name: str, runs: list, earlier_space: dict | None, space: Space) -
                 path = key.removeprefix("swept.")
                 for part, v in zip(path.split(","), _parse(params[key]) if "," in path else [_parse(params[key])]):
                     if part not in new_parts and not _same(v, _get(fixed, param_target(part))):
-                        why = (f"{part} = {v!r} was swept; this space fixes it at "
-                               f"{_get(fixed, param_target(part))!r}")
+                        why = f"{part} = {v!r} was swept; this space fixes it at {_get(fixed, param_target(part))!r}"
                         break
                 if why:
                     break
@@ -160,16 +163,22 @@ def from_runs(name: str, runs: list, earlier_space: dict | None, space: Space) -
     if earlier_space is not None:
         from tune_losses.tracking.callback import flatten
 
-        swept = {".".join(param_target(part)) for p in list(space.params) + list(earlier_space.get("params", {}))
-                 for part in p.split(",")}
+        swept = {
+            ".".join(param_target(part))
+            for p in list(space.params) + list(earlier_space.get("params", {}))
+            for part in p.split(",")
+        }
         before, now = flatten(earlier_space.get("train", {})), flatten(space.train.model_dump(mode="json"))
         for key in sorted(set(before) | set(now)):
             if key not in swept and not key.startswith("plugins") and not _same(before.get(key), now.get(key)):
-                ws.notes.append(f"{key} was {before.get(key)!r} in sweep {name!r}, is {now.get(key)!r} here: its "
-                                "results are used as they are")
+                ws.notes.append(
+                    f"{key} was {before.get(key)!r} in sweep {name!r}, is {now.get(key)!r} here: its "
+                    "results are used as they are"
+                )
         if earlier_space.get("search", {}).get("metric") not in (None, metric):
-            ws.notes.append(f"sweep {name!r} searched on {earlier_space['search']['metric']}; its trials' "
-                            f"{metric} is used")
+            ws.notes.append(
+                f"sweep {name!r} searched on {earlier_space['search']['metric']}; its trials' {metric} is used"
+            )
     return ws
 
 
@@ -181,17 +190,22 @@ def load(earlier: str, space: Space, tracking_uri: str | None = None) -> WarmSta
     check_searcher(space)
     uri = tracking_uri or tracking.default_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise SpaceError(f"--warm-start: no sweep named {earlier!r}: the tracking store "
-                         f"{uri.removeprefix('sqlite:///')} does not exist")
+        raise SpaceError(
+            f"--warm-start: no sweep named {earlier!r}: the tracking store "
+            f"{uri.removeprefix('sqlite:///')} does not exist"
+        )
     c = tracking.client(uri)
     parent = tracking.find_sweep(c, earlier)
     if parent is None:
-        raise SpaceError(f"--warm-start: no sweep named {earlier!r} in the tracking store "
-                         f"{tracking.redact(c.tracking_uri)}")
+        raise SpaceError(
+            f"--warm-start: no sweep named {earlier!r} in the tracking store {tracking.redact(c.tracking_uri)}"
+        )
     runs = list(tracking.trial_runs(c, parent.info.run_id, parent.info.experiment_id))
     runs += sweeps.earlier_runs(c, parent)
     ws = from_runs(earlier, runs, sweeps._space(c, parent), space)
     if not ws.points:
-        raise SpaceError(f"--warm-start: none of the {len(runs)} trial(s) of sweep {earlier!r} fits this space "
-                         "(" + "; ".join(f"{n}: {w}" for n, w in ws.skipped[:5]) + ")")
+        raise SpaceError(
+            f"--warm-start: none of the {len(runs)} trial(s) of sweep {earlier!r} fits this space "
+            "(" + "; ".join(f"{n}: {w}" for n, w in ws.skipped[:5]) + ")"
+        )
     return ws

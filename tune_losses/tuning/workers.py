@@ -40,9 +40,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, verbose: i
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     # A local Ray takes the preload list as system config; a cluster's nodes take it from their environment.
-    _internals.init_ray(preload_modules=None if address else PRELOAD_MODULES, address=address,
-                        num_cpus=None if address else num_cpus, include_dashboard=False, log_to_driver=verbose > 1,
-                        configure_logging=verbose > 1)
+    _internals.init_ray(
+        preload_modules=None if address else PRELOAD_MODULES,
+        address=address,
+        num_cpus=None if address else num_cpus,
+        include_dashboard=False,
+        log_to_driver=verbose > 1,
+        configure_logging=verbose > 1,
+    )
 
 
 def trial_environment() -> None:
