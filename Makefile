@@ -31,6 +31,7 @@ services:
 	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	  [ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	  command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	  command -v tmux >/dev/null || missing="$$missing tmux"; \
 	  if [ -n "$$missing" ]; then echo "installing$$missing (Debian) for the tests"; \
 	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 || \
 	     (apt-get update -q >/dev/null 2>&1 && \

@@ -294,7 +294,8 @@ def main(argv=None) -> int:
         if isinstance(exc, ValidationError):  # one not formatted where it arose: the project's form, no URL
             from tune_losses.spaces import format_validation_error
 
-            exc = format_validation_error(exc, exc.title, "input")
+            print(f"error: {format_validation_error(exc, exc.title, 'input')}", file=sys.stderr)
+            return 2
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # before a sweep's trials started, or outside a sweep: nothing half-written

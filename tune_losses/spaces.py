@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -118,7 +118,8 @@ class Plateau(Strict):
     min_delta: float = Field(0.0, ge=0)
 
 
-METRICS = ("val_acc", "val_f1", "val_nmi", "test_acc", "test_f1", "test_nmi", "train_loss")
+MetricName = Literal["val_acc", "val_f1", "val_nmi", "test_acc", "test_f1", "test_nmi", "train_loss"]
+METRICS = get_args(MetricName)
 SPLIT_OF = {"val": "validation", "test": "test", "train": "training"}
 
 
@@ -135,7 +136,7 @@ class Search(Strict):
     # best`). A test metric chooses on the test split, whose numbers the report then gives: refused unless
     # select_on_test is true with a one-line reason (e.g. reproducing a paper's own selection), which the
     # parent run records and every report prints. Protocol `paper` holds out no validation (see Space).
-    metric: Literal[METRICS] = "val_acc"
+    metric: MetricName = "val_acc"
     mode: Literal["max", "min"] = "max"
     max_concurrent: int = Field(2, ge=1)
     max_failures: int = Field(2, ge=0)

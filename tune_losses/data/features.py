@@ -122,8 +122,11 @@ def compute_features(
         )
         for name in ("train", "val", "test")
     }
-    width = arrays["train"][0].shape[1]
-    arrays = {name: (np.zeros((0, width), np.float32) if f is None else f, y) for name, (f, y) in arrays.items()}
+    train = arrays["train"][0]
+    assert train is not None, "a data set without training images"
+    arrays = {
+        name: (np.zeros((0, train.shape[1]), np.float32) if f is None else f, y) for name, (f, y) in arrays.items()
+    }
     meta = {
         "dataset": dataset,
         "backbone": backbone,

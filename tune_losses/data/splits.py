@@ -38,7 +38,7 @@ class Splits:
 def stratified_indices(y: np.ndarray, fractions: list[float], seed: int) -> list[np.ndarray]:
     """Split indices class by class in the given fractions (the last part takes the remainder)."""
     rng = np.random.default_rng(seed)
-    parts = [[] for _ in fractions]
+    parts: list[list[np.ndarray]] = [[] for _ in fractions]
     for c in np.unique(y):
         idx = rng.permutation(np.flatnonzero(y == c))
         bounds = np.round(np.cumsum(fractions)[:-1] * len(idx)).astype(int)
@@ -132,7 +132,7 @@ def make_splits(
         Split(x[va], y[va]),
         test_split,
         num_classes,
-        list(class_names or range(num_classes)),
+        list(class_names or range(num_classes)),  # type: ignore[arg-type]  # unnamed classes keep their index
         {**(info or {}), "split": rule},
     )
 

@@ -79,6 +79,7 @@ class ClassificationLoss(nn.Module):
                 None,
                 "the channel-attention vectors (B, channels) of a model with CAM",
             )
+            assert attention is not None  # require raised otherwise
             require(
                 attention.dim() == 2 and attention.shape[0] == logits.shape[0],
                 "attention.shape",

@@ -30,6 +30,8 @@ from .registry import register
 class DynamicAttentionLoss(ClassificationLoss):
     invalid_params = [{"a": 1.0}, {"a": -3.0}]  # refused: tests/test_contracts.py checks each
 
+    soft_labels: torch.Tensor  # a buffer: saved with state_dict, moved with .to()
+
     def __init__(self, num_classes: int, a: float = 15.0):
         super().__init__(num_classes)
         require(float(a) > 1, "a", a, "> 1 (the inhibiting factor; the DAL paper uses 5..20)")

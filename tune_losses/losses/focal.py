@@ -17,6 +17,8 @@ from .registry import register
 class FocalLoss(ClassificationLoss):
     invalid_params = [{"gamma": -0.1}, {"alpha": [1.0]}]  # refused: tests/test_contracts.py checks each
 
+    alpha: torch.Tensor | None  # a buffer (per-class weights), or None
+
     def __init__(self, num_classes: int, gamma: float = 2.0, alpha=None):
         super().__init__(num_classes)
         require(float(gamma) >= 0, "gamma", gamma, ">= 0")

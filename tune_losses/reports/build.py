@@ -48,7 +48,9 @@ def importance(df: pd.DataFrame, params: list[str], metric: str, mode: str) -> p
 
     trials = df.drop_duplicates("run_id").dropna(subset=[metric])
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
-    dists = {p: FloatDistribution(float(trials[p].min()), float(trials[p].max()) + 1e-9) for p in params}
+    dists: dict[str, optuna.distributions.BaseDistribution] = {
+        p: FloatDistribution(float(trials[p].min()), float(trials[p].max()) + 1e-9) for p in params
+    }
     for _, row in trials.iterrows():
         study.add_trial(
             optuna.trial.create_trial(

@@ -52,7 +52,8 @@ def trial_table(runs, swept: list[str], sweeps: dict | None = None) -> pd.DataFr
             if "," in p and isinstance(values[p], list):  # a joint path: one column per part
                 for part, v in zip(p.split(","), values.pop(p)):
                     values[part] = v
-        replicas = sorted({int(x.group(1)) for k in m if (x := re.match(r"test_acc_r(\d+)$", k))}) or [None]
+        found = sorted({int(x.group(1)) for k in m if (x := re.match(r"test_acc_r(\d+)$", k))})
+        replicas: list[int | None] = list(found) or [None]
         for r in replicas:
             suffix = "" if r is None else f"_r{r}"
             row = {

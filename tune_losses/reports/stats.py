@@ -15,7 +15,7 @@ from scipy import stats
 def versus_best(groups: dict, mode: str = "max", alpha: float = 0.05) -> pd.DataFrame:
     """groups: value -> sample of the metric over repeats. Returns p (corrected) and `distinguishable` per value."""
     means = {k: float(np.mean(v)) for k, v in groups.items()}
-    best = max(means, key=means.get) if mode == "max" else min(means, key=means.get)
+    best = max(means, key=lambda k: means[k]) if mode == "max" else min(means, key=lambda k: means[k])
     rows, pvals = [], []
     for key, sample in groups.items():
         sample, ref = np.asarray(sample, float), np.asarray(groups[best], float)
@@ -29,11 +29,11 @@ def versus_best(groups: dict, mode: str = "max", alpha: float = 0.05) -> pd.Data
                 p = 1.0 if np.mean(sample) == np.mean(ref) else 0.0
         rows.append(key)
         pvals.append(p)
-    pvals = np.asarray(pvals, float)
-    tested = ~np.isnan(pvals)
-    corrected = np.full_like(pvals, np.nan)
+    p_values = np.asarray(pvals, float)
+    tested = ~np.isnan(p_values)
+    corrected = np.full_like(p_values, np.nan)
     if tested.any():
-        corrected[tested] = stats.false_discovery_control(pvals[tested])
+        corrected[tested] = stats.false_discovery_control(p_values[tested])
     return pd.DataFrame(
         {
             "value": rows,

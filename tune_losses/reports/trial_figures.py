@@ -23,8 +23,8 @@ def draw_trial_figures(client, runs) -> int:
         present = {a.path for a in client.list_artifacts(rid)}
         if all(f in present for f in FIGURES):
             continue
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp = Path(tmp)
+        with tempfile.TemporaryDirectory() as tmpdir:
+            tmp = Path(tmpdir)
             if "confusion_matrix.png" not in present and "confusion_matrix.json" in present:
                 confusion = json.loads(
                     Path(client.download_artifacts(rid, "confusion_matrix.json", str(tmp))).read_text()

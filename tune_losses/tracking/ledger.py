@@ -69,7 +69,7 @@ def trial_key(config: dict) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def transient(exc: BaseException) -> bool:
+def transient(exc: BaseException | None) -> bool:
     """Whether a failed tracking call may succeed when tried again (the store was unreachable, locked, busy)."""
     import requests
     import sqlalchemy.exc
@@ -254,7 +254,8 @@ def audit(client, parent_run_id: str, experiment_id: str, epochs: int) -> list[s
     """What breaks the ledger's promise for one sweep: a trial with two runs, a run left RUNNING, an epoch logged
     twice or missing, a completed trial short of its epochs. Empty when the sweep's record is whole."""
     ledger = Ledger(client, experiment_id, parent_run_id, retry_s=0)
-    problems, keys = [], {}
+    problems: list[str] = []
+    keys: dict[str | None, str] = {}
     for run in ledger._runs():
         name = run.data.tags.get("mlflow.runName", run.info.run_id)
         key = run.data.tags.get(KEY_TAG)

@@ -131,8 +131,8 @@ def client(tracking_uri: str | None = None, must_exist: bool = False) -> MlflowC
     check_uri(uri)
     if must_exist:
         check_exists(uri)
-    elif uri.startswith("sqlite:///"):
-        _sqlite_path(uri).parent.mkdir(parents=True, exist_ok=True)
+    elif (db := _sqlite_path(uri)) is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     return MlflowClient(tracking_uri=uri)
 

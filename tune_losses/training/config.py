@@ -31,8 +31,8 @@ FreeForm = Annotated[dict[str, Any], AfterValidator(check_finite)]
 _REGISTRY_MODULES = {"dataset": "tune_losses.data", "model": "tune_losses.models", "loss": "tune_losses.losses"}
 
 
-def _registered(kind: str):
-    """A str type that must name a registered dataset / model / loss (the registries load lazily)."""
+def _registered_check(kind: str):
+    """A validator: the str must name a registered dataset / model / loss (the registries load lazily)."""
 
     def check(value: str) -> str:
         import importlib
@@ -42,23 +42,28 @@ def _registered(kind: str):
             raise ValueError(f"unknown {kind} {value!r}; allowed: {names}")
         return value
 
-    return Annotated[str, AfterValidator(check)]
+    return check
+
+
+DatasetName = Annotated[str, AfterValidator(_registered_check("dataset"))]
+ModelName = Annotated[str, AfterValidator(_registered_check("model"))]
+LossName = Annotated[str, AfterValidator(_registered_check("loss"))]
 
 
 class DatasetConfig(Strict):
-    name: _registered("dataset") = "digits"
+    name: DatasetName = "digits"
     root: str | None = None
     download: bool = False
     options: FreeForm = Field(default_factory=dict)
 
 
 class ModelConfig(Strict):
-    name: _registered("model") = "small_cnn"
+    name: ModelName = "small_cnn"
     params: FreeForm = Field(default_factory=dict)
 
 
 class LossConfig(Strict):
-    name: _registered("loss") = "ce"
+    name: LossName = "ce"
     params: FreeForm = Field(default_factory=dict)
 
 

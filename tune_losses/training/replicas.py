@@ -57,13 +57,13 @@ class Streams:
     def _get(self) -> dict:
         state = {"cpu": torch.get_rng_state()}
         if self.cuda:
-            state["cuda"] = torch.cuda.get_rng_state(self.index)
+            state["cuda"] = torch.cuda.get_rng_state(self.index or 0)
         return state
 
     def _set(self, state: dict) -> None:
         torch.set_rng_state(state["cpu"])
         if self.cuda and "cuda" in state:  # a checkpoint written on CPU has no CUDA stream: that one stays
-            torch.cuda.set_rng_state(state["cuda"], self.index)
+            torch.cuda.set_rng_state(state["cuda"], self.index or 0)
 
     def state_dict(self) -> list[dict]:
         return [dict(s) for s in self.states]
@@ -196,6 +196,14 @@ class Replicas:
             out.append(self.predict_batch(x.to(self.device)).cpu())
         return torch.cat(out, dim=1)
 
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimisation step of every replica on its batch: (loss per replica, predicted classes)."""
+        raise NotImplementedError
+
+    def predict_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """Predicted classes (K, B) of a batch, in eval mode."""
+        raise NotImplementedError
+
 
 class LoopReplicas(Replicas):
     """Each replica its own module and optimizer, stepped one after the other."""
@@ -273,7 +281,7 @@ class VectorReplicas(Replicas):
         self.loss_base = self.losses[0]
         self._stack_loss_buffers()
         self.optimizer = make_optimizer(list(self.params.values()), self.optimizer_cfg)
-        self.models = None  # the stacked tensors are the state from here on
+        self.models = None  # type: ignore[assignment]  # the stacked tensors are the state from here on
 
     def _stack_loss_buffers(self):
         names = [n for n, _ in self.loss_base.named_buffers()]

@@ -20,6 +20,7 @@ W' = A G' in its own basis.
 from __future__ import annotations
 
 import hashlib
+from typing import cast
 
 import torch
 from torch import nn
@@ -59,7 +60,7 @@ class RowSpace:
         basis, self.rows = row_basis(x)  # (D, r) with orthonormal columns, (N, r) float64
         self.basis = basis.float()
         self.digest = hashlib.sha256(str(tuple(self.basis.shape)).encode() + self.basis.numpy().tobytes()).hexdigest()
-        self._rows_pinv = None
+        self._rows_pinv: torch.Tensor | None = None
 
     def to_rows(self, w: torch.Tensor) -> torch.Tensor:
         """W' (..., H, r) in this basis -> A (..., H, N), float64, with A X = W' Q^T (independent of the basis)."""
@@ -98,7 +99,7 @@ class RowSpace:
 
     def reduce_model(self, model: nn.Sequential) -> nn.Sequential:
         """The DAL head (Flatten, Linear(D, H), ReLU, Linear(H, C)) with its first weight W replaced by W Q."""
-        first = model[1]
+        first = cast(nn.Linear, model[1])
         reduced = nn.Linear(self.basis.shape[1], first.out_features)
         with torch.no_grad():
             reduced.weight.copy_(first.weight @ self.basis)
@@ -107,11 +108,12 @@ class RowSpace:
 
     def expand_model(self, reduced: nn.Sequential, initial: nn.Sequential) -> nn.Sequential:
         """Back to D inputs: W = W' Q^T + (W0 - W0 Q Q^T), W0 the replica's initial weight."""
-        w0 = initial[1].weight.detach()
+        first, reduced_first = cast(nn.Linear, initial[1]), cast(nn.Linear, reduced[1])
+        w0 = first.weight.detach()
         outside = w0 - (w0 @ self.basis) @ self.basis.T
         with torch.no_grad():
-            initial[1].weight.copy_(reduced[1].weight.detach() @ self.basis.T + outside)
-            initial[1].bias.copy_(reduced[1].bias.detach())
+            first.weight.copy_(reduced_first.weight.detach() @ self.basis.T + outside)
+            first.bias.copy_(reduced_first.bias.detach())
             for target, source in zip(list(initial)[2:], list(reduced)[2:]):
                 target.load_state_dict(source.state_dict())
         return initial

@@ -71,7 +71,7 @@ class Budget(Callback):
 
     # --- the plateau ------------------------------------------------------------------------------------------
     def plateaued(self) -> bool:
-        return bool(self.patience) and self.since_best >= self.patience
+        return self.patience is not None and self.patience > 0 and self.since_best >= self.patience
 
     def _finished(self, value) -> None:
         value = float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None

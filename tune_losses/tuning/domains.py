@@ -1,25 +1,22 @@
 """Search-space domains mapped onto Ray Tune's (which OptunaSearch converts to Optuna's)."""
 
+from collections.abc import Callable
+
 from ray import tune
 
 from tune_losses.spaces import Domain
 
 
 def to_tune(domain: Domain):
-    kind = domain.kind
+    kind, given = domain.kind, getattr(domain, domain.kind)  # the one field that is set (Domain checks it)
     if kind == "value":
-        return domain.value
+        return given
     if kind == "grid":
-        return tune.grid_search(list(domain.grid))
+        return tune.grid_search(list(given))
     if kind == "choice":
-        return tune.choice(list(domain.choice))
-    if kind == "uniform":
-        return tune.uniform(*domain.uniform)
-    if kind == "loguniform":
-        return tune.loguniform(*domain.loguniform)
-    if kind == "quniform":
-        return tune.quniform(*domain.quniform)
-    return tune.randint(*domain.randint)
+        return tune.choice(list(given))
+    sampler: Callable[..., object] = getattr(tune, kind)  # tune.uniform, loguniform, quniform, randint
+    return sampler(*given)
 
 
 def grid_size(space) -> int:

@@ -65,10 +65,11 @@ class SweepProgress(Callback):
         self.counts = {"finished": 0, "stopped by ASHA": 0, "stopped by the budget": 0, "diverged": 0, "failed": 0}
         self.unused_epochs = 0  # epochs that trials stopped early will not run
         self.best: tuple[float, str] | None = None
-        self.start = self.first_epoch_at = None
+        self.start: float | None = None
+        self.first_epoch_at: float | None = None
         self.first_epoch_done = 0
         self.last_draw = self.last_line = 0.0
-        self.bars = None
+        self.bars: tuple | None = None
 
     # --- what is shown ----------------------------------------------------------------------------------------
     def name(self, trial) -> str:
@@ -109,7 +110,7 @@ class SweepProgress(Callback):
         best = ""
         if self.value:  # every trial's last value, running ones too (as Ray's "current best trial")
             pick = max if self.mode == "max" else min
-            tid = pick(self.value, key=self.value.get)
+            tid = pick(self.value, key=lambda t: self.value[t])
             best = f" | best {self.metric} {_num(self.value[tid])}: {self.names.get(tid, tid)}"
         pending = f"{self.pending} pending, " if self.pending else ""
         return f"trials: {pending}{len(self.running)} running, {counts}{of}{best}"
@@ -218,7 +219,7 @@ class SweepProgress(Callback):
             by = self.budget.fired if self.budget is not None and self.budget.fired else None
             key = "stopped by the budget" if by else "stopped by ASHA"
             self.counts[key] += 1
-            why = {"time_budget": "the time budget", "plateau": "the plateau stop"}.get(by, "ASHA")
+            why = {"time_budget": "the time budget", "plateau": "the plateau stop"}.get(by or "", "ASHA")
             self.say(f"{name}: stopped by {why} at epoch {epoch}, {shown}{best}")
         else:
             self.counts["finished"] += 1

@@ -16,6 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
 
@@ -38,7 +39,7 @@ class SweepResult:
     best_metric: float | None
     summary: dict = field(default_factory=dict)
     results: object = None  # ray.tune.ResultGrid
-    report: object = None  # tune_losses.reports.build.Report
+    report: Any = None  # tune_losses.reports.build.Report
 
 
 def git_commit() -> str:
@@ -100,7 +101,8 @@ def grid_order(space: Space) -> list[dict] | None:
     ):
         return None
     paths = list(space.params)
-    points = [dict(zip(paths, combo)) for combo in itertools.product(*(space.params[p].grid for p in paths))]
+    grids = [list(space.params[p].grid or []) for p in paths]
+    points = [dict(zip(paths, combo)) for combo in itertools.product(*grids)]
     random.Random(space.train.seed).shuffle(points)
     return points
 
@@ -164,7 +166,7 @@ def _create_parent(client, exp_id: str, name: str, tags: dict) -> str:
 
 def _parent_params(space: Space, uri: str, data=None) -> dict:
     s = space.search
-    params = {
+    params: dict[str, object] = {
         "searcher": s.searcher,
         "scheduler": s.scheduler.name,
         "num_samples": s.num_samples,
@@ -447,7 +449,7 @@ def run_sweep(
 
     exp_id = tracking.experiment_id(client)
     parent_id = _start_parent(
-        client, exp_id, space, path, text, name, uri, parent.info.run_id if resume else None, data
+        client, exp_id, space, path, text, name, uri, parent.info.run_id if resume and parent else None, data
     )
     ledger = Ledger(uri, exp_id, parent_id)
     checkpoints = f"{storage_path.rstrip('/')}/{name}/checkpoints"
@@ -461,7 +463,7 @@ def run_sweep(
 
     budget = Budget(space.search)
     extra = [budget] + ([SweepProgress(space, budget, bar=None if verbose == 0 else False)] if progress else [])
-    if resume:
+    if resume and parent is not None:
         records = ledger.trials()
         done = [r for r in records.values() if r.finished]
         todo = [r for r in records.values() if not r.finished]
@@ -508,7 +510,7 @@ def run_sweep(
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage_path,
-            callbacks=[callback] + extra,
+            callbacks=[callback, *extra],
             verbose=verbose,
             stop=interrupt.stopper(budget.stopper),
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
@@ -536,7 +538,8 @@ def run_sweep(
     try:
         if space.selection_metric is not None:  # protocol paper without select_on_test chooses nothing (spaces.py)
             best = results.get_best_result(metric=space.search.metric, mode=space.search.mode, scope="last")
-            best_config, best_metric = best.config.get("params", {}), best.metrics.get(space.search.metric)
+            best_config = (best.config or {}).get("params", {})
+            best_metric = (best.metrics or {}).get(space.search.metric)
     except RuntimeError:
         pass
     metrics = [Metric(f"sweep.{k}", float(v), int(time.time() * 1000), 0) for k, v in summary.items()]

@@ -100,7 +100,7 @@ def in_domain(value, dom: Domain):
         return int(value), None
     if not lo <= value <= hi:
         return None, f"{value!r} is outside [{lo}, {hi}]"
-    if kind == "quniform":
+    if kind == "quniform" and dom.quniform is not None:
         k = (value - lo) / dom.quniform[2]
         if abs(k - round(k)) > 1e-8:
             return None, f"{value!r} is not on quniform's steps of {dom.quniform[2]} from {lo}"
