@@ -81,5 +81,34 @@ def test_a_resumed_optuna_search_knows_the_finished_trials_and_suggests_the_inte
     first = searcher.suggest("trial_1")
     assert first == {"params": {"loss.a": 12.125}}  # the interrupted trial, to continue from its checkpoint
     assert trial_key(first) == trial_key({"params": {"loss.a": 12.125}})
-    values = sorted(t.value for t in searcher._ot_study.trials if t.value is not None)
+    values = sorted(t.value for t in searcher.searcher._ot_study.trials if t.value is not None)
     assert values == [0.7, 0.8]  # the finished ones are known to TPE, not run again
+
+
+def test_a_config_optuna_suggests_again_is_a_trial_of_its_own(tmp_path):
+    """Over a one-point space TPE can only repeat itself: each repeat gets the next sample index (its own key, run
+    and seeds); resumed, an interrupted repeat is continued, not duplicated."""
+    import json
+
+    from tune_losses.tracking.ledger import TrialRecord
+    from tune_losses.tuning.runner import _searcher
+
+    space, _, _ = load_space(
+        write_space(
+            tmp_path / "c.yaml",
+            params={"loss.a": {"choice": [5.0]}},
+            search={"searcher": "optuna", "num_samples": 3},
+        )
+    )
+    ps = param_space(space)
+    searcher = _searcher(space, ps, [], [])
+    assert searcher.set_search_properties("val_acc", "max", ps)
+    configs = [searcher.suggest(f"t{i}") for i in range(3)]
+    assert [c.get("sample", 0) for c in configs] == [0, 1, 2]
+    assert len({trial_key(c) for c in configs}) == 3
+    done = [TrialRecord("r0", "k0", "FINISHED", 3, {"val_acc": 0.7}, params={"swept.loss.a": json.dumps(5.0)})]
+    todo = [TrialRecord("r1", "k1", "KILLED", 1, {}, params={"swept.loss.a": json.dumps(5.0), "sample": "1"})]
+    resumed = _searcher(space, ps, done, todo)
+    assert resumed.set_search_properties("val_acc", "max", ps)
+    assert resumed.suggest("u0") == {"params": {"loss.a": 5.0}, "sample": 1}  # the interrupted repeat
+    assert resumed.suggest("u1") == {"params": {"loss.a": 5.0}, "sample": 2}  # then a new one

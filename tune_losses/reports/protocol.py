@@ -4,7 +4,12 @@ and `tune-losses best`."""
 
 from __future__ import annotations
 
-from tune_losses.spaces import metric_split as split_of
+
+def split_of(metric: str) -> str:
+    """The split a metric is measured on: 'validation', 'test' or 'training' (as spaces.metric_split: reports
+    read MLflow alone and do not import the space schema)."""
+    return {"val": "validation", "test": "test", "train": "training"}[metric.split("_")[0]]
+
 
 SIZE_OF = {"validation": "data.n_val", "test": "data.n_test", "training": "data.n_train"}
 
@@ -29,11 +34,9 @@ def table_metrics(space: dict) -> list[str]:
     return [space["search"]["metric"]]
 
 
-def parent_params(space: dict, splits=None) -> dict[str, str]:
-    """What the parent run records about protocol and selection (params), from the space and its splits (None
-    when the data set is swept: each trial then has its own)."""
-    from tune_losses.data.splits import describe
-
+def parent_params(space: dict, sizes: dict[str, str] | None = None) -> dict[str, str]:
+    """What the parent run records about protocol and selection (params), from the space and its splits' sizes
+    (``data.splits.describe``; None when the data set is swept: each trial then has its own)."""
     search, metric = space["search"], chosen_on(space)
     out = {
         "protocol": space.get("protocol", "standard"),
@@ -44,8 +47,8 @@ def parent_params(space: dict, splits=None) -> dict[str, str]:
     if search.get("select_on_test"):
         out["select_on_test_reason"] = search["select_on_test_reason"]
     out.update(
-        describe(splits)
-        if splits is not None
+        sizes
+        if sizes is not None
         else {
             "data.n_train": "per trial",
             "data.n_val": "per trial",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 from ray.tune import Callback
 
@@ -63,6 +64,8 @@ class LedgerCallback(Callback):
         """``interrupted``: a threading.Event set on Ctrl-C; trials Ray Tune stops after it are not finished (the
         runner marks them interrupted, and ``--resume`` continues them)."""
         self.ledger, self.epochs, self.interrupted = ledger, epochs, interrupted
+        self.budget: Any = None  # tuning/budgets.py Budget: which budget stopped a trial, if one did
+        self.scheduler = "asha"
         self.trials: list = []
         self._retries: dict[str, int] = {}
         self._beat = 0.0
@@ -100,6 +103,8 @@ class LedgerCallback(Callback):
             return  # finished in an earlier run of the sweep: its run already says how
         if self.interrupted is not None and self.interrupted.is_set() and last.get("trial_status") is None:
             return  # stopped by Ctrl-C, not by the scheduler: it stays resumable
+        if "epoch" not in last:
+            return  # it reported nothing: what its run says (written by the trial) stands
 
         def write(run_id):
             epoch = int(last.get("epoch", 0) or 0)
@@ -109,6 +114,8 @@ class LedgerCallback(Callback):
             tags["stopped_early"] = "true" if early else "false"
             if early:
                 tags["stopped_at_epoch"] = epoch
+                fired = getattr(self.budget, "fired", None)
+                tags["stopped_by"] = fired or self.scheduler  # asha, time_budget or plateau
             if last.get("reason"):
                 tags["reason"] = last["reason"]
             self.ledger.set_tags(run_id, tags)

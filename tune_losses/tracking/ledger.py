@@ -32,22 +32,21 @@ from . import store
 log = logging.getLogger(__name__)
 
 KEY_TAG = "tune_losses.trial_key"
-#: error codes of an MlflowException that say "this request is wrong", never worth a retry
-REFUSED = {
-    "INVALID_PARAMETER_VALUE",
-    "RESOURCE_DOES_NOT_EXIST",
-    "RESOURCE_ALREADY_EXISTS",
-    "INVALID_STATE",
-    "PERMISSION_DENIED",
-    "UNAUTHENTICATED",
-    "BAD_REQUEST",
-    "ENDPOINT_NOT_FOUND",
-    "NOT_IMPLEMENTED",
-    "FEATURE_DISABLED",
-    "CUSTOMER_UNAUTHORIZED",
-}
+#: error codes of an MlflowException worth a retry (MLflow's HTTP client reports an unreachable server as
+#: INTERNAL_ERROR, as a server does an error of its own; the messages below tell the permanent ones apart)
+RETRYABLE = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "INTERNAL_ERROR", "DEADLINE_EXCEEDED", "ABORTED"}
 #: what a store says when it is only busy, whatever its error code
 BUSY_MESSAGES = ("QueuePool limit", "database is locked", "too many connections", "Too many connections")
+#: what a store says when trying again cannot help
+PERMANENT_MESSAGES = (
+    "no such table",
+    "unable to open database file",
+    "readonly database",
+    "no such column",
+    "UNIQUE constraint",
+    "already exists",
+    "does not exist",
+)
 #: result keys that Ray Tune adds and that are not the trial's metrics
 RAY_KEYS = {
     "epoch",
@@ -70,7 +69,9 @@ def trial_key(config: dict) -> str:
 
 
 def transient(exc: BaseException | None) -> bool:
-    """Whether a failed tracking call may succeed when tried again (the store was unreachable, locked, busy)."""
+    """Whether a failed tracking call may succeed when tried again: the store unreachable, locked, busy or
+    overloaded. A refused request (a bad value, a missing run) or a broken store (no such table, an unopenable
+    file) is not."""
     import requests
     import sqlalchemy.exc
     from mlflow.exceptions import MlflowException
@@ -78,23 +79,29 @@ def transient(exc: BaseException | None) -> bool:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        text = str(exc)
+        if any(m in text for m in PERMANENT_MESSAGES):
+            return False
+        if any(m in text for m in BUSY_MESSAGES):
+            return True
         if isinstance(
-            exc,
-            (
-                requests.exceptions.ConnectionError,
-                requests.exceptions.Timeout,
-                ConnectionError,
-                TimeoutError,
-                sqlalchemy.exc.OperationalError,
-            ),
+            exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError, TimeoutError)
         ):
             return True
+        if isinstance(exc, sqlalchemy.exc.OperationalError):
+            return any(m in text.lower() for m in ("connect", "timeout", "timed out", "server closed", "terminat"))
         if isinstance(exc, MlflowException):
-            # a server whose database connections are all busy answers BAD_REQUEST: a busy store, not a bad request
-            busy = any(m in str(exc) for m in BUSY_MESSAGES)
-            return busy or exc.error_code not in REFUSED
+            return exc.error_code in RETRYABLE
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def bound_http_retries() -> None:
+    """MLflow's HTTP client retries a failed request itself (7 times, backing off up to minutes, 120 s timeout per
+    try); under the ledger's own retries that would make one call block for many minutes. Unless set by the user:
+    3 tries of at most 30 s, so ``TUNE_LOSSES_MLFLOW_RETRY_S`` bounds a call (plus one request in flight)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
 def retry_seconds() -> float:
@@ -142,6 +149,7 @@ class Ledger:
     """The tracking calls of one sweep, each idempotent and retried (see the module docstring)."""
 
     def __init__(self, tracking_uri_or_client, experiment_id: str, parent_run_id: str, retry_s: float | None = None):
+        bound_http_retries()
         given = tracking_uri_or_client
         self.client = store.client(given) if isinstance(given, str) else given
         self.experiment_id, self.parent_run_id = experiment_id, parent_run_id
@@ -269,7 +277,12 @@ def audit(client, parent_run_id: str, experiment_id: str, epochs: int) -> list[s
             problems.append(f"{name}: epochs logged more than once: {sorted(steps)}")
         if sorted(set(steps)) != list(range(1, len(set(steps)) + 1)):
             problems.append(f"{name}: epochs missing: {sorted(steps)}")
-        early = run.data.tags.get("stopped_early") == "true" or run.data.tags.get("status") != "completed"
-        if not early and len(set(steps)) != epochs:
+        early = run.data.tags.get("stopped_early") == "true"
+        if early and run.data.tags.get("stopped_at_epoch") != str(len(set(steps))):
+            problems.append(
+                f"{name}: stopped early at epoch {run.data.tags.get('stopped_at_epoch')} with "
+                f"{len(set(steps))} epochs logged"
+            )
+        if not early and run.data.tags.get("status") == "completed" and len(set(steps)) != epochs:
             problems.append(f"{name}: completed with {len(set(steps))} of {epochs} epochs")
     return problems

@@ -18,7 +18,10 @@ def save_checkpoint(state: dict, directory) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / FILENAME
     tmp = directory / (FILENAME + ".part")
-    torch.save(state, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the rename makes it the checkpoint: a crash leaves the old or the new
     os.replace(tmp, path)
     return path
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import json
 import os
@@ -117,11 +118,15 @@ def _searcher(space: Space, ps: dict, done: list[TrialRecord], todo: list[TrialR
     if space.search.searcher != "optuna":
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        return BasicVariantGenerator(random_state=seed)
+        # given a searcher, Ray Tune ignores max_concurrent_trials: the generator holds the limit itself
+        return BasicVariantGenerator(random_state=seed, max_concurrent=space.search.max_concurrent)
     from ray.tune.search.optuna import OptunaSearch
 
+    from .distinct import DistinctTrials
+
+    swept = list(space.params)
     if not done and not todo and warm is None:
-        return OptunaSearch(seed=seed)
+        return DistinctTrials(OptunaSearch(seed=seed), swept)
     import optuna
 
     dists = OptunaSearch.convert_search_space(ps)
@@ -141,7 +146,7 @@ def _searcher(space: Space, ps: dict, done: list[TrialRecord], todo: list[TrialR
             study.add_trial(optuna.trial.create_trial(params=point(record), distributions=dists, value=value))
     for record in todo:
         study.enqueue_trial(point(record))
-    return OptunaSearch(seed=seed, storage=storage, study_name=space.name)
+    return DistinctTrials(OptunaSearch(seed=seed, storage=storage, study_name=space.name), swept, done + todo)
 
 
 def _create_parent(client, exp_id: str, name: str, tags: dict) -> str:
@@ -190,9 +195,13 @@ def _parent_params(space: Space, uri: str, data=None) -> dict:
                 "asha.reduction_factor": s.scheduler.reduction_factor,
             }
         )
+    from tune_losses.data.splits import describe
     from tune_losses.reports.protocol import parent_params
 
-    params.update(parent_params(space.model_dump(mode="json"), data))  # protocol, selection, split sizes
+    sizes = describe(data) if data is not None else None
+    params.update(parent_params(space.model_dump(mode="json"), sizes))  # protocol, selection, split sizes
+    train = json.dumps(space.train.model_dump(mode="json"), sort_keys=True, default=str)
+    params["train_sha256"] = hashlib.sha256(train.encode()).hexdigest()[:16]  # --resume refuses another config
     order = grid_order(space)
     if order is not None:
         params["grid_order"] = json.dumps([list(p.values()) for p in order])[:6000]
@@ -205,14 +214,34 @@ def check_resumable(parent, space: Space, uri: str, source: str, data=None) -> N
     changed = [
         f"{k}: {recorded[k]} in the sweep, {v} now"
         for k, v in _parent_params(space, uri, data).items()
-        if k in recorded and recorded[k] != v and k != "tracking_uri"
+        if k in recorded and recorded[k] != v and k not in ("tracking_uri", "train_sha256")
     ]
+    if not changed and recorded.get("train_sha256") not in (None, _parent_params(space, uri)["train_sha256"]):
+        changed = _train_changes(parent, space, uri) or ["train: the training config (its hash train_sha256)"]
     if changed:
         raise SpaceError(
             f"{source}: --resume: this space differs from the one the sweep {parent.info.run_name!r} "
             "ran with:\n  " + "\n  ".join(changed) + "\nresume with the same space and --set "
             "options, or start a new sweep with another --name"
         )
+
+
+def _train_changes(parent, space: Space, uri: str) -> list[str]:
+    """Which fields of `train` differ from the sweep's (its space/resolved_space.json artifact)."""
+    from tune_losses.tracking.callback import flatten
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = tracking.client(uri).download_artifacts(parent.info.run_id, "space/resolved_space.json", tmp)
+            before = flatten({"train": json.loads(Path(path).read_text())["train"]})
+    except Exception:  # no artifact (an older sweep, a kill before it was written): the hash says enough
+        return []
+    now = flatten({"train": json.loads(json.dumps(space.train.model_dump(mode="json"), default=str))})
+    return [
+        f"{k}: {before.get(k)} in the sweep, {now.get(k)} now"
+        for k in sorted(set(before) | set(now))
+        if before.get(k) != now.get(k)
+    ]
 
 
 def _start_parent(
@@ -308,6 +337,20 @@ class Interrupt:
 
         return StopOnInterrupt() if other is None else CombinedStopper(StopOnInterrupt(), other)
 
+    def callback(self):
+        """A Ray Tune callback that takes SIGUSR1 (a common pre-emption signal) back from Ray Tune, which installs its
+        own handler for it whatever TUNE_DISABLE_SIGINT_HANDLER says, once the run has started."""
+        from ray.tune import Callback
+
+        handle = self._handle
+
+        class TakeSignals(Callback):
+            def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
+                if hasattr(signal, "SIGUSR1") and threading.current_thread() is threading.main_thread():
+                    signal.signal(signal.SIGUSR1, handle)
+
+        return TakeSignals()
+
     def _handle(self, sig, frame):
         if self.event.is_set():
             print(
@@ -331,10 +374,13 @@ class Interrupt:
         previous_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
         previous = signal.signal(signal.SIGINT, self._handle)
+        usr1 = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
         try:
             yield self
         finally:
             signal.signal(signal.SIGINT, previous)
+            if usr1 is not None:
+                signal.signal(signal.SIGUSR1, usr1)
             if previous_env is None:
                 os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
             else:
@@ -353,7 +399,10 @@ def _finish_runs(ledger: Ledger, results, epochs: int) -> None:
         epoch = int(m.get("epoch", 0) or 0)
         if r.error is None:
             status = m.get("trial_status") or "completed"
-            tags = {"status": status, "stopped_early": str(status == "completed" and epoch < epochs).lower()}
+            early = status == "completed" and epoch < epochs
+            tags = {"status": status, "stopped_early": str(early).lower()}
+            if early:
+                tags["stopped_at_epoch"] = str(epoch)
             ledger.set_tags(run_id, tags)
             ledger.set_status(run_id, "FINISHED")
         else:
@@ -481,6 +530,7 @@ def run_sweep(
     sweep = {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent_id, "checkpoints": checkpoints}
     interrupt = Interrupt()
     callback = LedgerCallback(ledger, space.train.epochs, interrupt.event)
+    callback.budget, callback.scheduler = budget, space.search.scheduler.name
     # the splits go once into Ray's object store; trials on every node read them from there
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, space_json=space_json, sweep=sweep, data=data),
@@ -510,7 +560,7 @@ def run_sweep(
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage_path,
-            callbacks=[callback, *extra],
+            callbacks=[callback, interrupt.callback(), *extra],
             verbose=verbose,
             stop=interrupt.stopper(budget.stopper),
             failure_config=tune.FailureConfig(max_failures=s.max_failures),

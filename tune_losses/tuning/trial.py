@@ -31,7 +31,7 @@ from tune_losses.spaces import Space, trial_config
 from tune_losses.tracking.callback import flatten, trial_name
 from tune_losses.tracking.ledger import Ledger, trial_key
 from tune_losses.training import save_checkpoint, train
-from tune_losses.training.checkpoint import FILENAME
+from tune_losses.training.checkpoint import FILENAME, load_checkpoint
 from tune_losses.training.config import weights_used
 
 from .workers import trial_environment
@@ -64,7 +64,19 @@ class CheckpointStore:
             pyarrow.fs.copy_files(str(Path(tmp) / FILENAME), f"{base}/{self.key}/{FILENAME}", destination_filesystem=fs)
 
     def fetch(self, into: Path) -> Path | None:
-        """A directory holding the checkpoint (``into`` for a remote one), or None when there is none."""
+        """A directory holding a readable checkpoint (``into`` for a remote one), or None when there is none or
+        it cannot be read (torn by a copy cut short): the trial then starts again rather than fail for ever."""
+        found = self._fetch(into)
+        if found is None:
+            return None
+        try:
+            load_checkpoint(found)
+        except Exception as exc:
+            log.warning("checkpoint %s cannot be read (%s): the trial starts again from epoch 1", found, exc)
+            return None
+        return found
+
+    def _fetch(self, into: Path) -> Path | None:
         if not self.remote:
             return self.local_dir if (self.local_dir / FILENAME).is_file() else None
         import pyarrow.fs
@@ -129,6 +141,9 @@ def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
     }
     if record.status != "RUNNING":
         ledger.set_status(run_id, "RUNNING")
+    for stale in ("stopped_at_epoch", "reason"):  # an end recorded in part before a kill: the trial goes on
+        if stale in record.tags:
+            ledger.call("delete_tag", run_id, stale)
     ledger.set_tags(run_id, tags)
     if attempts == 1 or not record.tags.get("params_logged"):
         params = flatten(cfg)
@@ -159,6 +174,11 @@ def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
             ledger.set_tags(run_id, {"restarted_from_scratch": "true"})  # checkpoint lost: epochs re-run, not re-logged
         # exactly the GPUs Ray assigned this trial (none: the CPU), whatever else the node has
         result = train(cfg, report=report, resume_from=resume_from, splits=data, gpu_ids=ray.get_gpu_ids())
+    if not last and result.get("status") == "completed":
+        # resumed from the checkpoint of its last epoch (a kill came before its run was closed): nothing was
+        # trained, so the result Ray Tune sees is the one the ledger holds
+        final = {k: v for k, v in record.metrics.items() if k != "epoch"}
+        tune.report({**final, "epoch": record.last_step, "node_id": node, "mlflow_run_id": run_id})
     if last.get("test_confusion") is not None:
         ledger.log_dict(run_id, last["test_confusion"], "confusion_matrix.json")
     if result.get("status") == "diverged":
