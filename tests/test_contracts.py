@@ -277,13 +277,16 @@ def test_a_model_called_vectorizable_gives_under_vmap_what_each_replica_gives(na
         torch.manual_seed(seed)
         replicas.append(model_and_params(name)[0])
     if not vectorizable(replicas[0]):
-        pytest.skip(f"{name} has batch norm or dropout: trained as a loop of replicas")
+        pytest.skip(f"{name} is trained as a loop of replicas (training/replicas.py vectorizable)")
+    for m in replicas:  # dropout's per-replica noise is training/replicas.py's (ReplicaDropout, test_training.py)
+        m.eval()
     params, buffers = torch.func.stack_module_state(replicas)
     x = torch.rand(3, 5, *INPUT)
     base = replicas[0]
     out = torch.vmap(lambda p, b, xk: split_output(functional_call(base, (p, b), (xk,)))[0])(params, buffers, x)
     want = torch.stack([split_output(m(x[i]))[0] for i, m in enumerate(replicas)])
-    assert torch.allclose(out, want, rtol=1e-5, atol=1e-6)
+    # a batched convolution may take another algorithm than K single ones: deep nets agree to float rounding
+    assert torch.allclose(out, want, rtol=1e-4, atol=1e-5), (out - want).abs().max()
 
 
 # Data sets: each as `train` builds it (default root, no download); one that is not here is skipped with the

@@ -125,7 +125,10 @@ def cmd_report(args) -> int:
 
     if args.out:
         _output_path(args.out, "--out", directory=True)
-    report = build_report(args.sweep, tracking_uri=args.tracking_uri, out_dir=args.out)
+    from tune_losses import tracking
+
+    out = args.out or tracking.run_dir() / "reports" / args.sweep  # where the sweep itself writes its report
+    report = build_report(args.sweep, tracking_uri=args.tracking_uri, out_dir=out)
     print(report.markdown)
     print(f"\nWritten to {report.directory} and logged to the sweep's parent run under report/")
     return 0

@@ -244,6 +244,7 @@ class Space(Strict):
                 for x in (
                     search.searcher == "optuna" and "searcher optuna",
                     search.scheduler.name == "asha" and "scheduler asha",
+                    getattr(search, "plateau", None) is not None and "a plateau stop",
                 )
                 if x
             ]

@@ -1,8 +1,8 @@
 """`report.html`: the report as one self-contained page, its figures embedded as base64 PNGs.
 
 It is made from the report's Markdown (reports/build.py), which uses only what is converted here: ``#``/``##``
-headings, paragraphs with inline ``code``, ``- `` lists, pipe tables (pandas' ``to_markdown``) and images
-``![alt](file.png)`` of PNGs in the report's directory. The page needs nothing else (no script, no stylesheet
+headings, paragraphs with inline ``code`` and ``**bold**``, ``- `` lists, pipe tables (pandas' ``to_markdown``)
+and images ``![alt](file.png)`` of PNGs in the report's directory. The page needs nothing else (no script, no stylesheet
 or image from elsewhere), so it opens from a download of the parent run's ``report/`` artifacts or from disk.
 """
 
@@ -25,7 +25,8 @@ code { background: #f4f4f4; padding: 0 0.2em; }
 
 
 def _inline(text: str) -> str:
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out)
 
 
 def _cells(line: str) -> list[str]:

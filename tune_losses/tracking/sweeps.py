@@ -188,6 +188,7 @@ def summary(c, parent, with_activity: bool = False) -> dict:
         "metric": metric,
         "mode": mode,
         "best": best,
+        "selects": params.get("selection.metric", metric) != "none",  # protocol paper: a table, no choice
         "started": start,
         "duration": ((end if state != "running" and end else time.time()) - start) if start else None,
         "warm_start": tags.get(WARM_START_TAG),
@@ -236,7 +237,7 @@ def format_sweeps(rows: list[dict]) -> str:
         return "no sweeps in this store"
     table = []
     for r in rows:
-        best = r["best"]
+        best = r["best"] if r.get("selects", True) else None  # protocol paper: nothing chosen (see `status`)
         table.append(
             [
                 r["name"],
@@ -283,7 +284,8 @@ def format_status(s: dict) -> str:
     ]
     if s["best"]:
         value, values, trial = s["best"]
-        lines.append(f"  best {s['metric']}: {value:.4g} with {_fmt_values(values)} ({trial})")
+        label = "best" if s.get("selects", True) else "top (a table of test numbers: nothing is selected)"
+        lines.append(f"  {label} {s['metric']}: {value:.4g} with {_fmt_values(values)} ({trial})")
     if s["warm_start"]:
         lines.append(f"  warm-started from sweep {s['warm_start']} (its trials are in this sweep's report)")
     for r in s["running"]:

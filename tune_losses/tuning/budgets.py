@@ -89,8 +89,8 @@ class Budget(Callback):
         self._finished(None)
 
     def on_experiment_end(self, trials, **info):
-        # Ray returns from Tuner.fit after Ctrl-C too, with trials left unfinished
-        self.interrupted = any(t.status not in ("TERMINATED", "ERROR") for t in trials)
+        # Ctrl-C is told by the runner (tuning/runner.py Interrupt); trials left unfinished say so too
+        self.interrupted = self.interrupted or any(t.status not in ("TERMINATED", "ERROR") for t in trials)
 
     def get_state(self):
         return {"best": self.best, "since_best": self.since_best}

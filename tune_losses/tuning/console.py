@@ -24,6 +24,9 @@ def quiet(verbose: int) -> None:
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     # "Creating initial MLflow database tables..." / "Updating database tables" when a SQLite store is made
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    # "Failed to fetch metrics for N trial(s)": trials stopped (Ctrl-C, a budget) before their first report have
+    # no result files; what they did is in MLflow, and the sweep's summary says so
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
 
 def header(space, name: str) -> str:

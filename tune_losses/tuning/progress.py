@@ -53,6 +53,7 @@ class SweepProgress(Callback):
         self._trial_name = trial_name
         self.loss, self.paths = space.train.loss.name, list(space.params)
         self.epochs, self.metric, self.mode = space.train.epochs, space.search.metric, space.search.mode
+        self.selects = space.selection_metric is not None  # protocol paper: a table of test numbers, no best
         self.budget, self.interval = budget, interval
         self.out = out
         self.use_bar = sys.stderr.isatty() if bar is None else bar
@@ -108,7 +109,7 @@ class SweepProgress(Callback):
         )
         of = f" (of {self.total_trials})" if self.total_trials and self.total_trials < 10**9 else ""
         best = ""
-        if self.value:  # every trial's last value, running ones too (as Ray's "current best trial")
+        if self.value and self.selects:  # every trial's last value, running ones too (as Ray's "current best trial")
             pick = max if self.mode == "max" else min
             tid = pick(self.value, key=lambda t: self.value[t])
             best = f" | best {self.metric} {_num(self.value[tid])}: {self.names.get(tid, tid)}"
@@ -209,7 +210,7 @@ class SweepProgress(Callback):
         value = self.value.get(tid)
         shown = f"{self.metric} {_num(value)}" if value is not None else f"no {self.metric}"
         had_best = self.best is not None
-        best = " (best so far)" if self._is_best(tid) and had_best else ""
+        best = " (best so far)" if self._is_best(tid) and had_best and self.selects else ""
         if last.get("trial_status") == "diverged":
             self.counts["diverged"] += 1
             self.unused_epochs += self.epochs - epoch

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import math
 import os
 import random
 import signal
@@ -321,6 +322,7 @@ class Interrupt:
 
     def __init__(self):
         self.event = Flag()
+        self.budget: Any = None  # tuning/budgets.py Budget, told of the interrupt
 
     def stopper(self, other=None):
         """A Stopper that ends the sweep after a Ctrl-C (combined with ``other``, the space's budgets, if any)."""
@@ -352,6 +354,8 @@ class Interrupt:
         return TakeSignals()
 
     def _handle(self, sig, frame):
+        if self.budget is not None:
+            self.budget.interrupted = True  # the live view and the parent's ended_by say so
         if self.event.is_set():
             print(
                 "\nInterrupted again: exiting now. Finished trials and checkpoints are kept; resume with --resume.",
@@ -414,6 +418,26 @@ def _finish_runs(ledger: Ledger, results, epochs: int) -> None:
         ledger.set_status(run_id, "KILLED")
 
 
+def _best(space: Space, results, done: list[TrialRecord]) -> tuple[dict | None, float | None]:
+    """The best config and its metric (last value) among this run's trials and, for a resumed Optuna sweep, the
+    finished trials the study was told about (Ray Tune did not run them again)."""
+    metric, sign = space.search.metric, 1.0 if space.search.mode == "max" else -1.0
+    found: list[tuple[float, dict]] = []
+    candidates = [((r.metrics or {}).get(metric), (r.config or {}).get("params", {})) for r in results]
+    candidates += [
+        (r.metrics.get(metric), {p: json.loads(r.params[f"swept.{p}"]) for p in space.params})
+        for r in done
+        if all(f"swept.{p}" in r.params for p in space.params)
+    ]
+    for value, config in candidates:
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            found.append((float(value), config))
+    if not found:
+        return None, None
+    value, config = max(found, key=lambda vc: sign * vc[0])
+    return config, value
+
+
 def run_sweep(
     space_or_path,
     name: str | None = None,
@@ -471,8 +495,6 @@ def run_sweep(
         preflight.check_local_resources(space, str(path), num_cpus, _local_gpus())
     data = preflight.load_data(space, str(path))
     warm = warm_starts.load(warm_start, space, uri) if warm_start else None
-    if progress:
-        print(header(space, name), flush=True)  # Ray takes seconds to start
     # opening a SQLite store creates it: a new sweep opens it only once all else is known to be fine (below)
     client = tracking.client(uri) if resume or tracking.store_exists(uri) else None
     parent = tracking.find_sweep(client, name) if client is not None else None
@@ -485,6 +507,8 @@ def run_sweep(
             f"--name: a sweep named {name!r} is already in {tracking.redact(uri)}; continue it with "
             "--resume, or give this one another --name"
         )
+    if progress:
+        print(header(space, name), flush=True)  # Ray takes seconds to start
 
     from ray import tune
 
@@ -531,6 +555,7 @@ def run_sweep(
     interrupt = Interrupt()
     callback = LedgerCallback(ledger, space.train.epochs, interrupt.event)
     callback.budget, callback.scheduler = budget, space.search.scheduler.name
+    interrupt.budget = budget
     # the splits go once into Ray's object store; trials on every node read them from there
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, space_json=space_json, sweep=sweep, data=data),
@@ -554,7 +579,8 @@ def run_sweep(
             scheduler=_scheduler(space),
             search_alg=_searcher(space, ps, done, todo, warm),
             num_samples=num_samples,
-            max_concurrent_trials=s.max_concurrent,
+            # grid and random: the generator holds the limit (_searcher); Ray Tune warns if given it as well
+            max_concurrent_trials=s.max_concurrent if s.searcher == "optuna" else None,
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
@@ -585,13 +611,8 @@ def run_sweep(
     summary["grid_points"] = grid_size(space)
     summary["trials_resumed_finished"] = len(done)
     best_config = best_metric = None
-    try:
-        if space.selection_metric is not None:  # protocol paper without select_on_test chooses nothing (spaces.py)
-            best = results.get_best_result(metric=space.search.metric, mode=space.search.mode, scope="last")
-            best_config = (best.config or {}).get("params", {})
-            best_metric = (best.metrics or {}).get(space.search.metric)
-    except RuntimeError:
-        pass
+    if space.selection_metric is not None:  # protocol paper without select_on_test chooses nothing (spaces.py)
+        best_config, best_metric = _best(space, results, done)
     metrics = [Metric(f"sweep.{k}", float(v), int(time.time() * 1000), 0) for k, v in summary.items()]
     tags = [
         RunTag("status", "interrupted" if budget.ended_by == "interrupted" else "completed"),
@@ -620,8 +641,8 @@ class SweepInterrupted(KeyboardInterrupt):
 
     def __init__(self, name: str, finished: int, total: int):
         super().__init__(
-            f"sweep {name!r} interrupted: {finished} of the {total} trials started had finished; the "
-            "others keep their checkpoints"
+            f"sweep {name!r} interrupted: {finished} of the {total} trials started had finished; the others "
+            "continue from their last checkpoint (or from epoch 1 if they had not finished one)"
         )
         self.name = name
 
