@@ -83,7 +83,7 @@ def test_mlflow_ui_shows_the_sweep_its_trials_a_chart_and_the_report(browser_rea
             page.get_by_placeholder("Search metric charts").fill("val_acc")  # as a user finds one chart
             page.get_by_text("dal a=5 (val_acc)", exact=True).first.wait_for()  # its legend: this run's series
             assert page.get_by_text("test_acc", exact=True).count() == 0  # filtered to val_acc's charts
-            assert page.locator(".js-plotly-plot svg").count() >= 1  # drawn
+            page.locator(".js-plotly-plot svg").first.wait_for()  # drawn (it follows its legend)
             page.screenshot(path=shots / "trial_metrics.png")
 
             # the report, logged as artifacts of the parent run

@@ -64,7 +64,7 @@ def test_sweep_against_an_mlflow_server_on_postgresql(postgres, tmp_path, ray_lo
             assert sorted(m.step for m in c.get_metric_history(r.info.run_id, "val_acc")) == [1, 2, 3]
             assert {"confusion_matrix.json", "learning_curves.png"} <= {a.path for a in c.list_artifacts(r.info.run_id)}
         report = build_report("pg_e2e", tracking_uri=uri, out_dir=tmp_path / "report", log=False)
-        assert report.trials["run_id"].nunique() == 2 and "2 trials (2 completed)" in report.markdown
+        assert report.trials["run_id"].nunique() == 2 and "2 trials: 2 completed," in report.markdown
         assert "report" in {a.path for a in c.list_artifacts(parent.info.run_id)}  # logged by the sweep
         # and the runs are in PostgreSQL itself, not in a file beside the server
         with sqlalchemy.create_engine(postgres).connect() as db:

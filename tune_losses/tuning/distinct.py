@@ -9,6 +9,7 @@ resumed sweep a suggested config whose earlier trial was interrupted continues t
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 
@@ -61,6 +62,13 @@ class DistinctTrials(Searcher):
 
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
         self.searcher.on_trial_complete(trial_id, result=result, error=error)
+
+    def get_state(self) -> dict:
+        """What Ray Tune saves with its experiment state (a resume rebuilds all this from the ledger instead)."""
+        return {"taken": copy.deepcopy(self.taken), "resumable": copy.deepcopy(self.resumable)}
+
+    def set_state(self, state: dict) -> None:
+        self.taken, self.resumable = state["taken"], state["resumable"]
 
     def save(self, checkpoint_path: str) -> None:
         self.searcher.save(checkpoint_path)

@@ -382,7 +382,8 @@ class Interrupt:
         try:
             yield self
         finally:
-            signal.signal(signal.SIGINT, previous)
+            if not self.event.is_set():  # after a Ctrl-C the next one still exits at once, until the process ends
+                signal.signal(signal.SIGINT, previous)
             if usr1 is not None:
                 signal.signal(signal.SIGUSR1, usr1)
             if previous_env is None:
