@@ -196,14 +196,14 @@ def test_warm_start_gives_optuna_the_earlier_results_and_the_report_covers_both(
 
     # what Optuna was given: the two earlier points inside [4, 20] as completed trials with their val_acc
     from tune_losses.tuning import warm_start
-    from tune_losses.tuning.domains import to_tune
-    from tune_losses.tuning.runner import _searcher
+    from tune_losses.tuning.runner import _searcher, param_space
 
     space = load_space(more)[0]
     ws = warm_start.load("grid_first", space, uri)
-    searcher = _searcher(space, ws)
-    searcher.set_search_properties("val_acc", "max", {"params": {p: to_tune(d) for p, d in space.params.items()}})
-    study = [(t.params["params/loss.a"], t.value) for t in searcher._ot_study.trials]
+    ps = param_space(space)
+    searcher = _searcher(space, ps, [], [], ws)
+    searcher.set_search_properties("val_acc", "max", ps)
+    study = [(t.params["params/loss.a"], t.value) for t in searcher.searcher._ot_study.trials]
     earlier = {
         r.info.run_name: r.data.metrics["val_acc"]
         for r in tracking.trial_runs(c, tracking.find_sweep(c, "grid_first").info.run_id, parent.info.experiment_id)
