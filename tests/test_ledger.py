@@ -233,3 +233,15 @@ def test_a_sweep_name_in_the_store_is_resumed_never_started_twice(tmp_path):
         )
     assert not (tmp_path / "ray").exists() or not any((tmp_path / "ray").iterdir())
     assert len(c.search_runs([exp])) == 1
+
+
+def test_a_sweep_whose_driver_stopped_beating_is_interrupted_not_running(ledger):
+    """The driver tags the parent run with a heartbeat every 30 s; a RUNNING parent whose heartbeat is old lost
+    its driver (a kill, a lost machine): `status` says interrupted and how to resume."""
+    from tune_losses.tracking.sweeps import _state
+
+    c, parent_id = ledger.client, ledger.parent_run_id
+    c.set_tag(parent_id, "heartbeat", f"{time.time():.0f}")
+    assert _state(c.get_run(parent_id), []) == "running"
+    c.set_tag(parent_id, "heartbeat", f"{time.time() - 600:.0f}")
+    assert _state(c.get_run(parent_id), []) == "interrupted"

@@ -4,12 +4,12 @@ alone (any tracking URI), so another machine sees a running sweep's progress.
 A sweep is a parent run tagged ``tune_losses.role=sweep`` and ``tune_losses.sweep=<name>``; its trials are runs
 tagged ``tune_losses.role=trial`` whose ``mlflow.parentRunId`` is the parent. A sweep is ``finished`` once its
 parent run is (tag ``status`` completed, ``ended_by`` saying why), ``interrupted`` when the driver stopped before
-(tag ``status`` interrupted, or the run ended otherwise), and ``running`` while the parent run is RUNNING (a driver
-killed outright leaves it so: ``status`` shows how long ago a trial last reported). The number of trials a sweep
-will run is the grid size times ``num_samples`` (grid and random searchers) or ``num_samples`` (Optuna), from the
-parent run's resolved space; budgets (``time_budget_s``, ``plateau``) can end it sooner. A sweep started with
-``--warm-start EARLIER`` (tag ``tune_losses.warm_start``) also covers the earlier sweep's trials
-(:func:`earlier_runs`).
+(tag ``status`` interrupted, or the run ended otherwise, or its driver's ``heartbeat`` tag is over two minutes old:
+a driver killed outright), and ``running`` while the parent run is RUNNING and its driver beats. The number of
+trials a sweep will run is the grid size times ``num_samples`` (grid and random searchers) or ``num_samples``
+(Optuna), from the parent run's resolved space; budgets (``time_budget_s``, ``plateau``) can end it sooner. A
+sweep started with ``--warm-start EARLIER`` (tag ``tune_losses.warm_start``) also covers the earlier sweep's
+trials (:func:`earlier_runs`).
 """
 
 from __future__ import annotations
@@ -126,8 +126,22 @@ def planned_trials(c, parent, space: dict | None = None) -> int | None:
     return grid * samples
 
 
+def _space_arg(path: str | None) -> str | None:
+    """What to give `tune-losses sweep` again: a bundled space's name, or the file's path."""
+    if not path:
+        return None
+    return Path(path).stem if Path(path).parent.name == "search_spaces" else path
+
+
+#: a driver writes its heartbeat (tag ``heartbeat``) every 30 s (tracking/callback.py): four missed, it is gone
+STALE_HEARTBEAT_S = 120.0
+
+
 def _state(parent, trials) -> str:
     tags, status = parent.data.tags, parent.info.status
+    beat = tags.get("heartbeat")
+    if status == "RUNNING" and beat and time.time() - float(beat) > STALE_HEARTBEAT_S:
+        return "interrupted"  # its driver stopped without a word (a kill, a lost machine): --resume continues it
     if status == "RUNNING":
         return "running"  # a resumed sweep is running again, whatever an earlier driver tagged
     if tags.get("status") == "completed" and status == "FINISHED" and tags.get("ended_by") != "interrupted":
@@ -190,6 +204,7 @@ def summary(c, parent, with_activity: bool = False) -> dict:
         "best": best,
         "selects": params.get("selection.metric", metric) != "none",  # protocol paper: a table, no choice
         "started": start,
+        "space_file": _space_arg(tags.get("space_file")),
         "duration": ((end if state != "running" and end else time.time()) - start) if start else None,
         "warm_start": tags.get(WARM_START_TAG),
         "searcher": params.get("searcher"),
@@ -299,7 +314,8 @@ def format_status(s: dict) -> str:
             + (" (if its driver was killed, continue it with `tune-losses sweep SPACE --resume`)" if idle > 600 else "")
         )
     elif s["state"] == "interrupted":
-        lines.append("  continue it with `tune-losses sweep SPACE --name NAME --resume`")
+        space = s.get("space_file") or "SPACE"
+        lines.append(f"  continue it with `tune-losses sweep {space} --name {s['name']} --resume`")
     return "\n".join(lines)
 
 
