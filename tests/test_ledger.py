@@ -245,3 +245,22 @@ def test_a_sweep_whose_driver_stopped_beating_is_interrupted_not_running(ledger)
     assert _state(c.get_run(parent_id), []) == "running"
     c.set_tag(parent_id, "heartbeat", f"{time.time() - 600:.0f}")
     assert _state(c.get_run(parent_id), []) == "interrupted"
+
+
+def test_a_new_sqlite_store_is_made_whole_or_not_at_all(tmp_path, monkeypatch):
+    """MLflow migrates a new SQLite store in many committed steps; a kill among them left a store no command could
+    open. The schema is now built beside the store and renamed into place: a failure leaves no store at all."""
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path / "s" / "mlflow.db"
+
+    def cut(self, *args, **kwargs):
+        raise KeyboardInterrupt  # as a kill in the middle of the migration would stop it
+
+    with monkeypatch.context() as m:
+        m.setattr(MlflowClient, "search_experiments", cut)
+        with pytest.raises(KeyboardInterrupt):
+            tracking.client(f"sqlite:///{db}")
+    assert not db.exists() and list(db.parent.iterdir()) == []
+    c = tracking.client(f"sqlite:///{db}")
+    assert db.exists() and tracking.experiment_id(c)

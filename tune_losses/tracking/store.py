@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import uuid
 from pathlib import Path
 
 import mlflow
@@ -133,8 +134,26 @@ def client(tracking_uri: str | None = None, must_exist: bool = False) -> MlflowC
         check_exists(uri)
     elif (db := _sqlite_path(uri)) is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
+        create_sqlite_store(db)
     mlflow.set_tracking_uri(uri)
     return MlflowClient(tracking_uri=uri)
+
+
+def create_sqlite_store(db: Path) -> None:
+    """Make a new SQLite store whole or not at all. MLflow builds its schema in many migration steps, several
+    committed apart: a process killed among them leaves a store that no later command can open ("duplicate column
+    name"; found by benchmarks/faults.py). So the schema is built in a file of its own beside ``db`` and renamed
+    into place in one step; a kill leaves at most that file (``.*.creating``), never a half-made store."""
+    if db.exists():
+        return
+    # a name never used before: MLflow caches each store (and its open database) by URI
+    tmp = db.with_name(f".{db.name}.{uuid.uuid4().hex}.creating")
+    try:
+        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)  # builds the schema
+        if not db.exists():  # another process may have made it meanwhile: both are whole, keep the first
+            os.replace(tmp, db)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # MLflow 3's UI opens an experiment without this tag on its GenAI (traces) pages; with it, on the runs table.
