@@ -264,3 +264,22 @@ def test_a_new_sqlite_store_is_made_whole_or_not_at_all(tmp_path, monkeypatch):
     assert not db.exists() and list(db.parent.iterdir()) == []
     c = tracking.client(f"sqlite:///{db}")
     assert db.exists() and tracking.experiment_id(c)
+
+
+def test_resuming_through_another_spelling_of_the_store_does_not_rewrite_the_parent(tmp_path):
+    """The same SQLite file reached as .../sub/../mlflow.db: the parent keeps the params it has (MLflow refuses
+    a param logged again with another value, which --resume used to do with `tracking_uri`)."""
+    from tune_losses.spaces import load_space
+    from tune_losses.tuning.runner import _start_parent
+
+    from helpers import write_space
+
+    path = write_space(tmp_path / "s.yaml", name="spelled")
+    space, _, text = load_space(path)
+    (tmp_path / "sub").mkdir()
+    uri, other = f"sqlite:///{tmp_path}/mlflow.db", f"sqlite:///{tmp_path}/sub/../mlflow.db"
+    c = tracking.client(uri)
+    exp = tracking.experiment_id(c)
+    parent = _start_parent(c, exp, space, path, text, "spelled", uri)
+    again = _start_parent(tracking.client(other), exp, space, path, text, "spelled", other, parent)
+    assert again == parent and c.get_run(parent).data.params["tracking_uri"] == uri

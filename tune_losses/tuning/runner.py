@@ -258,6 +258,7 @@ def _start_parent(
 ) -> str:
     """Create the parent run (or, resuming, complete one whose creation a kill cut short): params and the space
     file; every write may be repeated."""
+    resuming = parent_id is not None
     if parent_id is None:
         tags = {
             "tune_losses.sweep": name,
@@ -269,7 +270,12 @@ def _start_parent(
             "status": "running",
         }
         parent_id = _create_parent(client, exp_id, name, tags)
-    retrying(client.log_batch, parent_id, params=[Param(k, v) for k, v in _parent_params(space, uri, data).items()])
+    # resuming: only what a cut-short creation left out (a param MLflow holds is never rewritten: the same store
+    # reached by another URI spelling would otherwise be refused as a changed `tracking_uri`)
+    recorded = client.get_run(parent_id).data.params if resuming else {}
+    params = [Param(k, v) for k, v in _parent_params(space, uri, data).items() if k not in recorded]
+    if params:
+        retrying(client.log_batch, parent_id, params=params)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / path.name).write_text(text)
         (Path(tmp) / "resolved_space.json").write_text(json.dumps(space.model_dump(), indent=2, default=str))
@@ -563,12 +569,6 @@ def run_sweep(
         {"cpu": space.resources.cpu, "gpu": space.resources.gpu},
     )
     ps = param_space(space)
-    if not remote_storage:
-        # Ray Tune snapshots its state whenever a trial has checkpointed num_to_keep times; with second-long epochs
-        # it then warns, many times a sweep, that snapshots "may become a bottleneck". On local storage a snapshot
-        # is one small file write (benchmarks/sweep_overhead.py: 0.03-0.09 s per trial in all); on s3:// etc. the
-        # warning stays. A value the user set wins.
-        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     s = space.search
     num_samples = 1 if s.searcher != "optuna" else max(s.num_samples - len(done), 0)
     tuner = tune.Tuner(
