@@ -500,32 +500,41 @@ def run_sweep(
     preflight.check_ray_address(address, address_option)
     if not address:
         preflight.check_local_resources(space, str(path), num_cpus, _local_gpus())
-    data = preflight.load_data(space, str(path))
-    warm = warm_starts.load(warm_start, space, uri) if warm_start else None
-    # opening a SQLite store creates it: a new sweep opens it only once all else is known to be fine (below)
-    client = tracking.client(uri) if resume or tracking.store_exists(uri) else None
-    parent = tracking.find_sweep(client, name) if client is not None else None
-    if resume and parent is None:
-        raise SpaceError(f"--resume: no sweep named {name!r} in the tracking store {tracking.redact(uri)}")
-    if resume:
-        check_resumable(parent, space, uri, str(path), data)
-    if not resume and parent is not None:
-        raise SpaceError(
-            f"--name: a sweep named {name!r} is already in {tracking.redact(uri)}; continue it with "
-            "--resume, or give this one another --name"
-        )
-    if progress:
-        print(header(space, name), flush=True)  # Ray takes seconds to start
+    from .workers import RayStart, run_trial
+
+    # Ray starts (its workers importing the trial code) while the driver loads the data and opens the store
+    ray_start = RayStart(address, num_cpus, verbose)
+    try:
+        data = preflight.load_data(space, str(path))
+        warm = warm_starts.load(warm_start, space, uri) if warm_start else None
+        # opening a SQLite store creates it: a new sweep opens it only once all else is known to be fine (below)
+        client = tracking.client(uri) if resume or tracking.store_exists(uri) else None
+        parent = tracking.find_sweep(client, name) if client is not None else None
+        if resume and parent is None:
+            raise SpaceError(f"--resume: no sweep named {name!r} in the tracking store {tracking.redact(uri)}")
+        if resume:
+            check_resumable(parent, space, uri, str(path), data)
+        if not resume and parent is not None:
+            raise SpaceError(
+                f"--name: a sweep named {name!r} is already in {tracking.redact(uri)}; continue it with "
+                "--resume, or give this one another --name"
+            )
+        if progress:
+            print(header(space, name), flush=True)  # Ray takes seconds to start
+        if address:  # a cluster may lack what the trials need: known before the store is opened
+            ray_start.wait()
+            preflight.check_ray_resources(space, str(path), "cluster")
+        # opening a SQLite store creates it: only once all else is known fine (a local Ray's resources were
+        # checked before it started), while a local Ray starts
+        client = client or tracking.client(uri)
+        if not address:
+            ray_start.wait()
+            preflight.check_ray_resources(space, str(path), "local Ray")
+    except BaseException:
+        ray_start.cancel()  # no run was written: stop the Ray this sweep started
+        raise
 
     from ray import tune
-
-    from .workers import init_ray
-
-    init_ray(address, num_cpus, verbose)
-    preflight.check_ray_resources(space, str(path), "cluster" if address else "local Ray")
-    client = client or tracking.client(uri)  # opening a SQLite store creates it: only once all else is known fine
-
-    from .trial import run_trial
 
     exp_id = tracking.experiment_id(client)
     parent_id = _start_parent(

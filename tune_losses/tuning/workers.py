@@ -1,23 +1,39 @@
 """Starting Ray for a sweep: locally (all of this machine's CPUs, or num_cpus) or by address.
 
 Trials start in warm processes. Ray prestarts one worker process per CPU when it starts; with
-``preload_python_modules`` those processes import the trial code (torch, Ray Tune, the package) while the
-driver is still setting up, instead of after the first trial is scheduled. The sweep's start-up with them (its
-start to the first trial's MLflow run, the "one-time start-up" line of ``.venv/bin/python
-benchmarks/sweep_overhead.py``, a local Ray with 2 CPUs) measured about 4 s on an otherwise idle 2-CPU machine
-(the run reported in issue 13), and 58 s with ``--trials 4 --epochs 2`` on the same machine at a load average of
-about 20. On a cluster started with ``ray start``, give every node the same list through the environment:
+``preload_python_modules`` those processes import the trial code (torch, Ray Tune, MLflow, the package) while the
+driver is still setting up, instead of after the first trial is scheduled. The driver itself never imports the
+trial module: it hands Ray Tune :func:`run_trial` below, which imports it in the trial process (the driver saves
+torch's compiler stack, which torch.optim imports and only trials use).
+
+Ray starts in a thread (:class:`RayStart`) while the driver checks the tracking store, loads the data set and
+writes the parent run, so the workers' imports overlap the driver's work. Where the time goes before the first
+trial runs: ``.venv/bin/python benchmarks/startup.py`` (per step and per process).
+
+On a cluster started with ``ray start``, give every node the same list through the environment:
 ``RAY_preload_python_modules=tune_losses.tuning.trial`` (docker/compose.yaml does).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
+import sys
+import threading
 
 from tune_losses import _internals
 
 #: What a prestarted worker imports before it takes work: everything a trial needs (see trial.py).
 PRELOAD_MODULES = ["tune_losses.tuning.trial"]
+
+
+def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
+    """The trainable the driver gives Ray Tune: tuning/trial.py's ``run_trial``, imported in the trial process
+    (a prestarted worker has it already)."""
+    from .trial import run_trial as run
+
+    run(config, space_json, sweep, data)
 
 
 def use_prestarted_workers() -> None:
@@ -48,6 +64,60 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, verbose: i
         log_to_driver=verbose > 1,
         configure_logging=verbose > 1,
     )
+
+
+class _NotMainThread(logging.Filter):
+    """Drops Ray's warning that ray.init outside the main thread sets no SIGTERM handler (RayStart sets it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
+class RayStart:
+    """``init_ray`` in a thread, started at once: ``wait()`` returns when Ray is up (or raises what ray.init
+    raised); ``cancel()`` waits for the start to end and shuts down what it started, for a sweep that stops
+    before its trials (bad input found meanwhile, Ctrl-C). ray.init sets a SIGTERM handler only in the main
+    thread: ``wait()`` sets the same one there (exit, so that Ray's atexit hook shuts it down).
+
+    The thread lives as long as the process: Ray's processes are started with a parent-death signal
+    (PR_SET_PDEATHSIG), which Linux sends when the *thread* that started them ends."""
+
+    def __init__(self, address: str | None, num_cpus: int | None, verbose: int):
+        import ray
+
+        self._already = ray.is_initialized()
+        self._error: BaseException | None = None
+        self._started, self._hold = threading.Event(), threading.Event()
+        logging.getLogger("ray._private.worker").addFilter(_NotMainThread())
+        self._thread = threading.Thread(target=self._run, args=(address, num_cpus, verbose), daemon=True)
+        self._thread.start()
+
+    def _run(self, address, num_cpus, verbose) -> None:
+        try:
+            init_ray(address, num_cpus, verbose)
+        except BaseException as exc:  # handed to the main thread by wait()
+            self._error = exc
+        finally:
+            self._started.set()
+        self._hold.wait()  # see the class's docstring
+
+    def wait(self) -> None:
+        self._started.wait()
+        if self._error is not None:
+            raise self._error
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) in (
+            signal.SIG_DFL,
+            None,
+        ):
+            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+
+    def cancel(self) -> None:
+        import ray
+
+        self._started.wait()
+        if not self._already and ray.is_initialized():
+            ray.shutdown()
+        self._hold.set()
 
 
 def trial_environment() -> None:

@@ -1,0 +1,194 @@
+"""How long `tune-losses sweep` takes to get its first trial running, and where that time goes.
+
+Each round runs the real command twice in a fresh directory, each time with a fresh local Ray on the bundled
+digits: first in a new SQLite store (a project's first sweep), then another sweep in the same store (the
+researcher's next sweep):
+
+    tune-losses sweep quickstart --tracking-uri sqlite:///<tmp>/mlflow.db --storage <tmp>/ray --name first ...
+
+It watches the store (read-only, with sqlite3) for the first trial's MLflow run (a trial creates its run as its
+first act) and the first epoch it records. At the moment the first trial runs it reads the CPU seconds every
+process of the command's session has used so far, by kind (the driver, Ray's own processes, the worker
+processes), then kills the command and its Ray. The steps' own costs are timed apart, each in a fresh interpreter: the
+driver's imports, creating the store, starting Ray.
+
+    .venv/bin/python benchmarks/startup.py [--rounds 3] [--space quickstart]
+
+Goal (issue 15): the first trial running <= 3 s after the command starts, on 2 CPUs, Ray's start included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+VENV_BIN = Path(sys.executable).parent
+TICK = os.sysconf("SC_CLK_TCK")
+KINDS = [  # (kind, what its command line holds), first match wins
+    ("driver", "tune_losses.cli"),
+    ("driver", "tune-losses"),
+    ("workers", "ray::"),
+    ("workers", "default_worker.py"),
+    ("ray: gcs, raylet", "gcs_server"),
+    ("ray: gcs, raylet", "raylet"),
+    ("ray: python services", "ray/"),
+]
+
+
+def session_cpu(sid: int) -> tuple[dict[str, float], dict[str, int]]:
+    """CPU seconds (user + system) so far of every process in session ``sid``, and their number, by kind."""
+    out: dict[str, float] = {}
+    count: dict[str, int] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[3]) != sid:  # fields after the name: state ppid pgrp session ...
+            continue
+        kind = next((k for k, needle in KINDS if needle in cmd), "other")
+        out[kind] = out.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / TICK
+        count[kind] = count.get(kind, 0) + 1
+    return out, count
+
+
+def kill_session(sid: int) -> None:
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3]) == sid:
+                os.kill(int(pid), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
+
+
+def first_trial(db: Path, sweep: str) -> tuple[float | None, float | None]:
+    """(start of the sweep's first trial run, time of the first epoch a trial of it recorded), epoch seconds."""
+    if not db.exists():
+        return None, None
+    trials = (
+        "select r.run_uuid, r.start_time from runs r join tags t on t.run_uuid = r.run_uuid "
+        "join tags p on p.run_uuid = r.run_uuid join runs parent on parent.run_uuid = p.value "
+        "where t.key = 'tune_losses.trial_key' and p.key = 'mlflow.parentRunId' and parent.name = ?"
+    )
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.05)
+        try:
+            started = con.execute(f"select min(start_time) from ({trials})", (sweep,)).fetchone()[0]
+            epoch = con.execute(
+                f"select min(m.timestamp) from metrics m join ({trials}) t on t.run_uuid = m.run_uuid "
+                "where m.key = 'epoch'",
+                (sweep,),
+            ).fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:  # the store is being created or migrated
+        return None, None
+    return (started / 1000 if started else None), (epoch / 1000 if epoch else None)
+
+
+def one_sweep(tmp: str, name: str, space: str, sets: list[str], timeout: float) -> dict:
+    db = Path(tmp) / "mlflow.db"
+    cmd = [str(VENV_BIN / "tune-losses"), "sweep", space, "--tracking-uri", f"sqlite:///{db}"]
+    cmd += ["--storage", f"{tmp}/ray", "--name", name] + [a for s in sets for a in ("--set", s)]
+    start = time.time()
+    proc = subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    running = epoch = None
+    cpu: dict[str, float] = {}
+    count: dict[str, int] = {}
+    try:
+        while time.time() - start < timeout and proc.poll() is None:
+            if running is None:
+                running, _ = first_trial(db, name)
+                if running is not None:
+                    cpu, count = session_cpu(proc.pid)
+            else:
+                _, epoch = first_trial(db, name)
+                if epoch is not None:
+                    break
+            time.sleep(0.02)
+    finally:
+        kill_session(proc.pid)
+        err = proc.communicate()[1].decode(errors="replace")
+    if running is None:
+        raise SystemExit(f"no trial ran within {timeout:.0f} s; the command's stderr:\n{err[-3000:]}")
+    return {"running": running - start, "epoch": (epoch - start) if epoch else float("nan"), "cpu": cpu, "n": count}
+
+
+def timed(code: str, env: dict | None = None) -> float:
+    """Seconds a fresh interpreter takes to run ``code`` (which sets ``t`` to its own measurement)."""
+    out = subprocess.run(
+        [sys.executable, "-c", f"import time; t0 = time.perf_counter()\n{code}\nprint(t)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **(env or {})},
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+STEPS = {
+    "python + the CLI's own imports": "import tune_losses.cli\nt = time.perf_counter() - t0",
+    "import tune_losses.spaces (torch, pydantic)": "import tune_losses.spaces\nt = time.perf_counter() - t0",
+    "import the runner (mlflow, ray)": "import tune_losses.tuning.runner\nt = time.perf_counter() - t0",
+    "import ray.tune": "import ray.tune\nt = time.perf_counter() - t0",
+    "a new SQLite store (MLflow's migrations)": (
+        "import tempfile, tune_losses.tracking as tr\nd = tempfile.mkdtemp()\nt1 = time.perf_counter()\n"
+        "tr.client(f'sqlite:///{d}/m.db'); tr.experiment_id(tr.client(f'sqlite:///{d}/m.db'))\n"
+        "t = time.perf_counter() - t1"
+    ),
+    "ray.init (local, 2 CPUs, workers preloading)": (
+        "from tune_losses.tuning.workers import init_ray\nt1 = time.perf_counter()\ninit_ray(num_cpus=2, verbose=0)\n"
+        "t = time.perf_counter() - t1\nimport ray; ray.shutdown()"
+    ),
+}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--space", default="quickstart")
+    parser.add_argument("--timeout", type=float, default=300)
+    args = parser.parse_args()
+    sets = ["train.epochs=2", "search.scheduler.name=fifo"]
+    cases: dict[str, list[dict]] = {
+        "a new store (a project's first sweep)": [],
+        "the store exists (the next sweep)": [],
+    }
+    for _ in range(args.rounds):
+        with tempfile.TemporaryDirectory() as tmp:
+            for runs, name in zip(cases.values(), ("first", "next")):
+                runs.append(one_sweep(tmp, name, args.space, sets, args.timeout))
+    med = statistics.median
+    print(
+        f"`tune-losses sweep {args.space}`, a fresh local Ray each time, {os.cpu_count()} CPUs, median of {args.rounds}"
+    )
+    for label, runs in cases.items():
+        print(f"{label}:")
+        print(
+            f"  first trial running {med(r['running'] for r in runs):.2f} s after the command started (goal <= 3 s; "
+            f"rounds: {', '.join(format(r['running'], '.2f') for r in runs)}); its first epoch recorded "
+            f"{med(r['epoch'] for r in runs):.2f} s"
+        )
+        kinds = sorted({k for r in runs for k in r["cpu"]})
+        total = med(sum(r["cpu"].values()) for r in runs)
+        print(f"  CPU seconds used until then, by process ({total:.1f} s in all):")
+        for k in kinds:
+            n = med(r["n"].get(k, 0) for r in runs)
+            print(f"    {k:<22} {med(r['cpu'].get(k, 0.0) for r in runs):6.2f} s   ({n:g} processes)")
+    print("each step alone, in a fresh interpreter (median):")
+    for label, code in STEPS.items():
+        print(f"  {label:<45} {med(timed(code) for _ in range(args.rounds)):6.2f} s")
+
+
+if __name__ == "__main__":
+    main()
