@@ -15,7 +15,7 @@ from tune_losses.models import build_model
 
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
-from .metrics import classification_metrics, confusion_matrix, summarize
+from .metrics import confusion_matrix, confusion_metrics, summarize
 from .replicas import make_replicas
 from .rowspace import RowSpace
 from .rowspace import applies as rowspace_applies
@@ -79,13 +79,12 @@ def evaluate(replicas, splits, num_classes: int) -> tuple[dict, np.ndarray]:
         split = getattr(splits, name)
         if len(split) == 0:
             continue
-        preds = replicas.predict(split).numpy()
-        truth = split.y.numpy()
-        rows = [classification_metrics(truth, p) for p in preds]
-        for metric in ("acc", "f1", "nmi"):
-            per[f"{name}_{metric}"] = [r[metric] for r in rows]
+        preds = replicas.predict(split)  # (K, N)
+        confusions = confusion_matrix(split.y.expand_as(preds), preds, num_classes).numpy()  # (K, C, C)
+        for metric, values in confusion_metrics(confusions).items():
+            per[f"{name}_{metric}"] = values.tolist()
         if name == "test":
-            confusion = confusion_matrix(split.y, torch.as_tensor(preds[0]), num_classes).numpy()
+            confusion = confusions[0]
     for key, values in per.items():
         out[key] = float(np.mean(values))
         if replicas.k > 1 and key in SUMMARY_METRICS:
