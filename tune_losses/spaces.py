@@ -107,7 +107,8 @@ class Domain(Strict):
 
 
 class Scheduler(Strict):
-    name: Literal["asha", "fifo"] = "asha"
+    # asha: asynchronous successive halving; halving: synchronous (every config known up front, grid / random)
+    name: Literal["asha", "fifo", "halving"] = "asha"
     max_t: int | None = Field(None, ge=1)
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(2.0, gt=1)
@@ -243,7 +244,7 @@ class Space(Strict):
                 x
                 for x in (
                     search.searcher == "optuna" and "searcher optuna",
-                    search.scheduler.name == "asha" and "scheduler asha",
+                    search.scheduler.name != "fifo" and f"scheduler {search.scheduler.name}",
                     getattr(search, "plateau", None) is not None and "a plateau stop",
                 )
                 if x
@@ -311,7 +312,15 @@ def _check_semantics(space: Space) -> list[tuple[str, str]]:
                     (f"params.{path}", "grid domains need searcher grid or random; use choice (or a range) with optuna")
                 )
     sched = space.search.scheduler
-    if sched.name == "asha":
+    if sched.name == "halving" and space.search.searcher == "optuna":
+        problems.append(
+            (
+                "search.scheduler.name",
+                "halving runs every config to a rung before any goes on, so it needs them all up front: "
+                "allowed with searcher grid or random; with optuna use asha or fifo",
+            )
+        )
+    if sched.name in ("asha", "halving"):
         max_t = sched.max_t or space.train.epochs
         if sched.grace_period > max_t:
             problems.append(("search.scheduler.grace_period", f"must be <= max_t ({max_t}), got {sched.grace_period}"))
