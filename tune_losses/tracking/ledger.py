@@ -150,13 +150,20 @@ class Ledger:
 
     def __init__(self, tracking_uri_or_client, experiment_id: str, parent_run_id: str, retry_s: float | None = None):
         bound_http_retries()
+        start = time.perf_counter()
         given = tracking_uri_or_client
         self.client = store.client(given) if isinstance(given, str) else given
         self.experiment_id, self.parent_run_id = experiment_id, parent_run_id
         self.retry_s = retry_s
+        # time spent opening the store and in this ledger's calls (a trial logs it: tuning/trial.py)
+        self.seconds = time.perf_counter() - start
 
     def call(self, name: str, *args, **kwargs):
-        return retrying(getattr(self.client, name), *args, seconds=self.retry_s, **kwargs)
+        start = time.perf_counter()
+        try:
+            return retrying(getattr(self.client, name), *args, seconds=self.retry_s, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - start
 
     # --- reading ----------------------------------------------------------------------------------------------
     def _runs(self, extra: str = "") -> list:
@@ -213,7 +220,11 @@ class Ledger:
             found = self._runs(f"tags.`{KEY_TAG}` = '{key}'")
             if not found:
                 # a transient failure here retries the whole attempt: a create that reached the store is found
-                self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+                start = time.perf_counter()
+                try:
+                    self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+                finally:
+                    self.seconds += time.perf_counter() - start
                 found = self._runs(f"tags.`{KEY_TAG}` = '{key}'")
             return found
 
@@ -241,8 +252,15 @@ class Ledger:
         for i in range(0, len(metrics), 1000):
             self.call("log_batch", run_id, metrics=metrics[i : i + 1000])
 
-    def set_tags(self, run_id: str, tags: dict) -> None:
-        self.call("log_batch", run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+    def set_tags(self, run_id: str, tags: dict, metrics: dict | None = None) -> None:
+        """Tags, and ``metrics`` (at step 0) in the same call."""
+        ts = int(time.time() * 1000)
+        self.call(
+            "log_batch",
+            run_id,
+            metrics=[Metric(k, float(v), ts, 0) for k, v in (metrics or {}).items()],
+            tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()],
+        )
 
     def log_dict(self, run_id: str, value, path: str) -> None:
         self.call("log_dict", run_id, value, path)

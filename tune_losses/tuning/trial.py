@@ -4,11 +4,18 @@ A trial finds its run in the sweep's ledger by its key (tracking/ledger.py) and 
 checkpoint directory by the same key, so it continues where it stopped whether Ray Tune restarts it (a retry
 after a failure, a lost node) or a resumed sweep starts it anew. After each epoch, in this order:
 1. the epoch's metrics go to MLflow (skipped when the ledger already holds that epoch);
-2. the checkpoint is replaced atomically;
+2. the checkpoint is replaced atomically: after the first and the last epoch, and after any other once the time
+   since the last write is at least ``1 / CHECKPOINT_SHARE - 1`` times what that write took (writes then cost at
+   most ~5% of the trial's time: every epoch for a small model, every few for 60 replicas of a wide head);
 3. the result goes to Ray Tune (ASHA, the searcher, the progress display).
-A kill between 1 and 2 re-runs that epoch from the previous checkpoint and does not log it again; a kill between
-2 and 3 loses nothing. A trial the ledger holds as finished is not trained again: it reports its recorded final
-result once, so schedulers and searchers see it.
+A kill re-runs the epochs after the last checkpoint and does not log them again (the same numbers: the
+checkpoint holds every random state); a kill between 2 and 3 loses nothing. A trial the ledger holds as finished
+is not trained again: it reports its recorded final result once, so schedulers and searchers see it.
+
+A trial that runs to its end logs where its time went (this attempt), as metrics of its run: ``seconds_trial``
+(all of it), ``seconds_train`` (inside ``train``: data preparation, e.g. the row-space basis, and every epoch's
+training and evaluation), ``seconds_first_epoch`` (``train`` called -> its first epoch reported),
+``seconds_tracking`` (its MLflow calls), ``seconds_checkpoint`` (checkpoint writes) and ``seconds_tune_report``.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import json
 import logging
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import ray
@@ -37,6 +45,8 @@ from tune_losses.training.config import weights_used
 from .workers import trial_environment
 
 log = logging.getLogger(__name__)
+#: the most of a trial's time that checkpoint writes may take (module docstring)
+CHECKPOINT_SHARE = 0.05
 
 
 class CheckpointStore:
@@ -102,6 +112,7 @@ def trial_label(space: Space, config: dict) -> str:
 def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
     """One trial. ``sweep`` names the ledger (tracking_uri, experiment_id, parent_run_id) and the checkpoint
     root; ``data`` is the sweep's Splits from Ray's object store (None: the trial builds its own)."""
+    started = time.perf_counter()
     trial_environment()
     space = Space.model_validate(space_json)
     # Use exactly the CPUs this trial reserved: torch otherwise starts one thread per core of the node, and
@@ -156,24 +167,40 @@ def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
         ledger.set_tags(run_id, {"params_logged": "true"})
     last_step = record.last_step
     last: dict = {}
+    seconds = {"checkpoint": 0.0, "tune_report": 0.0, "in_report": 0.0}
+    saved = {"at": float("-inf"), "took": 0.0}  # the end of the last checkpoint write (perf_counter), what it took
 
     def report(metrics: dict, state: dict) -> None:
+        entered = time.perf_counter()
+        if not last:
+            seconds["first_epoch"] = entered - seconds["train_start"]
         epoch = int(metrics["epoch"])
         if not last and metrics.get("device"):  # the device this attempt trains on (training/loop.py pick_device)
             ledger.set_tags(run_id, {"device": metrics["device"]})
         if epoch > last_step:  # an epoch re-run from an older checkpoint is already in the ledger
             ledger.log_epoch(run_id, metrics, epoch)
-        checkpoints.save(state)
+        now = time.perf_counter()
+        if now - saved["at"] >= saved["took"] * (1 / CHECKPOINT_SHARE - 1) or epoch >= cfg["epochs"]:
+            checkpoints.save(state)
+            saved["at"] = time.perf_counter()
+            saved["took"] = saved["at"] - now
+            seconds["checkpoint"] += saved["took"]
         last.clear()
         last.update(metrics)
+        t0 = time.perf_counter()
         tune.report({**metrics, "node_id": node, "mlflow_run_id": run_id})
+        done = time.perf_counter()
+        seconds["tune_report"] += done - t0
+        seconds["in_report"] += done - entered
 
     with tempfile.TemporaryDirectory() as tmp:
         resume_from = checkpoints.fetch(Path(tmp))
         if resume_from is None and last_step > 0:
             ledger.set_tags(run_id, {"restarted_from_scratch": "true"})  # checkpoint lost: epochs re-run, not re-logged
         # exactly the GPUs Ray assigned this trial (none: the CPU), whatever else the node has
+        seconds["train_start"] = time.perf_counter()
         result = train(cfg, report=report, resume_from=resume_from, splits=data, gpu_ids=ray.get_gpu_ids())
+        seconds["train"] = time.perf_counter() - seconds.pop("train_start") - seconds.pop("in_report")
     if not last and result.get("status") == "completed":
         # resumed from the checkpoint of its last epoch (a kill came before its run was closed): nothing was
         # trained, so the result Ray Tune sees is the one the ledger holds
@@ -199,5 +226,8 @@ def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
         ledger.set_status(run_id, "FINISHED")
         tune.report({**final, "mlflow_run_id": run_id})
         return
-    ledger.set_tags(run_id, {"status": "completed", "stopped_early": "false"})
+    seconds["tracking"] = ledger.seconds
+    seconds["trial"] = time.perf_counter() - started
+    timings = {f"seconds_{k}": v for k, v in seconds.items()}
+    ledger.set_tags(run_id, {"status": "completed", "stopped_early": "false"}, metrics=timings)
     ledger.set_status(run_id, "FINISHED")

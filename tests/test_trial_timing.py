@@ -1,0 +1,113 @@
+"""A trial's own record of where its time went, and checkpoints that are written only when they are cheap enough
+(tuning/trial.py), through a real sweep: real Ray, a real MLflow SQLite store, digits."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tune_losses import tracking
+
+from helpers import write_space
+
+pytestmark = pytest.mark.slow
+
+# Imported in every trial (train.plugins): checkpoints after the first and the last epoch only, and a
+# cross-entropy that raises once after the training of epoch {fail_at}, writing the epoch of the checkpoint it
+# would resume from into the marker file.
+SPARSE_PLUGIN = """
+from pathlib import Path
+
+import torch
+
+import tune_losses.tuning.trial as trial
+from tune_losses.losses.ce import CrossEntropyLoss
+from tune_losses.losses.registry import register
+
+trial.CHECKPOINT_SHARE = 1e-9  # a write may take a billionth of the time: only the first and last epochs
+
+
+@register("flaky_sparse_ce")
+class FlakySparseCE(CrossEntropyLoss):
+    def __init__(self, num_classes, fail_at={fail_at}):
+        super().__init__(num_classes)
+        self.fail_at, self.epochs = fail_at, 0
+
+    def update(self, confusion):
+        self.epochs += 1  # counted from the start of this process
+        marker = Path({marker!r})
+        if self.epochs == self.fail_at and not marker.exists():
+            found = list(Path({storage!r}).glob("*/checkpoints/*/state.pt"))
+            epochs = [torch.load(p, weights_only=True)["epoch"] for p in found]
+            marker.write_text(",".join(map(str, sorted(epochs))))
+            raise RuntimeError("injected fault: flaky_sparse_ce raises once")
+"""
+
+
+def run_cli(tmp_path, args, pythonpath=""):
+    env = {**os.environ, "RAY_ADDRESS": "", "TUNE_LOSSES_HOME": str(tmp_path / "home")}
+    if pythonpath:
+        env["PYTHONPATH"] = f"{pythonpath}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    cmd = [sys.executable, "-m", "tune_losses.cli", "sweep", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+
+
+def steps(c, run_id, key):
+    return sorted(m.step for m in c.get_metric_history(run_id, key))
+
+
+def test_trial_runs_record_their_seconds(tmp_path):
+    space = write_space(tmp_path / "timed.yaml", name="timed")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = run_cli(tmp_path, [str(space), "--tracking-uri", uri, "--storage", str(tmp_path / "ray")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    c = tracking.client(uri)
+    parent = tracking.find_sweep(c, "timed")
+    runs = tracking.trial_runs(c, parent.info.run_id, parent.info.experiment_id)
+    assert len(runs) == 2
+    for run in runs:
+        m = run.data.metrics
+        parts = ("train", "first_epoch", "tracking", "checkpoint", "tune_report", "trial")
+        assert all(m[f"seconds_{p}"] > 0 for p in parts), m
+        spent = m["seconds_train"] + m["seconds_tracking"] + m["seconds_checkpoint"] + m["seconds_tune_report"]
+        assert spent <= m["seconds_trial"]
+        assert m["seconds_first_epoch"] <= m["seconds_train"]
+        assert steps(c, run.info.run_id, "epoch") == [1, 2, 3]  # the timings are not epochs
+
+
+def test_a_retry_after_skipped_checkpoints_re_runs_epochs_without_logging_them_again(tmp_path):
+    """Checkpoints after epochs 1 and 5 only; the trial raises after epoch 3's training: the retry continues from
+    epoch 1, re-runs epochs 2 and 3 without logging them again, and its history is that of the same training
+    without a fault, epoch for epoch."""
+    marker, storage = tmp_path / "raised", tmp_path / "ray"
+    (tmp_path / "sparse_plugin.py").write_text(
+        SPARSE_PLUGIN.format(fail_at=3, marker=str(marker), storage=str(storage))
+    )
+    space = write_space(
+        tmp_path / "sparse.yaml",
+        replace=("params",),
+        name="sparse",
+        train={"plugins": ["sparse_plugin"], "loss": {"name": "flaky_sparse_ce"}, "epochs": 5},
+        params={"loss.fail_at": {"grid": [3, 99]}},  # the same training; only fail_at=3 raises
+        search={"searcher": "grid", "scheduler": {"name": "fifo"}, "max_failures": 1, "max_concurrent": 1},
+    )
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = run_cli(tmp_path, [str(space), "--tracking-uri", uri, "--storage", str(storage)], pythonpath=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = marker.read_text().split(",")  # the other trial's last checkpoint (5) too, if it ran first
+    assert "1" in found and set(found) <= {"1", "5"}, f"checkpoints at the fault: epochs {found}, expected 1"
+    c = tracking.client(uri)
+    parent = tracking.find_sweep(c, "sparse")
+    runs = {r.info.run_name: r for r in tracking.trial_runs(c, parent.info.run_id, parent.info.experiment_id)}
+    flaky, clean = runs["flaky_sparse_ce fail_at=3"], runs["flaky_sparse_ce fail_at=99"]
+    assert flaky.data.tags["retries"] == "1" and flaky.data.tags["status"] == "completed"
+    assert "restarted_from_scratch" not in flaky.data.tags
+    for key in ("epoch", "test_acc", "train_loss"):
+        assert steps(c, flaky.info.run_id, key) == [1, 2, 3, 4, 5], key  # every epoch once
+    for key in ("test_acc", "train_loss"):
+        history = {
+            run: [m.value for m in sorted(c.get_metric_history(run, key), key=lambda m: m.step)]
+            for run in (flaky.info.run_id, clean.info.run_id)
+        }
+        assert history[flaky.info.run_id] == history[clean.info.run_id], key
