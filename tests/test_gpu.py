@@ -59,7 +59,7 @@ def test_train_picks_the_gpu_and_learns():
     reports = []
     final = train({**BASE, "loss": {"name": "dal", "params": {"a": 10.0}}}, report=lambda m, s: reports.append((m, s)))
     assert final["status"] == "completed" and final["test_acc"] > 0.5
-    assert any(t.is_cuda for t in reports[-1][1]["replicas"]["models"][0].values())  # it did train on the GPU
+    assert any(t.is_cuda for t in reports[-1][1]()["replicas"]["models"][0].values())  # it did train on the GPU
     final_cpu = train({**BASE, "device": "cpu", "loss": {"name": "dal", "params": {"a": 10.0}}})
     assert abs(final["test_acc"] - final_cpu["test_acc"]) < 0.1  # same seed and split; kernels differ
 
@@ -69,7 +69,7 @@ def test_cuda_checkpoint_resumes_on_cpu_and_on_cuda(tmp_path):
 
     def report(metrics, state):
         if metrics["epoch"] == 1:
-            save_checkpoint(state, tmp_path)  # from the GPU run, as a trial saves it
+            save_checkpoint(state(), tmp_path)  # from the GPU run, as a trial saves it
 
     train(cfg, report=report)
     state = load_checkpoint(tmp_path)  # map_location cpu, weights_only

@@ -76,7 +76,7 @@ def test_a_reduced_run_resumes_exactly(wide_table, tmp_path):
 
     def stop_at_five(m, state):
         if m["epoch"] == 5:
-            save_checkpoint(state, tmp_path / "ckpt")
+            save_checkpoint(state(), tmp_path / "ckpt")
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -102,7 +102,7 @@ def test_a_run_resumed_with_another_basis_continues_the_same_training(
 
     def stop_at_five(m, state):
         if m["epoch"] == 5:
-            save_checkpoint(state, tmp_path / "ckpt")
+            save_checkpoint(state(), tmp_path / "ckpt")
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):

@@ -49,11 +49,11 @@ def test_vectorised_replica_equals_the_same_seed_alone(monkeypatch, loss, params
     }
     together, reports = run(repeats=3, seed=10, **common)
     assert together["replicas"] == "VectorReplicas"
-    stacked = reports[-1][1]["replicas"]["params"]
+    stacked = reports[-1][1]()["replicas"]["params"]
     for k in range(3):
         alone, solo_reports = run(repeats=1, seed=10 + k, **common)
         assert alone["replicas"] == "LoopReplicas"
-        solo = solo_reports[-1][1]["replicas"]["models"][0]
+        solo = solo_reports[-1][1]()["replicas"]["models"][0]
         for name, value in solo.items():
             assert torch.allclose(stacked[name][k], value, atol=1e-3, rtol=1e-3), name  # other seeds: ~1e-1
         for (m, _), (solo_m, _) in zip(reports, solo_reports):
@@ -75,11 +75,11 @@ def test_report_holds_all_metrics_each_epoch_and_learns():
         assert {"train_loss", "val_acc", "test_acc", "val_f1", "test_f1", "test_nmi", "val_nmi"} <= set(m)
         assert np.asarray(m["test_confusion"]).shape == (10, 10)
         assert np.asarray(m["test_confusion"]).sum() == 359
-        assert state["epoch"] == m["epoch"]
+        assert state()["epoch"] == m["epoch"]
     assert reports[-1][0]["train_loss"] < reports[0][0]["train_loss"]
     assert final["test_acc"] > 0.5
     # DAL's soft labels were rebuilt from the training confusion matrix: no longer the identity.
-    soft = reports[-1][1]["replicas"]["losses"][0]["soft_labels"]
+    soft = reports[-1][1]()["replicas"]["losses"][0]["soft_labels"]
     assert not torch.equal(soft, torch.eye(10)) and torch.equal(soft.diagonal(), torch.ones(10))
 
 
@@ -91,7 +91,7 @@ def test_resume_gives_the_same_metrics_as_not_stopping(tmp_path, repeats):
 
     def stop_after_two(m, state):
         if m["epoch"] == 2:
-            save_checkpoint(state, tmp_path)
+            save_checkpoint(state(), tmp_path)
             raise KeyboardInterrupt  # the trial is killed here
 
     with pytest.raises(KeyboardInterrupt):
@@ -142,7 +142,7 @@ def test_each_replica_draws_from_its_own_stream_and_equals_its_seed_alone(model,
     assert together["replicas"] == ("VectorReplicas" if vectorize else "LoopReplicas")
     for k in range(3):
         alone, solo_reports = run(repeats=1, seed=10 + k, **common)
-        solo, mine = solo_reports[-1][1]["replicas"]["models"][0], replica_state(reports[-1][1]["replicas"], k)
+        solo, mine = solo_reports[-1][1]()["replicas"]["models"][0], replica_state(reports[-1][1]()["replicas"], k)
         for name, value in solo.items():
             if vectorize:
                 assert torch.allclose(mine[name], value, rtol=1e-5, atol=1e-5), name  # seen: 2e-6
@@ -173,7 +173,7 @@ def test_resume_with_dropout_and_batch_norm_is_exact(tmp_path, vectorize):
 
     def stop_after_two(m, state):
         if m["epoch"] == 2:
-            save_checkpoint(state, tmp_path)
+            save_checkpoint(state(), tmp_path)
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):

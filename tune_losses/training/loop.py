@@ -20,7 +20,7 @@ from .replicas import make_replicas
 from .rowspace import RowSpace
 from .rowspace import applies as rowspace_applies
 
-Report = Callable[[dict, dict], None]
+Report = Callable[[dict, Callable[[], dict]], None]  # report(metrics, state): state() builds the checkpoint
 SUMMARY_METRICS = ("val_acc", "test_acc", "val_f1", "test_f1", "test_nmi")
 
 
@@ -108,10 +108,11 @@ def train(
 
     ``metrics`` holds the epoch, the mean training loss and validation / test accuracy, macro-F1 and NMI (mean
     over replicas, with std / min / max and per-replica values when repeats > 1) and the test confusion matrix
-    (of replica 0); ``state`` is the checkpoint to save. DAL's ``update`` gets each replica's training
-    confusion matrix after every epoch. ``resume_from`` (a checkpoint directory) continues exactly where that
-    checkpoint stopped. Returns the last metrics, or ``{"status": "diverged", "reason": ...}`` when the
-    training loss becomes NaN or inf (nothing is reported for that epoch). With ``return_model`` the result
+    (of replica 0); ``state()`` builds the checkpoint to save, called only by a report that saves one (the
+    snapshot of many row-space replicas can cost more than the epoch's training). DAL's ``update`` gets each
+    replica's training confusion matrix after every epoch. ``resume_from`` (a checkpoint directory) continues
+    exactly where that checkpoint stopped. Returns the last metrics, or ``{"status": "diverged", "reason": ...}``
+    when the training loss becomes NaN or inf (nothing is reported for that epoch). With ``return_model`` the result
     also holds replica 0's trained model under ``"model"`` and two training inputs under ``"input_example"``.
     ``splits`` is the data set already built (a sweep ships it to its trials); by default it is built here.
     ``gpu_ids``: the GPUs Ray assigned a trial (see ``pick_device``); None outside Ray. Every metrics dict holds
@@ -179,11 +180,15 @@ def train(
         if replicas.k > 1:
             metrics.update({f"train_loss_r{i}": float(v) for i, v in enumerate(losses)})
         if report is not None:
-            state = {"epoch": epoch, "replicas": replicas.state_dict(), "torch_rng": torch.get_rng_state()}
-            if device.type == "cuda":  # only then: reading it would start CUDA in a CPU trial
-                state["cuda_rng"] = torch.cuda.get_rng_state(device)
-            if rowspace is not None:
-                state["rowspace"] = rowspace.checkpoint(replicas, state["replicas"])
+
+            def state(epoch=epoch) -> dict:
+                out = {"epoch": epoch, "replicas": replicas.state_dict(), "torch_rng": torch.get_rng_state()}
+                if device.type == "cuda":  # only then: reading it would start CUDA in a CPU trial
+                    out["cuda_rng"] = torch.cuda.get_rng_state(device)
+                if rowspace is not None:
+                    out["rowspace"] = rowspace.checkpoint(replicas, out["replicas"])
+                return out
+
             report(metrics, state)
     metrics["status"] = "completed"
     metrics["replicas"] = type(replicas).__name__

@@ -170,7 +170,7 @@ def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
     seconds = {"checkpoint": 0.0, "tune_report": 0.0, "in_report": 0.0}
     saved = {"at": float("-inf"), "took": 0.0}  # the end of the last checkpoint write (perf_counter), what it took
 
-    def report(metrics: dict, state: dict) -> None:
+    def report(metrics: dict, state) -> None:
         entered = time.perf_counter()
         if not last:
             seconds["first_epoch"] = entered - seconds["train_start"]
@@ -181,7 +181,7 @@ def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
             ledger.log_epoch(run_id, metrics, epoch)
         now = time.perf_counter()
         if now - saved["at"] >= saved["took"] * (1 / CHECKPOINT_SHARE - 1) or epoch >= cfg["epochs"]:
-            checkpoints.save(state)
+            checkpoints.save(state())
             saved["at"] = time.perf_counter()
             saved["took"] = saved["at"] - now
             seconds["checkpoint"] += saved["took"]
