@@ -108,22 +108,20 @@ def test_a_run_resumed_with_another_basis_continues_the_same_training(
     with pytest.raises(KeyboardInterrupt):
         train(cfg, report=stop_at_five)
 
-    original = rowspace.row_basis
+    original = rowspace.row_coordinates
 
     def another_basis(x):
-        q, g = original(x)
+        m, g = original(x)  # Q = X^T M, G = X Q
         rotation = torch.linalg.qr(
-            torch.randn(q.shape[1], q.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+            torch.randn(m.shape[1], m.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(3))
         )[0]
-        q, g = q @ rotation, g @ rotation
-        if change == "one more dimension":  # a unit direction outside the row space (X v ~ 0)
-            v = torch.randn(q.shape[0], 1, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
-            v = v - q @ (q.T @ v)
-            v = v / v.norm()
-            q, g = torch.cat([q, v], dim=1), torch.cat([g, x @ v], dim=1)
-        return q, g
+        m, g = m @ rotation, g @ rotation
+        if change == "one more dimension":  # a column the rows do not reach (zero coordinates)
+            zero = torch.zeros(m.shape[0], 1, dtype=torch.float64)
+            m, g = torch.cat([m, zero], dim=1), torch.cat([g, zero], dim=1)
+        return m, g
 
-    monkeypatch.setattr(rowspace, "row_basis", another_basis)
+    monkeypatch.setattr(rowspace, "row_coordinates", another_basis)
     resumed = []
     final = train(cfg, report=lambda m, s: resumed.append(m), resume_from=tmp_path / "ckpt", return_model=True)
     assert [m["epoch"] for m in resumed] == list(range(6, 13))
