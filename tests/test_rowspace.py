@@ -131,3 +131,29 @@ def test_a_run_resumed_with_another_basis_continues_the_same_training(
         assert m["test_acc"] == pytest.approx(n["test_acc"], abs=0.02)
     x = torch.as_tensor(np.asarray(full["input_example"]))
     assert torch.allclose(final["model"](x), full["model"](x), atol=1e-4)
+
+
+def test_coordinates_and_reduced_weights_are_those_of_the_basis(wide_table):
+    """Training takes the rows' coordinates G and the reduced weights (W X^T) M without forming the basis Q;
+    both are what Q gives (x Q, W Q), Q is orthonormal, and an untrained reduced model expands back to itself."""
+    from tune_losses.data import build_dataset
+    from tune_losses.models import build_model
+    from tune_losses.training.rowspace import RowSpace
+
+    splits = build_dataset("features", path=str(wide_table))
+    rs = RowSpace(splits)
+    assert rs._basis is None  # nothing on the training path needs Q
+    reduced = rs.reduce(splits)
+    q = rs.basis
+    assert torch.allclose(q.T @ q, torch.eye(rs.rank), atol=1e-5)
+    for mine, source in zip((reduced.train, reduced.val, reduced.test), (splits.train, splits.val, splits.test)):
+        assert torch.allclose(mine.x, source.x @ q, atol=1e-4)
+    copies = rs.reduce(type(splits)(*(type(s)(s.x.clone(), s.y) for s in (splits.train, splits.val, splits.test)), 4))
+    assert torch.allclose(copies.train.x, reduced.train.x, atol=1e-4)  # other tensors: x Q
+    torch.manual_seed(0)
+    model = build_model("mlp", num_classes=4, in_features=4096)
+    small = rs.reduce_model(model)
+    assert torch.allclose(small[1].weight, model[1].weight @ q, atol=1e-5)
+    torch.manual_seed(0)
+    again = rs.expand_model(small, build_model("mlp", num_classes=4, in_features=4096))
+    assert torch.allclose(again[1].weight, model[1].weight, atol=1e-6)
