@@ -20,6 +20,7 @@ the test-set predictions after training (how many seeds predict every test sampl
 Goal (issue #15): vectorised >= 5x faster than the loop of K single runs on CPU, identical per-seed results.
 
     PYTHONPATH=. .venv/bin/python benchmarks/repeats.py [--rounds 3] [--threads N] [--epochs 20] [--repeats 16]
+        [--cnn-repeats 4 16] [--cnn-epochs E] [--device cuda]
 """
 
 import argparse
@@ -45,6 +46,7 @@ class Setup:
     def __init__(self, splits, make_model, make_loss, optimizer, batch_size, epochs, cfg=None):
         self.splits, self.make_model, self.make_loss = splits, make_model, make_loss
         self.optimizer, self.batch_size, self.epochs, self.cfg = optimizer, batch_size, epochs, cfg
+        self.device = torch.device("cpu")
 
     def run(self, cls, seeds, reduce: bool | None = None):
         """Train ``seeds`` as ``cls`` replicas; ``reduce``: the row-space reduction (None: where `train` uses it).
@@ -56,10 +58,12 @@ class Setup:
         if reduce:  # what `train` does, basis included in the timing
             rs = RowSpace(data)
             data, make_model = rs.reduce(data), (lambda: rs.reduce_model(self.make_model()))
-        reps = cls(make_model, self.make_loss, seeds, self.optimizer, self.splits.num_classes, torch.device("cpu"))
+        reps = cls(make_model, self.make_loss, seeds, self.optimizer, self.splits.num_classes, self.device)
         for _ in range(self.epochs):
             losses, confusion = reps.train_epoch(data.train, self.batch_size)
             reps.update_losses(confusion)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - start
         return elapsed, losses, reps.predict(data.test), reduce
 
@@ -85,6 +89,7 @@ def warm_up(setups) -> None:
     """Every path once, untimed: the fused loss kernels load (and compile, the first time on a machine)."""
     for setup in setups:
         small = Setup(setup.splits, setup.make_model, setup.make_loss, setup.optimizer, setup.batch_size, 1)
+        small.device = setup.device
         small.splits = Splits(*(Split(s.x[:64], s.y[:64]) for s in (setup.splits.train,) * 3), setup.splits.num_classes)
         small.run(VectorReplicas, [0, 1], reduce=False)
         small.run(LoopReplicas, [0], reduce=False)
@@ -136,10 +141,12 @@ def main():
     parser.add_argument("--cnn-epochs", type=int, default=None, help="quickstart CNN: epochs (default: its own)")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="cpu (the goal's device) or cuda")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     head, cnn = dal_head_setup(args.epochs), quickstart_setup(args.cnn_epochs)
+    head.device = cnn.device = torch.device(args.device)
     warm_up([head, cnn])
     seeds = list(range(args.repeats))
     times: dict[str, list[float]] = {}
@@ -168,7 +175,11 @@ def main():
     med = {k: statistics.median(v) for k, v in times.items()}
 
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())
-    print(f"{torch.get_num_threads()} torch threads, median of {args.rounds} round(s), load average at the end {load}")
+    where = torch.cuda.get_device_name(head.device) if head.device.type == "cuda" else "CPU"
+    print(
+        f"{where}, {torch.get_num_threads()} torch threads, median of {args.rounds} round(s), load average at the end "
+        f"{load}"
+    )
     print(
         f"\nDAL head: K={args.repeats}, {len(head.splits.train)} training rows of {head.splits.train.x.shape[1]} "
         f"features, {head.splits.num_classes} classes, batch {head.batch_size}, {head.epochs} epochs "
