@@ -108,22 +108,20 @@ def test_a_run_resumed_with_another_basis_continues_the_same_training(
     with pytest.raises(KeyboardInterrupt):
         train(cfg, report=stop_at_five)
 
-    original = rowspace.row_basis
+    original = rowspace.row_coordinates
 
     def another_basis(x):
-        q, g = original(x)
+        m, g = original(x)  # Q = X^T M, G = X Q
         rotation = torch.linalg.qr(
-            torch.randn(q.shape[1], q.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+            torch.randn(m.shape[1], m.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(3))
         )[0]
-        q, g = q @ rotation, g @ rotation
-        if change == "one more dimension":  # a unit direction outside the row space (X v ~ 0)
-            v = torch.randn(q.shape[0], 1, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
-            v = v - q @ (q.T @ v)
-            v = v / v.norm()
-            q, g = torch.cat([q, v], dim=1), torch.cat([g, x @ v], dim=1)
-        return q, g
+        m, g = m @ rotation, g @ rotation
+        if change == "one more dimension":  # a column the rows do not reach (zero coordinates)
+            zero = torch.zeros(m.shape[0], 1, dtype=torch.float64)
+            m, g = torch.cat([m, zero], dim=1), torch.cat([g, zero], dim=1)
+        return m, g
 
-    monkeypatch.setattr(rowspace, "row_basis", another_basis)
+    monkeypatch.setattr(rowspace, "row_coordinates", another_basis)
     resumed = []
     final = train(cfg, report=lambda m, s: resumed.append(m), resume_from=tmp_path / "ckpt", return_model=True)
     assert [m["epoch"] for m in resumed] == list(range(6, 13))
@@ -133,3 +131,29 @@ def test_a_run_resumed_with_another_basis_continues_the_same_training(
         assert m["test_acc"] == pytest.approx(n["test_acc"], abs=0.02)
     x = torch.as_tensor(np.asarray(full["input_example"]))
     assert torch.allclose(final["model"](x), full["model"](x), atol=1e-4)
+
+
+def test_coordinates_and_reduced_weights_are_those_of_the_basis(wide_table):
+    """Training takes the rows' coordinates G and the reduced weights (W X^T) M without forming the basis Q;
+    both are what Q gives (x Q, W Q), Q is orthonormal, and an untrained reduced model expands back to itself."""
+    from tune_losses.data import build_dataset
+    from tune_losses.models import build_model
+    from tune_losses.training.rowspace import RowSpace
+
+    splits = build_dataset("features", path=str(wide_table))
+    rs = RowSpace(splits)
+    assert rs._basis is None  # nothing on the training path needs Q
+    reduced = rs.reduce(splits)
+    q = rs.basis
+    assert torch.allclose(q.T @ q, torch.eye(rs.rank), atol=1e-5)
+    for mine, source in zip((reduced.train, reduced.val, reduced.test), (splits.train, splits.val, splits.test)):
+        assert torch.allclose(mine.x, source.x @ q, atol=1e-4)
+    copies = rs.reduce(type(splits)(*(type(s)(s.x.clone(), s.y) for s in (splits.train, splits.val, splits.test)), 4))
+    assert torch.allclose(copies.train.x, reduced.train.x, atol=1e-4)  # other tensors: x Q
+    torch.manual_seed(0)
+    model = build_model("mlp", num_classes=4, in_features=4096)
+    small = rs.reduce_model(model)
+    assert torch.allclose(small[1].weight, model[1].weight @ q, atol=1e-5)
+    torch.manual_seed(0)
+    again = rs.expand_model(small, build_model("mlp", num_classes=4, in_features=4096))
+    assert torch.allclose(again[1].weight, model[1].weight, atol=1e-6)

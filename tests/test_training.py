@@ -132,12 +132,17 @@ def replica_state(state, k):
 
 
 @pytest.mark.parametrize("vectorize", [True, False])
-@pytest.mark.parametrize("model", ["dropout_mlp", "bn_cnn"])
-def test_each_replica_draws_from_its_own_stream_and_equals_its_seed_alone(model, vectorize):
+@pytest.mark.parametrize(
+    "model,params",
+    [("dropout_mlp", {}), ("bn_cnn", {}), ("dropout_mlp", {"hidden": 1024})],  # 1024: weights laid out anew
+)
+def test_each_replica_draws_from_its_own_stream_and_equals_its_seed_alone(model, params, vectorize):
     """Dropout draws from the replica's own stream, so replica k of 3 is the seed trained alone: bit for bit in
     the loop, within float rounding when vectorised (batched kernels). Before, all replicas drew from one global
-    stream and replica k depended on how many trained beside it (differences ~1e-3 in the loss)."""
-    common = {**RANDOM_MODELS, "model": {"name": model, "params": {}}, "vectorize": vectorize}
+    stream and replica k depended on how many trained beside it (differences ~1e-3 in the loss). With a hidden
+    layer of 1024 the stacked first weight (3 x 1024 x 64) is laid out as its gradient comes, after a probe
+    step that draws from copies of the streams (replicas.VectorReplicas._match_grad_layout)."""
+    common = {**RANDOM_MODELS, "model": {"name": model, "params": params}, "vectorize": vectorize}
     together, reports = run(repeats=3, seed=10, **common)
     assert together["replicas"] == ("VectorReplicas" if vectorize else "LoopReplicas")
     for k in range(3):
@@ -234,3 +239,37 @@ def test_a_model_with_another_random_op_is_refused_vectorised_and_trains_looped(
     assert final["replicas"] == "LoopReplicas" and final["train_loss_r1"] == alone["train_loss"]
     with pytest.raises(ValueError, match="vectorize=True is not allowed .*set vectorize: false"):
         run(**noisy, repeats=2)
+
+
+def test_large_stacked_weights_take_their_gradients_without_a_copy():
+    """vmap's backward gives a linear layer's stacked weight gradient (K, H, D) as the transpose of a contiguous
+    (K, D, H); a parameter laid out otherwise makes autograd copy every gradient into its layout, each step (half
+    of the DAL head's vectorised full-D step). Stacked parameters of at least RELAYOUT_MIN elements are laid out
+    like their gradients, so the gradient autograd hands over already has the parameter's strides."""
+    import replica_models  # noqa: F401  (registers dropout_mlp; tests/ is on the path, as for `plugins`)
+
+    from tune_losses.data import build_dataset
+    from tune_losses.losses import build_loss
+    from tune_losses.models import build_model
+    from tune_losses.training.config import OptimizerConfig
+    from tune_losses.training.replicas import RELAYOUT_MIN, VectorReplicas
+
+    splits = build_dataset("digits")
+    reps = VectorReplicas(
+        lambda: build_model("dropout_mlp", num_classes=10, hidden=1024),
+        lambda: build_loss("ce", num_classes=10),
+        [0, 1],
+        OptimizerConfig(name="sgd", lr=0.05, momentum=0.9),
+        10,
+        torch.device("cpu"),
+    )
+    x, y = splits.train.batch(torch.arange(64).reshape(2, 32))
+    reps.step(x, y)
+    incoming = {}
+    for name, p in reps.params.items():
+        p.register_hook(lambda g, name=name: incoming.__setitem__(name, g.stride()))
+    reps.step(x, y)
+    large = [n for n, p in reps.params.items() if p.numel() >= RELAYOUT_MIN]
+    assert large == ["1.weight"]
+    for name in large:
+        assert incoming[name] == reps.params[name].stride(), name

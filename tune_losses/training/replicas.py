@@ -21,6 +21,10 @@ from tune_losses.models import split_output
 from .metrics import confusion_matrix
 
 EVAL_BATCH = 1024
+# Stacked parameters of at least this many elements are laid out as their gradients come (``_match_grad_layout``);
+# smaller ones keep stack_module_state's layout (their copy costs microseconds), and with it the batched kernels'
+# rounding closest to a replica trained alone.
+RELAYOUT_MIN = 1 << 16
 
 
 def vectorizable(model: nn.Module) -> bool:
@@ -281,18 +285,20 @@ class VectorReplicas(Replicas):
         self.loss_base = self.losses[0]
         self._stack_loss_buffers()
         self.optimizer = make_optimizer(list(self.params.values()), self.optimizer_cfg)
+        self._laid_out = False  # parameters in their gradients' layout (``_match_grad_layout``, first step)
         self.models = None  # type: ignore[assignment]  # the stacked tensors are the state from here on
 
     def _stack_loss_buffers(self):
         names = [n for n, _ in self.loss_base.named_buffers()]
         self.loss_buffers = {n: torch.stack([dict(lo.named_buffers())[n] for lo in self.losses]) for n in names}
 
-    def _forward(self, x):
+    def _forward(self, x, params=None, buffers=None):
         def one(params, buffers, xk):
             return functional_call(self.base, (params, buffers), (xk,))
 
+        params = self.params if params is None else params
         try:
-            return torch.vmap(one)(self.params, self.buffers, x)
+            return torch.vmap(one)(params, self.buffers if buffers is None else buffers, x)
         except RuntimeError as exc:
             if "random operation" not in str(exc):
                 raise
@@ -302,15 +308,50 @@ class VectorReplicas(Replicas):
                 "stream; set vectorize: false"
             ) from None
 
-    def step(self, x, y):
+    def _loss(self, x, y, params=None, buffers=None):
+        """(loss per replica, logits) of a training batch."""
         self.base.train()
-        logits, attention = split_output(self._forward(x))
+        logits, attention = split_output(self._forward(x, params, buffers))
 
         def one(buffers, lg, t, att):
             return functional_call(self.loss_base, buffers, (lg, t), {"attention": att, "validate": False})
 
         in_dims = (0, 0, 0, 0 if attention is not None else None)
-        values = torch.vmap(one, in_dims=in_dims)(self.loss_buffers, logits, y, attention)
+        return torch.vmap(one, in_dims=in_dims)(self.loss_buffers, logits, y, attention), logits
+
+    def _match_grad_layout(self, x, y) -> None:
+        """Lay each stacked parameter (and its optimizer state) out in memory as its gradient comes out of the
+        vmap-ed backward, found by one probe on copies: e.g. a linear layer's weight gradient (K, H, D) is the
+        transpose of a contiguous (K, D, H). Autograd then hands each gradient to its parameter instead of
+        copying it into the parameter's layout every step (AccumulateGrad's layout contract); that copy was
+        half of the DAL head's vectorised full-D step (``RELAYOUT_MIN``: large parameters only). Values are
+        unchanged: the same numbers, other strides (the batched kernels then round differently, within float
+        tolerance); the probe draws from copies of the replicas' streams and updates copies of their buffers."""
+        self._laid_out = True
+        if all(p.numel() < RELAYOUT_MIN for p in self.params.values()):
+            return
+        params = {n: p.detach().clone().requires_grad_() for n, p in self.params.items()}
+        buffers = {n: b.clone() for n, b in self.buffers.items()}
+        saved = self.streams.state_dict()
+        try:
+            values, _ = self._loss(x, y, params, buffers)
+            grads = torch.autograd.grad(values.sum(), list(params.values()), allow_unused=True)
+        finally:
+            self.streams.states = saved
+        with torch.no_grad():
+            for p, g in zip(self.params.values(), grads):
+                if g is None or g.shape != p.shape or g.stride() == p.stride() or p.numel() < RELAYOUT_MIN:
+                    continue
+                layout = torch.empty_like(g, dtype=p.dtype)  # g's strides where g is dense, else contiguous
+                for t in [p, *(v for v in self.optimizer.state.get(p, {}).values() if torch.is_tensor(v))]:
+                    if t.shape == p.shape and t.stride() != layout.stride():
+                        new = torch.empty_like(layout, dtype=t.dtype).copy_(t)
+                        t.set_(new.untyped_storage(), 0, new.shape, new.stride())
+
+    def step(self, x, y):
+        if not self._laid_out:
+            self._match_grad_layout(x, y)
+        values, logits = self._loss(x, y)
         self.optimizer.zero_grad(set_to_none=True)
         values.sum().backward()  # replicas share no parameters, so each gets its own gradient
         self.optimizer.step()
