@@ -12,7 +12,7 @@ process of the command's session has used so far, by kind (the driver, Ray's own
 processes), then kills the command and its Ray. The steps' own costs are timed apart, each in a fresh interpreter: the
 driver's imports, creating the store, starting Ray.
 
-    .venv/bin/python benchmarks/startup.py [--rounds 3] [--space quickstart]
+    .venv/bin/python benchmarks/startup.py [--rounds 3] [--space quickstart] [--trees . /path/to/old/checkout]
 
 Goal (issue 15): the first trial running <= 3 s after the command starts, on 2 CPUs, Ray's start included.
 """
@@ -96,12 +96,17 @@ def first_trial(db: Path, sweep: str) -> tuple[float | None, float | None]:
     return (started / 1000 if started else None), (epoch / 1000 if epoch else None)
 
 
-def one_sweep(tmp: str, name: str, space: str, sets: list[str], timeout: float) -> dict:
+def one_sweep(tmp: str, name: str, space: str, sets: list[str], timeout: float, tree: str | None) -> dict:
+    """One `tune-losses sweep` in ``tmp``, of the package in ``tree`` (a checkout, e.g. a git worktree of an
+    earlier commit; None: the installed one)."""
     db = Path(tmp) / "mlflow.db"
     cmd = [str(VENV_BIN / "tune-losses"), "sweep", space, "--tracking-uri", f"sqlite:///{db}"]
     cmd += ["--storage", f"{tmp}/ray", "--name", name] + [a for s in sets for a in ("--set", s)]
+    env = {**os.environ, "PYTHONPATH": tree} if tree else None
     start = time.time()
-    proc = subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
     running = epoch = None
     cpu: dict[str, float] = {}
     count: dict[str, int] = {}
@@ -158,22 +163,28 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--space", default="quickstart")
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument(
+        "--trees",
+        nargs="+",
+        default=[None],
+        help="checkouts to compare, each round alternating (e.g. a `git worktree` of an earlier commit); "
+        "default: the installed package",
+    )
     args = parser.parse_args()
     sets = ["train.epochs=2", "search.scheduler.name=fifo"]
-    cases: dict[str, list[dict]] = {
-        "a new store (a project's first sweep)": [],
-        "the store exists (the next sweep)": [],
-    }
+    labels = ("a new store (a project's first sweep)", "the store exists (the next sweep)")
+    cases: dict[tuple, list[dict]] = {(tree, label): [] for tree in args.trees for label in labels}
     for _ in range(args.rounds):
-        with tempfile.TemporaryDirectory() as tmp:
-            for runs, name in zip(cases.values(), ("first", "next")):
-                runs.append(one_sweep(tmp, name, args.space, sets, args.timeout))
+        for tree in args.trees:
+            with tempfile.TemporaryDirectory() as tmp:
+                for label, name in zip(labels, ("first", "next")):
+                    cases[tree, label].append(one_sweep(tmp, name, args.space, sets, args.timeout, tree))
     med = statistics.median
     print(
         f"`tune-losses sweep {args.space}`, a fresh local Ray each time, {os.cpu_count()} CPUs, median of {args.rounds}"
     )
-    for label, runs in cases.items():
-        print(f"{label}:")
+    for (tree, label), runs in cases.items():
+        print(f"{tree or 'installed package'}, {label}:")
         print(
             f"  first trial running {med(r['running'] for r in runs):.2f} s after the command started (goal <= 3 s; "
             f"rounds: {', '.join(format(r['running'], '.2f') for r in runs)}); its first epoch recorded "
