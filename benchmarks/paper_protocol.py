@@ -115,7 +115,7 @@ def main():
     slots = args.cpus * wall
     m = [r.data.metrics for r in runs]
     total = lambda key: sum(x.get(key, 0.0) for x in m)  # noqa: E731
-    # a trial function's start: its run's end (set right after it measured seconds_trial) minus seconds_trial
+    # a trial function's start: its run's end minus seconds_trial (as of its last epoch: within the post-epoch work)
     starts = [r.info.end_time / 1000 - r.data.metrics.get("seconds_trial", 0.0) - wall_start for r in runs]
     first_start = min(starts)
     last_end = max(r.info.end_time for r in runs) / 1000 - wall_start

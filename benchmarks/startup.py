@@ -35,6 +35,8 @@ TICK = os.sysconf("SC_CLK_TCK")
 KINDS = [  # (kind, what its command line holds), first match wins
     ("driver", "tune_losses.cli"),
     ("driver", "tune-losses"),
+    ("ray: python services", "ray::DashboardAgent"),
+    ("ray: python services", "ray::RuntimeEnvAgent"),
     ("workers", "ray::"),
     ("workers", "default_worker.py"),
     ("ray: gcs, raylet", "gcs_server"),

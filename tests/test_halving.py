@@ -64,6 +64,34 @@ def test_halving_keeps_the_best_at_each_rung_and_paused_trials_continue(tmp_path
         train(trial_config(space, {"loss.a": a}), report=lambda m, state, seen=seen: seen.update(m))
         assert history[a][4] == pytest.approx(seen["val_acc"], abs=1e-12)
     assert result.best_config is not None and reached[result.best_config["loss.a"]] == 4
+    # its rung decisions are not recorded: a resume is refused before anything runs
+    with pytest.raises(SpaceError, match=r"--resume: .* halving, which cannot be resumed"):
+        run_sweep(path, tracking_uri=uri, storage=str(tmp_path / "ray"), resume=True, verbose=0, make_report=False)
+
+
+@pytest.mark.slow
+def test_halving_runs_at_most_max_concurrent_trials(tmp_path, ray_local):
+    """max_concurrent 1 on 2 CPUs: one trial trains at a time, so up to the first rung (epoch 3) each trial's
+    epochs form one block in time (Ray Tune alone would start every trial the CPUs allow: two at once here)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    path = write_space(
+        tmp_path / "c.yaml",
+        name="halving_one",
+        train={"epochs": 6, "repeats": 1, "model": {"name": "small_cnn", "params": {"width": 8}}},
+        params={"loss.a": {"grid": [2.0, 5.0, 13.0]}},
+        search={"scheduler": {**HALVING, "grace_period": 3, "max_t": 6}, "max_concurrent": 1},
+    )
+    run_sweep(path, tracking_uri=uri, storage=str(tmp_path / "ray"), verbose=0, make_report=False)
+    c = tracking.client(uri)
+    parent = tracking.find_sweep(c, "halving_one")
+    runs = tracking.trial_runs(c, parent.info.run_id, parent.info.experiment_id)
+    assert audit(c, parent.info.run_id, parent.info.experiment_id, 6) == []
+    epochs = sorted(
+        (m.timestamp, r.info.run_id) for r in runs for m in c.get_metric_history(r.info.run_id, "epoch") if m.step <= 3
+    )
+    order = [run for _, run in epochs]
+    switches = sum(a != b for a, b in zip(order, order[1:]))
+    assert len(order) == 9 and switches == 2, order  # three blocks of three epochs, not interleaved
 
 
 def test_halving_needs_every_config_up_front(tmp_path):
@@ -80,3 +108,6 @@ def test_halving_needs_every_config_up_front(tmp_path):
     late = write_space(tmp_path / "l.yaml", search={"scheduler": {**HALVING, "grace_period": 5}})
     with pytest.raises(SpaceError, match=r"search.scheduler.grace_period: must be <= max_t \(4\)"):
         load_space(late)
+    past = write_space(tmp_path / "p.yaml", search={"scheduler": {**HALVING, "max_t": 9}})
+    with pytest.raises(SpaceError, match=r"search.scheduler.max_t: must be <= train.epochs \(3\) under halving"):
+        load_space(past)

@@ -8,6 +8,9 @@
 * ``ray.init(_system_config=...)`` (ray 2.60.0, "testing only" in its docstring) with the key
   ``preload_python_modules``: what a local Ray's prestarted workers import before they take work
   (:func:`init_ray`). A cluster's nodes take the same from ``RAY_preload_python_modules`` in their environment.
+* The text of the warning ``ray.init`` logs outside the main thread ("SIGTERM handler is not set"):
+  tuning/workers.py starts Ray in a thread and sets that handler itself, and drops the warning
+  (:class:`NotMainThreadWarning`).
 
 The fused loss kernels need no private interface: they are ``torch.library.custom_op`` operators with autograd
 and vmap rules (losses/fused.py).
@@ -15,6 +18,7 @@ and vmap rules (losses/fused.py).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 #: The key of Ray's system config (RayConfig, C++) that lists the modules prestarted workers import.
@@ -48,3 +52,20 @@ def init_ray(*, preload_modules: list[str] | None = None, **kwargs: Any) -> None
 
     system_config = {PRELOAD_CONFIG_KEY: preload_modules} if preload_modules else None
     ray.init(**kwargs, _system_config=system_config)
+
+
+#: What ray.init logs (ray._private.worker) when it runs outside the main thread.
+NOT_MAIN_THREAD_WARNING = "SIGTERM handler is not set"
+
+
+class NotMainThreadWarning(logging.Filter):
+    """Drops Ray's warning that ray.init outside the main thread sets no SIGTERM handler."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return NOT_MAIN_THREAD_WARNING not in record.getMessage()
+
+
+def drop_not_main_thread_warning() -> None:
+    logger = logging.getLogger("ray._private.worker")
+    if not any(isinstance(f, NotMainThreadWarning) for f in logger.filters):
+        logger.addFilter(NotMainThreadWarning())

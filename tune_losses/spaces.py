@@ -320,6 +320,14 @@ def _check_semantics(space: Space) -> list[tuple[str, str]]:
                 "allowed with searcher grid or random; with optuna use asha or fifo",
             )
         )
+    if sched.name == "halving" and sched.max_t and sched.max_t > space.train.epochs:
+        problems.append(
+            (
+                "search.scheduler.max_t",
+                f"must be <= train.epochs ({space.train.epochs}) under halving (a rung past the last epoch would "
+                f"pause trials that have ended), got {sched.max_t}",
+            )
+        )
     if sched.name in ("asha", "halving"):
         max_t = sched.max_t or space.train.epochs
         if sched.grace_period > max_t:

@@ -87,12 +87,6 @@ def row_coordinates(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return evecs[:, keep] / s, evecs[:, keep] * s
 
 
-def row_basis(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """An orthonormal basis Q (D x r) of the row space of X (N x D, float64) and the rows' coordinates G = X Q."""
-    m, g = row_coordinates(x)
-    return x.double().T @ m, g
-
-
 class RowSpace:
     def __init__(self, splits: Splits):
         self.sources = tuple(s.x for s in (splits.train, splits.val, splits.test))

@@ -10,22 +10,41 @@ import math
 from ray.tune.schedulers import FIFOScheduler
 
 
+def rungs(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:
+    """The epochs where halving compares the trials: grace_period, x reduction_factor, ... (below max_t)."""
+    out, r = [], grace_period
+    while r < max_t:
+        out.append(r)
+        r = max(r + 1, int(r * reduction_factor))
+    return out
+
+
+def pause_epochs(space) -> list[int]:
+    """The epochs after which the space's scheduler may pause a trial (its process ends; it resumes from its
+    checkpoint): halving's rungs; none for asha and fifo (they stop trials, never pause them)."""
+    s = space.search.scheduler
+    if s.name != "halving":
+        return []
+    return rungs(s.grace_period, s.reduction_factor, s.max_t or space.train.epochs)
+
+
 class SuccessiveHalving(FIFOScheduler):
     """Synchronous successive halving (one bracket of Hyperband) over ``trials`` trials known up front: every
     trial runs to the first rung (``grace_period`` epochs) and pauses; once all have reached it, the best
     ceil(n / reduction_factor) by the sweep's metric continue to the next rung (x reduction_factor, at most
     ``max_t``) and the others stop; ... until ``max_t``. A paused trial's process ends; resumed, it continues
-    from its own checkpoint in its own MLflow run (tuning/trial.py), so no epoch is trained or logged twice.
+    from its own checkpoint in its own MLflow run (tuning/trial.py checkpoints at every rung), so no epoch is
+    trained or logged twice. At most ``max_concurrent`` trials run at once: every trial waits, PAUSED from the
+    moment it is added, until this scheduler picks it (Ray Tune would otherwise start every PENDING trial that
+    resources allow). A halving sweep cannot be resumed (its rung decisions are not recorded: runner.py refuses).
     Written on Ray Tune's public scheduler interface: Ray's HyperBandScheduler fills its brackets from the one
     without halving (its first trials run to max_t) and halves a bracket among the trials added so far."""
 
     def __init__(self, trials: int, max_t: int, grace_period: int, reduction_factor: float, max_concurrent: int):
         super().__init__()
         self.trials, self.max_t, self.eta, self.max_concurrent = trials, max_t, reduction_factor, max_concurrent
-        self.rungs, r = [], grace_period
-        while r < max_t:
-            self.rungs.append(r)
-            r = max(r + 1, int(r * reduction_factor))
+        self.rungs = rungs(grace_period, reduction_factor, max_t)
+        self.waiting: set = set()  # trials added, never started: this scheduler starts them, max_concurrent at once
         self.added: list = []  # every trial, in the order the searcher made them
         self.alive: dict = {}  # trial -> its last result, for the trials still in the bracket
         self.promoted: set = set()  # paused trials that continue to the next rung
@@ -40,8 +59,14 @@ class SuccessiveHalving(FIFOScheduler):
         return self.rungs[self.rung] if self.rung < len(self.rungs) else self.max_t
 
     def on_trial_add(self, tune_controller, trial):
+        from ray.tune.experiment import Trial
+
         self.added.append(trial)
         self.alive[trial] = None
+        self.waiting.add(trial)
+        # filed as PAUSED by the controller (it files a trial by its status after this call): Ray Tune starts every
+        # PENDING trial that resources allow; choose_trial_to_run starts these, max_concurrent at once
+        trial.set_status(Trial.PAUSED)
 
     def on_trial_result(self, tune_controller, trial, result):
         from ray.tune.schedulers import TrialScheduler
@@ -99,10 +124,11 @@ class SuccessiveHalving(FIFOScheduler):
         from ray.tune.experiment import Trial
 
         trials = tune_controller.get_trials()
-        if sum(t.status == Trial.RUNNING for t in trials) >= self.max_concurrent:
+        if sum(t.status in (Trial.RUNNING, Trial.PENDING) for t in trials) >= self.max_concurrent:
             return None
         for t in trials:
-            if t.status == Trial.PENDING or (t.status == Trial.PAUSED and t in self.promoted):
+            if t.status == Trial.PAUSED and (t in self.promoted or t in self.waiting):
+                self.waiting.discard(t)
                 return t
         return None
 

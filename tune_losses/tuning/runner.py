@@ -219,8 +219,16 @@ def _parent_params(space: Space, uri: str, data=None) -> dict:
 
 
 def check_resumable(parent, space: Space, uri: str, source: str, data=None) -> None:
-    """A resumed sweep must be the sweep it continues: the same search, data, model, loss and budget."""
+    """A resumed sweep must be the sweep it continues: the same search, data, model, loss and budget; and not
+    one under halving (its rung decisions live in the driver only: a resume would decide rung 1 again over
+    replayed and part-trained trials)."""
     recorded = parent.data.params
+    if space.search.scheduler.name == "halving":
+        raise SpaceError(
+            f"{source}: --resume: the sweep {parent.info.run_name!r} runs under scheduler halving, which cannot be "
+            "resumed (its rung decisions are not recorded); allowed: --resume of an asha or fifo sweep. Its "
+            "finished trials stay in MLflow; start a new sweep with another --name"
+        )
     changed = [
         f"{k}: {recorded[k]} in the sweep, {v} now"
         for k, v in _parent_params(space, uri, data).items()

@@ -4,18 +4,20 @@ A trial finds its run in the sweep's ledger by its key (tracking/ledger.py) and 
 checkpoint directory by the same key, so it continues where it stopped whether Ray Tune restarts it (a retry
 after a failure, a lost node) or a resumed sweep starts it anew. After each epoch, in this order:
 1. the epoch's metrics go to MLflow (skipped when the ledger already holds that epoch);
-2. the checkpoint is replaced atomically: after the first and the last epoch, and after any other once the time
-   since the last write is at least ``1 / CHECKPOINT_SHARE - 1`` times what that write took (writes then cost at
-   most ~5% of the trial's time: every epoch for a small model, every few for 60 replicas of a wide head);
+2. the checkpoint is replaced atomically: after the first and the last epoch, at every epoch where the scheduler
+   may pause the trial (halving's rungs), and after any other once the time since the last write is at least
+   ``1 / CHECKPOINT_SHARE - 1`` times what that write took (writes then cost at most ~5% of the trial's time:
+   every epoch for a small model, every few for 60 replicas of a wide head);
 3. the result goes to Ray Tune (ASHA, the searcher, the progress display).
 A kill re-runs the epochs after the last checkpoint and does not log them again (the same numbers: the
 checkpoint holds every random state); a kill between 2 and 3 loses nothing. A trial the ledger holds as finished
 is not trained again: it reports its recorded final result once, so schedulers and searchers see it.
 
-A trial that runs to its end logs where its time went (this attempt), as metrics of its run: ``seconds_trial``
-(all of it), ``seconds_train`` (inside ``train``: data preparation, e.g. the row-space basis, and every epoch's
-training and evaluation), ``seconds_first_epoch`` (``train`` called -> its first epoch reported),
-``seconds_tracking`` (its MLflow calls), ``seconds_checkpoint`` (checkpoint writes) and ``seconds_tune_report``.
+With every epoch a trial logs where the time of this attempt went so far, as metrics of its run (so a trial
+a scheduler stops has them too): ``seconds_trial`` (all of it), ``seconds_train`` (inside ``train``: data
+preparation, e.g. the row-space basis, and every epoch's training and evaluation), ``seconds_first_epoch``
+(``train`` called -> its first epoch reported), ``seconds_tracking`` (its MLflow calls), ``seconds_checkpoint``
+(checkpoint writes) and ``seconds_tune_report``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from tune_losses.training import save_checkpoint, train
 from tune_losses.training.checkpoint import FILENAME, load_checkpoint
 from tune_losses.training.config import weights_used
 
+from .halving import pause_epochs
 from .workers import trial_environment
 
 log = logging.getLogger(__name__)
@@ -170,6 +173,8 @@ def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
     seconds = {"checkpoint": 0.0, "tune_report": 0.0, "in_report": 0.0}
     saved = {"at": float("-inf"), "took": 0.0}  # the end of the last checkpoint write (perf_counter), what it took
 
+    pauses = set(pause_epochs(space))  # a scheduler may end the process there: the checkpoint must be current
+
     def report(metrics: dict, state) -> None:
         entered = time.perf_counter()
         if not last:
@@ -178,9 +183,17 @@ def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
         if not last and metrics.get("device"):  # the device this attempt trains on (training/loop.py pick_device)
             ledger.set_tags(run_id, {"device": metrics["device"]})
         if epoch > last_step:  # an epoch re-run from an older checkpoint is already in the ledger
-            ledger.log_epoch(run_id, metrics, epoch)
+            # where this attempt's time went so far, with every epoch: a trial a scheduler stops keeps them too
+            spent = {
+                "trial": entered - started,
+                "train": entered - seconds["train_start"] - seconds["in_report"],
+                "tracking": ledger.seconds,
+                **{k: v for k, v in seconds.items() if k in ("checkpoint", "tune_report", "first_epoch")},
+            }
+            ledger.log_epoch(run_id, {**metrics, **{f"seconds_{k}": v for k, v in spent.items()}}, epoch)
         now = time.perf_counter()
-        if now - saved["at"] >= saved["took"] * (1 / CHECKPOINT_SHARE - 1) or epoch >= cfg["epochs"]:
+        due = now - saved["at"] >= saved["took"] * (1 / CHECKPOINT_SHARE - 1)
+        if due or epoch >= cfg["epochs"] or epoch in pauses:
             checkpoints.save(state())
             saved["at"] = time.perf_counter()
             saved["took"] = saved["at"] - now
@@ -200,7 +213,6 @@ def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
         # exactly the GPUs Ray assigned this trial (none: the CPU), whatever else the node has
         seconds["train_start"] = time.perf_counter()
         result = train(cfg, report=report, resume_from=resume_from, splits=data, gpu_ids=ray.get_gpu_ids())
-        seconds["train"] = time.perf_counter() - seconds.pop("train_start") - seconds.pop("in_report")
     if not last and result.get("status") == "completed":
         # resumed from the checkpoint of its last epoch (a kill came before its run was closed): nothing was
         # trained, so the result Ray Tune sees is the one the ledger holds
@@ -226,8 +238,5 @@ def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
         ledger.set_status(run_id, "FINISHED")
         tune.report({**final, "mlflow_run_id": run_id})
         return
-    seconds["tracking"] = ledger.seconds
-    seconds["trial"] = time.perf_counter() - started
-    timings = {f"seconds_{k}": v for k, v in seconds.items()}
-    ledger.set_tags(run_id, {"status": "completed", "stopped_early": "false"}, metrics=timings)
+    ledger.set_tags(run_id, {"status": "completed", "stopped_early": "false"})
     ledger.set_status(run_id, "FINISHED")

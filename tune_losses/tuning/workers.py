@@ -16,7 +16,6 @@ On a cluster started with ``ray start``, give every node the same list through t
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
@@ -66,13 +65,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, verbose: i
     )
 
 
-class _NotMainThread(logging.Filter):
-    """Drops Ray's warning that ray.init outside the main thread sets no SIGTERM handler (RayStart sets it)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "SIGTERM handler is not set" not in record.getMessage()
-
-
 class RayStart:
     """``init_ray`` in a thread, started at once: ``wait()`` returns when Ray is up (or raises what ray.init
     raised); ``cancel()`` waits for the start to end and shuts down what it started, for a sweep that stops
@@ -88,7 +80,11 @@ class RayStart:
         self._already = ray.is_initialized()
         self._error: BaseException | None = None
         self._started, self._hold = threading.Event(), threading.Event()
-        logging.getLogger("ray._private.worker").addFilter(_NotMainThread())
+        if self._already:  # nothing to start (tests, notebooks): no thread either
+            use_prestarted_workers()
+            self._started.set()
+            return
+        _internals.drop_not_main_thread_warning()
         self._thread = threading.Thread(target=self._run, args=(address, num_cpus, verbose), daemon=True)
         self._thread.start()
 
