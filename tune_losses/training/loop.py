@@ -151,12 +151,12 @@ def train(
     )
     start = 0
     if resume_from is not None:
-        state = load_checkpoint(resume_from)
-        replicas.load_state_dict(rowspace.restore(replicas, state) if rowspace is not None else state["replicas"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        start = state["epoch"]
+        saved = load_checkpoint(resume_from)
+        replicas.load_state_dict(rowspace.restore(replicas, saved) if rowspace is not None else saved["replicas"])
+        torch.set_rng_state(saved["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in saved:
+            torch.cuda.set_rng_state(saved["cuda_rng"], device)
+        start = saved["epoch"]
     metrics = {"status": "completed", "epoch": start, "device": str(device)}
     for epoch in range(start + 1, cfg.epochs + 1):
         losses, train_confusion = replicas.train_epoch(splits.train, cfg.batch_size)
