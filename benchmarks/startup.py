@@ -31,6 +31,9 @@ import time
 from pathlib import Path
 
 VENV_BIN = Path(sys.executable).parent
+# How often the store is read. Not much more often: a reader of a SQLite store holds writers off while it reads,
+# and polling a new store every 20 ms held a trial's first epoch back by ~30 s.
+POLL_S = 0.2
 TICK = os.sysconf("SC_CLK_TCK")
 KINDS = [  # (kind, what its command line holds), first match wins
     ("driver", "tune_losses.cli"),
@@ -122,7 +125,7 @@ def one_sweep(tmp: str, name: str, space: str, sets: list[str], timeout: float, 
                 _, epoch = first_trial(db, name)
                 if epoch is not None:
                     break
-            time.sleep(0.02)
+            time.sleep(POLL_S)
     finally:
         kill_session(proc.pid)
         err = proc.communicate()[1].decode(errors="replace")

@@ -252,13 +252,13 @@ class Ledger:
         for i in range(0, len(metrics), 1000):
             self.call("log_batch", run_id, metrics=metrics[i : i + 1000])
 
-    def set_tags(self, run_id: str, tags: dict, metrics: dict | None = None) -> None:
-        """Tags, and ``metrics`` (at step 0) in the same call."""
+    def set_tags(self, run_id: str, tags: dict, metrics: dict | None = None, step: int = 0) -> None:
+        """Tags, and ``metrics`` (at ``step``) in the same call."""
         ts = int(time.time() * 1000)
         self.call(
             "log_batch",
             run_id,
-            metrics=[Metric(k, float(v), ts, 0) for k, v in (metrics or {}).items()],
+            metrics=[Metric(k, float(v), ts, step) for k, v in (metrics or {}).items()],
             tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()],
         )
 

@@ -173,6 +173,16 @@ def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
     seconds = {"checkpoint": 0.0, "tune_report": 0.0, "in_report": 0.0}
     saved = {"at": float("-inf"), "took": 0.0}  # the end of the last checkpoint write (perf_counter), what it took
 
+    def spent(now: float, in_train: float) -> dict:
+        """Where this attempt's time went until ``now`` (``in_train`` of it inside ``train``), as metrics."""
+        parts = {
+            "trial": now - started,
+            "train": in_train - seconds["in_report"],
+            "tracking": ledger.seconds,
+            **{k: v for k, v in seconds.items() if k in ("checkpoint", "tune_report", "first_epoch")},
+        }
+        return {f"seconds_{k}": v for k, v in parts.items()}
+
     pauses = set(pause_epochs(space))  # a scheduler may end the process there: the checkpoint must be current
 
     def report(metrics: dict, state) -> None:
@@ -184,13 +194,7 @@ def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
             ledger.set_tags(run_id, {"device": metrics["device"]})
         if epoch > last_step:  # an epoch re-run from an older checkpoint is already in the ledger
             # where this attempt's time went so far, with every epoch: a trial a scheduler stops keeps them too
-            spent = {
-                "trial": entered - started,
-                "train": entered - seconds["train_start"] - seconds["in_report"],
-                "tracking": ledger.seconds,
-                **{k: v for k, v in seconds.items() if k in ("checkpoint", "tune_report", "first_epoch")},
-            }
-            ledger.log_epoch(run_id, {**metrics, **{f"seconds_{k}": v for k, v in spent.items()}}, epoch)
+            ledger.log_epoch(run_id, {**metrics, **spent(entered, entered - seconds["train_start"])}, epoch)
         now = time.perf_counter()
         due = now - saved["at"] >= saved["took"] * (1 / CHECKPOINT_SHARE - 1)
         if due or epoch >= cfg["epochs"] or epoch in pauses:
@@ -213,6 +217,7 @@ def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
         # exactly the GPUs Ray assigned this trial (none: the CPU), whatever else the node has
         seconds["train_start"] = time.perf_counter()
         result = train(cfg, report=report, resume_from=resume_from, splits=data, gpu_ids=ray.get_gpu_ids())
+        in_train = time.perf_counter() - seconds["train_start"]
     if not last and result.get("status") == "completed":
         # resumed from the checkpoint of its last epoch (a kill came before its run was closed): nothing was
         # trained, so the result Ray Tune sees is the one the ledger holds
@@ -238,5 +243,7 @@ def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
         ledger.set_status(run_id, "FINISHED")
         tune.report({**final, "mlflow_run_id": run_id})
         return
-    ledger.set_tags(run_id, {"status": "completed", "stopped_early": "false"})
+    # the whole attempt's timings, at its last epoch (after those of that epoch's own report)
+    timings = spent(time.perf_counter(), in_train) if last else None
+    ledger.set_tags(run_id, {"status": "completed", "stopped_early": "false"}, timings, int(last.get("epoch", 0)))
     ledger.set_status(run_id, "FINISHED")
