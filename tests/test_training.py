@@ -161,14 +161,21 @@ def test_each_replica_draws_from_its_own_stream_and_equals_its_seed_alone(model,
                 assert m[f"test_acc_r{k}"] == solo_m["test_acc"]
 
 
-@pytest.mark.parametrize("vectorize", [True, False])
-def test_resume_with_dropout_and_batch_norm_is_exact(tmp_path, vectorize):
+@pytest.mark.parametrize(
+    "vectorize,model,params",
+    [
+        (True, "bn_cnn", {}),
+        (False, "bn_cnn", {}),
+        (True, "dropout_mlp", {"hidden": 1024}),  # stacked weights laid out as their gradients (replicas.py)
+    ],
+)
+def test_resume_with_dropout_and_batch_norm_is_exact(tmp_path, vectorize, model, params):
     """Each replica's random stream is in the checkpoint: stopped after epoch 2 and resumed, the run is the
     uninterrupted one to the last bit, vectorised or looped."""
     cfg = {
         **BASE,
         **RANDOM_MODELS,
-        "model": {"name": "bn_cnn", "params": {}},
+        "model": {"name": model, "params": params},
         "epochs": 4,
         "repeats": 2,
         "vectorize": vectorize,
