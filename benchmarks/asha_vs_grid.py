@@ -24,6 +24,9 @@ gap: the chosen config's full-grid val_acc below the grid's best):
               seed 1: asha 33%, gap 0.0 pts   halving 30%, gap 0.0 pts
     cc_lambda seed 0: asha 41%, gap 0.0 pts   halving 30%, gap 20.6 pts (chose lambda 2: 75.7 vs 96.4)
 
+The goal is met on dal_a (both methods) and not on cc_lambda (ASHA: the right config, but 41% of the epochs;
+halving: 30%, the wrong config); cc_lambda was measured with seed 0 only.
+
 The choice: ASHA over the grid in a seeded random order stays the default. Synchronous halving saves as much on
 dal_a but fails cc_lambda: at rung 3 the large lambdas lead (about 65% against 46% for lambda 0) and collapse
 later, and halving keeps only the rung's top 4, so lambda 0, 0.25 and 0.5 (the grid's best at epoch 27) never

@@ -50,7 +50,7 @@ def timed(fn, inner, sync):
 
 
 def main():
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--inner", type=int, default=50)
     parser.add_argument("--device", default="cpu")

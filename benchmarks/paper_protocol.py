@@ -75,6 +75,7 @@ def main():
     parser.add_argument("--keep", help="a directory to keep the store, checkpoints and report in (default: temp)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    print(f"running the protocol: {args.values} values x {args.repeats} runs x {args.epochs} epochs ...", flush=True)
 
     from tune_losses import tracking
     from tune_losses.spaces import load_space
@@ -115,7 +116,7 @@ def main():
     slots = args.cpus * wall
     m = [r.data.metrics for r in runs]
     total = lambda key: sum(x.get(key, 0.0) for x in m)  # noqa: E731
-    # a trial function's start: its run's end minus seconds_trial (as of its last epoch: within the post-epoch work)
+    # a trial function's start: its run's end minus seconds_trial (logged at its end, tuning/trial.py)
     starts = [r.info.end_time / 1000 - r.data.metrics.get("seconds_trial", 0.0) - wall_start for r in runs]
     first_start = min(starts)
     last_end = max(r.info.end_time for r in runs) / 1000 - wall_start
@@ -129,7 +130,7 @@ def main():
     after = args.cpus * (wall - last_end)  # last trial's end -> sweep's end: summary, report
     idle = slots - in_trials - before - after  # no trial running on a CPU: scheduling between trials, the tail
     rows = [
-        ("training + evaluation (epochs 2..E, inside train)", epochs_s + len(runs) * per_epoch),
+        ("training + evaluation (every epoch, inside train)", epochs_s + len(runs) * per_epoch),
         ("trial set-up inside train (row-space basis, replicas)", setup),
         ("tracking (the trials' MLflow writes)", tracked),
         ("checkpoint writes", ckpt),
@@ -150,11 +151,11 @@ def main():
     for label, s in rows:
         print(f"  {label:<58} {s:8.1f} s  {100 * s / slots:5.1f}%")
     share = {
-        "training": rows[0][1],
+        "training (every epoch, evaluation included)": rows[0][1],
         "tracking": tracked,
         "checkpoints": ckpt,
-        "start-up": before + setup + outside,
-        "other": ray_report + idle + after,
+        "start-up (before the first trial, and each trial's set-up)": before + setup + outside,
+        "other (tune.report, idle CPUs, the end)": ray_report + idle + after,
     }
     print("shares: " + ", ".join(f"{k} {100 * v / slots:.0f}%" for k, v in share.items()))
     print(

@@ -134,12 +134,12 @@ def quickstart_setup(epochs: int | None) -> Setup:
 
 
 def main():
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=20, help="DAL head: epochs")
     parser.add_argument("--repeats", type=int, default=16, help="DAL head: K")
     parser.add_argument("--cnn-repeats", type=int, nargs="*", default=[4, 16], help="quickstart CNN: K values")
     parser.add_argument("--cnn-epochs", type=int, default=None, help="quickstart CNN: epochs (default: its own)")
-    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=1, help="rounds, medians printed")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="cpu (the goal's device) or cuda")
     args = parser.parse_args()

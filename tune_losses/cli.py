@@ -302,6 +302,13 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # before a sweep's trials started, or outside a sweep: nothing half-written
+        if args.func is cmd_sweep:
+            print(
+                "\ninterrupted before the sweep's trials started: no trial was recorded. Run the same command "
+                "again (with --resume if `tune-losses sweeps` lists the sweep)",
+                file=sys.stderr,
+            )
+            return 130
         print("\ninterrupted", file=sys.stderr)
         return 130
 

@@ -147,8 +147,8 @@ def build_report(sweep: str, tracking_uri: str | None = None, out_dir=None, log:
                 "not a selection); `distinguishable`: the value's replicas differ from that value's (Welch "
                 "t-test, Benjamini-Hochberg corrected, alpha 0.05); empty without repeats."
                 + (
-                    " Trials stopped early by ASHA count with their values at the epoch they stopped (`epochs` in "
-                    "trials_per_replica.csv)."
+                    " Trials stopped early by the scheduler (ASHA, halving) count with their values at the epoch "
+                    "they stopped (`epochs` in trials_per_replica.csv)."
                     if subset["stopped_early"].any()
                     else ""
                 )

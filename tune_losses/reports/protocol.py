@@ -131,6 +131,6 @@ def trial_outcomes(runs) -> list[tuple[str, bool]]:
 def describe_trials(counts: dict) -> str:
     text = (
         f"{counts['trials']} trials: {counts['completed']} completed, {counts['stopped_early']} stopped early "
-        f"by ASHA, {counts['diverged']} diverged, {counts['failed']} failed"
+        f"by the scheduler, {counts['diverged']} diverged, {counts['failed']} failed"
     )
     return text + (f", {counts['unfinished']} unfinished" if counts.get("unfinished") else "")

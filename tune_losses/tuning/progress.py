@@ -63,7 +63,11 @@ class SweepProgress(Callback):
         self.names: dict[str, str] = {}
         self.running: set[str] = set()
         self.pending = 0  # trials waiting for resources, or for their process to start
-        self.counts = {"finished": 0, "stopped by ASHA": 0, "stopped by the budget": 0, "diverged": 0, "failed": 0}
+        # who stops trials early: ASHA, or synchronous halving (fifo stops none)
+        self.stopper = "halving" if space.search.scheduler.name == "halving" else "ASHA"
+        self.stopped_key = f"stopped by {self.stopper}"
+        self.counts = {"finished": 0, self.stopped_key: 0, "stopped by the budget": 0, "diverged": 0, "failed": 0}
+        self.started: set[str] = set()  # trials started once (halving pauses a trial and starts it again)
         self.unused_epochs = 0  # epochs that trials stopped early will not run
         self.best: tuple[float, str] | None = None
         self.start: float | None = None
@@ -103,9 +107,7 @@ class SweepProgress(Callback):
 
     def status(self) -> str:
         counts = ", ".join(
-            f"{n} {k}"
-            for k, n in self.counts.items()
-            if n or k in ("finished", "failed", "stopped by ASHA", "diverged")
+            f"{n} {k}" for k, n in self.counts.items() if n or k in ("finished", "failed", self.stopped_key, "diverged")
         )
         of = f" (of {self.total_trials})" if self.total_trials and self.total_trials < 10**9 else ""
         best = ""
@@ -172,7 +174,11 @@ class SweepProgress(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.running.add(trial.trial_id)
-        self.say(f"{self.name(trial)}: started")
+        if trial.trial_id in self.started:  # paused at a rung (halving), going on from its checkpoint
+            self.say(f"{self.name(trial)}: goes on from epoch {self.epochs_done.get(trial.trial_id, 0)}")
+        else:
+            self.started.add(trial.trial_id)
+            self.say(f"{self.name(trial)}: started")
         self.draw(force=True)
 
     def on_trial_restore(self, iteration, trials, trial, **info):
@@ -218,9 +224,9 @@ class SweepProgress(Callback):
         elif epoch < self.epochs:
             self.unused_epochs += self.epochs - epoch
             by = self.budget.fired if self.budget is not None and self.budget.fired else None
-            key = "stopped by the budget" if by else "stopped by ASHA"
+            key = "stopped by the budget" if by else self.stopped_key
             self.counts[key] += 1
-            why = {"time_budget": "the time budget", "plateau": "the plateau stop"}.get(by or "", "ASHA")
+            why = {"time_budget": "the time budget", "plateau": "the plateau stop"}.get(by or "", self.stopper)
             self.say(f"{name}: stopped by {why} at epoch {epoch}, {shown}{best}")
         else:
             self.counts["finished"] += 1

@@ -219,16 +219,8 @@ def _parent_params(space: Space, uri: str, data=None) -> dict:
 
 
 def check_resumable(parent, space: Space, uri: str, source: str, data=None) -> None:
-    """A resumed sweep must be the sweep it continues: the same search, data, model, loss and budget; and not
-    one under halving (its rung decisions live in the driver only: a resume would decide rung 1 again over
-    replayed and part-trained trials)."""
+    """A resumed sweep must be the sweep it continues: the same search, data, model, loss and budget."""
     recorded = parent.data.params
-    if space.search.scheduler.name == "halving":
-        raise SpaceError(
-            f"{source}: --resume: the sweep {parent.info.run_name!r} runs under scheduler halving, which cannot be "
-            "resumed (its rung decisions are not recorded); allowed: --resume of an asha or fifo sweep. Its "
-            "finished trials stay in MLflow; start a new sweep with another --name"
-        )
     changed = [
         f"{k}: {recorded[k]} in the sweep, {v} now"
         for k, v in _parent_params(space, uri, data).items()
@@ -515,6 +507,13 @@ def run_sweep(
         preflight.check_writable(Path(storage_path), "--storage")
     preflight.check_tracking(uri, resume, name)
     preflight.check_ray_address(address, address_option)
+    if resume and space.search.scheduler.name == "halving":  # its rung decisions live in the driver only
+        raise SpaceError(
+            f"{path}: --resume: the sweep {name!r} runs under scheduler halving, which cannot be resumed (its rung "
+            "decisions are not recorded: a resume would decide the first rung again over replayed and part-trained "
+            "trials); allowed: --resume of an asha or fifo sweep. Its finished trials stay in MLflow; start a new "
+            "sweep with another --name"
+        )
     if not address:
         preflight.check_local_resources(space, str(path), num_cpus, _local_gpus())
     from .workers import RayStart, run_trial
@@ -668,7 +667,9 @@ class SweepInterrupted(KeyboardInterrupt):
 
     def __init__(self, name: str, finished: int, total: int):
         super().__init__(
-            f"sweep {name!r} interrupted: {finished} of the {total} trials started had finished; the others "
+            f"sweep {name!r} interrupted before any trial started"
+            if total == 0
+            else f"sweep {name!r} interrupted: {finished} of the {total} trials started had finished; the others "
             "continue from their last checkpoint (or from epoch 1 if they had not finished one)"
         )
         self.name = name
@@ -689,7 +690,7 @@ def print_summary(result: SweepResult, metric: str) -> None:
     )
     print("\n".join(line.removeprefix("- ") for line in statement(space, parent.data.params)))
     if result.best_config is not None:
-        print(f"Best {metric}: {result.best_metric} with {result.best_config}")
+        print(f"Best {metric}: {result.best_metric:.4f} with {result.best_config}")
     print(
         f"MLflow: {tracking.redact(result.tracking_uri)}, parent run {result.parent_run_id} "
         f"(browse with `tune-losses ui`)"
