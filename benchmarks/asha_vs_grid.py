@@ -23,9 +23,12 @@ gap: the chosen config's full-grid val_acc below the grid's best):
     dal_a     seed 0: asha 31%, gap 0.1 pts   halving 30%, gap 0.0 pts
               seed 1: asha 33%, gap 0.0 pts   halving 30%, gap 0.0 pts
     cc_lambda seed 0: asha 41%, gap 0.0 pts   halving 30%, gap 20.6 pts (chose lambda 2: 75.7 vs 96.4)
+              seed 1: asha 67%, gap 0.0 pts   halving 30%, gap 0.8 pts (stopped lambda 0, the best, at rung 3)
+                      (``--studies cc_lambda --seeds 1``, the same machine idle but for a test run)
 
 The goal is met on dal_a (both methods) and not on cc_lambda (ASHA: the right config, but 41% of the epochs;
-halving: 30%, the wrong config); cc_lambda was measured with seed 0 only.
+halving: 30%, a worse config); on cc_lambda the best lambdas (0, 0.25) are slow starters, which both rules
+punish: ASHA by promoting more of the early leaders, halving by stopping the slow best.
 
 The choice: ASHA over the grid in a seeded random order stays the default. Synchronous halving saves as much on
 dal_a but fails cc_lambda: at rung 3 the large lambdas lead (about 65% against 46% for lambda 0) and collapse

@@ -91,7 +91,7 @@ CASES = {
     "unknown_scheduler": (
         {"search": {"scheduler": {"name": "pbt"}}},
         [],
-        ["search.scheduler.name: Input should be 'asha' or 'fifo'"],
+        ["search.scheduler.name: Input should be 'asha', 'fifo' or 'halving'"],
     ),
     "unknown_metric": ({"search": {"metric": "accuracy"}}, [], ["search.metric: Input should be 'val_acc'"]),
     "empty_grid": ({"params": {"loss.a": {"grid": []}}}, [], ["params.loss.a.grid: List should have at least 1"]),

@@ -58,11 +58,15 @@ def test_halving_keeps_the_best_at_each_rung_and_paused_trials_continue(tmp_path
             assert run.data.tags["stopped_by"] == "halving"
     # continued, not restarted: a finalist's last epoch is exactly what training it without a pause gives
     space = load_space(path)[0]
-    torch.set_num_threads(1)
-    for a in (a for a, e in reached.items() if e == 4):
-        seen: dict = {}
-        train(trial_config(space, {"loss.a": a}), report=lambda m, state, seen=seen: seen.update(m))
-        assert history[a][4] == pytest.approx(seen["val_acc"], abs=1e-12)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the 1-CPU trial ran; put back after: later tests run with the default
+    try:
+        for a in (a for a, e in reached.items() if e == 4):
+            seen: dict = {}
+            train(trial_config(space, {"loss.a": a}), report=lambda m, state, seen=seen: seen.update(m))
+            assert history[a][4] == pytest.approx(seen["val_acc"], abs=1e-12)
+    finally:
+        torch.set_num_threads(threads)
     assert result.best_config is not None and reached[result.best_config["loss.a"]] == 4
     # its rung decisions are not recorded: a resume is refused before anything runs
     with pytest.raises(SpaceError, match=r"--resume: .* halving, which cannot be resumed"):
