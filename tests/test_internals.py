@@ -3,6 +3,7 @@ each test says what changed and what to revisit when a new Ray or PyTorch change
 kernels, which need none: their vmap rule (public torch.library API) gives what a loop over replicas gives."""
 
 import inspect
+import logging
 import mmap
 from pathlib import Path
 
@@ -59,6 +60,19 @@ def test_ray_tune_gives_trial_actors_only_the_environment_variable_workers_py_dr
     assert options["runtime_env"].get("env_vars") == {"TUNE_LOSSES_PROBE": "1"}, changed(
         "where Tune's actor class cache takes its default environment from (DEFAULT_ENV_VARS is not read)"
     )
+
+
+def test_ray_init_outside_the_main_thread_logs_the_warning_workers_py_drops():
+    """workers.RayStart runs ray.init in a thread and drops Ray's warning about the SIGTERM handler by its text."""
+    from ray._private import worker
+
+    source = inspect.getsource(worker)
+    assert _internals.NOT_MAIN_THREAD_WARNING in source, changed("the warning ray.init logs outside the main thread")
+    assert "getLogger(__name__)" in source, changed("the logger of ray._private.worker")
+    _internals.drop_not_main_thread_warning()
+    _internals.drop_not_main_thread_warning()  # once only, however many sweeps a process runs
+    filters = logging.getLogger("ray._private.worker").filters
+    assert sum(isinstance(f, _internals.NotMainThreadWarning) for f in filters) == 1
 
 
 def test_ray_init_takes_a_system_config_with_the_preload_key():
