@@ -21,8 +21,9 @@ Measured on the idle 2-CPU development machine, `PYTHONPATH=. .venv/bin/python b
 the CPUs' time: training and evaluation 56%, tracking (the trials' MLflow writes: ~260 metrics per epoch, 60
 replicas' own values among them) 22%, checkpoint writes 5%, start-up and each trial's set-up 6% (first trial
 running 9.3 s after the start), the rest (tune.report, idle CPUs, the report) 11%. Test accuracy 92.2 +- 1.7%
-for every `a` (the synthetic features have no structure that `a` could matter for). ``--epochs 30`` compares checkouts quickly
-(``PYTHONPATH=<other checkout>``); the issue's notes give that comparison against the code before issue 15.
+for every `a` (the synthetic features have no structure that `a` could matter for). ``--epochs 30`` compares
+checkouts quickly (``PYTHONPATH=<other checkout>``): the code before issue 15 (9f3009f) took 176.6 s, this
+code 105.0 s, one after the other on the idle machine, with the same accuracy table.
 """
 
 import argparse
