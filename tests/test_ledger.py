@@ -283,3 +283,35 @@ def test_resuming_through_another_spelling_of_the_store_does_not_rewrite_the_par
     parent = _start_parent(c, exp, space, path, text, "spelled", uri)
     again = _start_parent(tracking.client(other), exp, space, path, text, "spelled", other, parent)
     assert again == parent and c.get_run(parent).data.params["tracking_uri"] == uri
+
+
+@pytest.mark.parametrize("searcher, planned", [("grid", 6), ("optuna", 4)])
+def test_a_parent_cut_short_after_its_creation_tells_status_how_many_trials_it_plans(tmp_path, searcher, planned):
+    """A kill (or a reader that looks) between the parent's creation and its params: `status` still knows how
+    many trials the sweep plans, from the tag the run was created with."""
+    from mlflow import MlflowClient
+
+    from tune_losses.spaces import load_space
+    from tune_losses.tracking.sweeps import sweep_status
+    from tune_losses.tuning.runner import _start_parent
+
+    from helpers import write_space
+
+    grid = {"grid": [5.0, 10.0, 15.0]} if searcher == "grid" else {"uniform": [5.0, 20.0]}
+    search = {"searcher": searcher, "num_samples": 2 if searcher == "grid" else 4}
+    path = write_space(tmp_path / "s.yaml", name="cut", params={"loss.a": grid}, search=search)
+    space, _, text = load_space(path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    c = tracking.client(uri)
+    exp = tracking.experiment_id(c)
+
+    def cut(self, *args, **kwargs):
+        raise KeyboardInterrupt  # the kill, right after the run was created
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(MlflowClient, "log_batch", cut)
+        with pytest.raises(KeyboardInterrupt):
+            _start_parent(c, exp, space, path, text, "cut", uri)
+    status = sweep_status("cut", uri)
+    assert status["planned"] == planned and status["done"] == 0
+    assert not c.get_run(status["run_id"]).data.params  # the cut came before the params

@@ -7,13 +7,15 @@ parent run is (tag ``status`` completed, ``ended_by`` saying why), ``interrupted
 (tag ``status`` interrupted, or the run ended otherwise, or its driver's ``heartbeat`` tag is over two minutes old:
 a driver killed outright), and ``running`` while the parent run is RUNNING and its driver beats. The number of
 trials a sweep will run is the grid size times ``num_samples`` (grid and random searchers) or ``num_samples``
-(Optuna), from the parent run's resolved space; budgets (``time_budget_s``, ``plateau``) can end it sooner. A
-sweep started with ``--warm-start EARLIER`` (tag ``tune_losses.warm_start``) also covers the earlier sweep's
-trials (:func:`earlier_runs`).
+(Optuna), from the parent run's tag ``tune_losses.planned`` (written with the run, so it is there before the
+params are; sweeps of older versions: from the params or the resolved space); budgets (``time_budget_s``,
+``plateau``) can end it sooner. A sweep started with ``--warm-start EARLIER`` (tag ``tune_losses.warm_start``)
+also covers the earlier sweep's trials (:func:`earlier_runs`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -25,6 +27,8 @@ from . import store
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a listing, not downloads, is shown
 WARM_START_TAG = "tune_losses.warm_start"
+#: how many trials the sweep runs at most, a tag of the parent run from its creation on (tuning/runner.py)
+PLANNED_TAG = "tune_losses.planned"
 
 
 def _value(text):
@@ -107,6 +111,8 @@ def _space(c, parent) -> dict | None:
 
 def planned_trials(c, parent, space: dict | None = None) -> int | None:
     """How many trials the sweep runs at most: the grid's size times num_samples (grid, random), or num_samples."""
+    with contextlib.suppress(KeyError, ValueError):
+        return int(parent.data.tags[PLANNED_TAG])
     params = parent.data.params
     try:
         samples = int(params["num_samples"])

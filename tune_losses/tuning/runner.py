@@ -26,6 +26,7 @@ from tune_losses import tracking
 from tune_losses.spaces import Space, SpaceError, load_space
 from tune_losses.tracking.callback import LedgerCallback
 from tune_losses.tracking.ledger import Ledger, TrialRecord, retrying
+from tune_losses.tracking.sweeps import PLANNED_TAG
 from tune_losses.training.checkpoint import FILENAME
 
 from . import preflight
@@ -60,6 +61,12 @@ def _local_gpus() -> int:
     return torch.cuda.device_count()
 
 
+def max_trials(space: Space) -> int:
+    """How many trials the sweep runs at most: optuna's num_samples, else every grid point num_samples times."""
+    s = space.search
+    return s.num_samples if s.searcher == "optuna" else grid_size(space) * s.num_samples
+
+
 def _scheduler(space: Space):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -69,9 +76,8 @@ def _scheduler(space: Space):
     if s.name == "halving":
         from .halving import SuccessiveHalving
 
-        trials = grid_size(space) * space.search.num_samples  # grid / random: every trial is known up front
         rf, max_t = s.reduction_factor, s.max_t or space.train.epochs
-        return SuccessiveHalving(trials, max_t, s.grace_period, rf, space.search.max_concurrent)
+        return SuccessiveHalving(max_trials(space), max_t, s.grace_period, rf, space.search.max_concurrent)
     return ASHAScheduler(
         time_attr="epoch",
         max_t=s.max_t or space.train.epochs,
@@ -277,6 +283,9 @@ def _start_parent(
             "space_file": str(path),
             "study": space.study or "",
             "status": "running",
+            # with the run itself: a reader (`status`) sees how many trials are planned before the params are
+            # logged, and after a kill between the two writes
+            PLANNED_TAG: str(max_trials(space)),
         }
         parent_id = _create_parent(client, exp_id, name, tags)
     # resuming: only what a cut-short creation left out (a param MLflow holds is never rewritten: the same store
