@@ -285,25 +285,21 @@ def test_resuming_through_another_spelling_of_the_store_does_not_rewrite_the_par
     assert again == parent and c.get_run(parent).data.params["tracking_uri"] == uri
 
 
-@pytest.mark.parametrize("searcher, planned", [("grid", 6), ("optuna", 4)])
-def test_a_parent_cut_short_after_its_creation_tells_status_how_many_trials_it_plans(tmp_path, searcher, planned):
-    """A kill (or a reader that looks) between the parent's creation and its params: `status` still knows how
-    many trials the sweep plans, from the tag the run was created with."""
+def _cut_after_creation(tmp_path, searcher="grid", num_samples=1):
+    """A sweep's start killed right after its parent run was created (before its params and space file)."""
     from mlflow import MlflowClient
 
     from tune_losses.spaces import load_space
-    from tune_losses.tracking.sweeps import sweep_status
     from tune_losses.tuning.runner import _start_parent
 
     from helpers import write_space
 
     grid = {"grid": [5.0, 10.0, 15.0]} if searcher == "grid" else {"uniform": [5.0, 20.0]}
-    search = {"searcher": searcher, "num_samples": 2 if searcher == "grid" else 4}
+    search = {"searcher": searcher, "num_samples": num_samples}
     path = write_space(tmp_path / "s.yaml", name="cut", params={"loss.a": grid}, search=search)
     space, _, text = load_space(path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     c = tracking.client(uri)
-    exp = tracking.experiment_id(c)
 
     def cut(self, *args, **kwargs):
         raise KeyboardInterrupt  # the kill, right after the run was created
@@ -311,7 +307,56 @@ def test_a_parent_cut_short_after_its_creation_tells_status_how_many_trials_it_p
     with pytest.MonkeyPatch.context() as m:
         m.setattr(MlflowClient, "log_batch", cut)
         with pytest.raises(KeyboardInterrupt):
-            _start_parent(c, exp, space, path, text, "cut", uri)
+            _start_parent(c, tracking.experiment_id(c), space, path, text, "cut", uri)
+    return path, uri, c
+
+
+@pytest.mark.parametrize("searcher, num_samples, planned", [("grid", 2, 6), ("optuna", 4, 4)])
+def test_a_parent_cut_short_after_its_creation_tells_status_how_many_trials_it_plans(
+    tmp_path, searcher, num_samples, planned
+):
+    """A kill (or a reader that looks) between the parent's creation and its params: `status` still knows how
+    many trials the sweep plans, from the tag the run was created with, and sees a driver that beat just now."""
+    from tune_losses.tracking.sweeps import sweep_status
+
+    _, uri, c = _cut_after_creation(tmp_path, searcher, num_samples)
     status = sweep_status("cut", uri)
-    assert status["planned"] == planned and status["done"] == 0
+    assert status["planned"] == planned and status["done"] == 0 and status["state"] == "running"
     assert not c.get_run(status["run_id"]).data.params  # the cut came before the params
+
+
+def test_a_parent_without_a_heartbeat_is_interrupted_once_its_start_is_stale(tmp_path):
+    """A parent an older version created without a heartbeat and whose driver died before beating: not
+    "running" forever; its start time is its last sign of life."""
+    from tune_losses.tracking.sweeps import STALE_HEARTBEAT_S, sweep_status
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    c = tracking.client(uri)
+    exp = tracking.experiment_id(c)
+    tags = {"tune_losses.sweep": "old", "tune_losses.role": "sweep", "status": "running"}
+    c.create_run(exp, run_name="old", tags=tags, start_time=int((time.time() - STALE_HEARTBEAT_S - 60) * 1000))
+    c.create_run(exp, run_name="young", tags={**tags, "tune_losses.sweep": "young"})
+    assert sweep_status("old", uri)["state"] == "interrupted"
+    assert sweep_status("young", uri)["state"] == "running"
+
+
+@pytest.mark.slow
+def test_a_sweep_cut_after_its_parent_was_created_reports_clearly_and_resumes(tmp_path, ray_local, capsys):
+    """Cut right after the parent's creation: `report` and `best` say what happened and what to run (no MLflow
+    traceback); `--resume` completes the parent (params, space file) and runs the planned trials."""
+    from tune_losses.cli import main
+    from tune_losses.tracking.sweeps import sweep_status
+    from tune_losses.tuning.runner import run_sweep
+
+    path, uri, c = _cut_after_creation(tmp_path)
+    for cmd in (["report", "cut"], ["best", "cut"]):
+        assert main([*cmd, "--tracking-uri", uri]) == 2
+        err = capsys.readouterr().err
+        assert "stopped while it was being created" in err and "--resume" in err and "Traceback" not in err, err
+    run_sweep(path, tracking_uri=uri, storage=str(tmp_path / "ray"), resume=True, verbose=0, make_report=False)
+    status = sweep_status("cut", uri)
+    assert status["state"] == "finished" and status["done"] == status["planned"] == 3
+    parent = c.get_run(status["run_id"])
+    assert parent.data.params["num_samples"] == "1" and [f.path for f in c.list_artifacts(parent.info.run_id)]
+    parents = "tags.`tune_losses.sweep` = 'cut' and tags.`tune_losses.role` = 'sweep'"
+    assert len(c.search_runs([parent.info.experiment_id], parents)) == 1  # resumed, not started again

@@ -57,11 +57,12 @@ def steps(c, run_id, key):
     return sorted(m.step for m in c.get_metric_history(run_id, key))
 
 
-def test_trial_runs_record_their_seconds(tmp_path):
+def test_trial_runs_record_their_seconds(tmp_path, ray_local):
+    from tune_losses.tuning.runner import run_sweep
+
     space = write_space(tmp_path / "timed.yaml", name="timed")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    proc = run_cli(tmp_path, [str(space), "--tracking-uri", uri, "--storage", str(tmp_path / "ray")])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_sweep(space, tracking_uri=uri, storage=str(tmp_path / "ray"), verbose=0, make_report=False)
     c = tracking.client(uri)
     parent = tracking.find_sweep(c, "timed")
     runs = tracking.trial_runs(c, parent.info.run_id, parent.info.experiment_id)

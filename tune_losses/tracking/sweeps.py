@@ -145,7 +145,8 @@ STALE_HEARTBEAT_S = 120.0
 
 def _state(parent, trials) -> str:
     tags, status = parent.data.tags, parent.info.status
-    beat = tags.get("heartbeat")
+    # no beat yet (a parent of an older version cut short at its creation): its start is the last sign of life
+    beat = tags.get("heartbeat") or (parent.info.start_time / 1000 if parent.info.start_time else None)
     if status == "RUNNING" and beat and time.time() - float(beat) > STALE_HEARTBEAT_S:
         return "interrupted"  # its driver stopped without a word (a kill, a lost machine): --resume continues it
     if status == "RUNNING":

@@ -286,6 +286,7 @@ def _start_parent(
             # with the run itself: a reader (`status`) sees how many trials are planned before the params are
             # logged, and after a kill between the two writes
             PLANNED_TAG: str(max_trials(space)),
+            "heartbeat": f"{time.time():.0f}",  # the driver's first beat (tracking/callback.py beats from here)
         }
         parent_id = _create_parent(client, exp_id, name, tags)
     # resuming: only what a cut-short creation left out (a param MLflow holds is never rewritten: the same store
@@ -588,9 +589,10 @@ def run_sweep(
             + (f", {len(lost)} start again from epoch 1 (no checkpoint under {checkpoints})" if lost else ""),
             flush=True,
         )
-        retrying(client.update_run, parent_id, status="RUNNING")
         resumes = int(parent.data.tags.get("resumes", "0")) + 1
-        retrying(client.log_batch, parent_id, tags=[RunTag("status", "running"), RunTag("resumes", str(resumes))])
+        tags = [RunTag("status", "running"), RunTag("resumes", str(resumes)), RunTag("heartbeat", f"{time.time():.0f}")]
+        retrying(client.log_batch, parent_id, tags=tags)  # a fresh heartbeat before RUNNING: never read as stale
+        retrying(client.update_run, parent_id, status="RUNNING")
     space_json = space.model_dump(mode="json")
     sweep = {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent_id, "checkpoints": checkpoints}
     interrupt = Interrupt()
