@@ -360,3 +360,70 @@ def test_a_sweep_cut_after_its_parent_was_created_reports_clearly_and_resumes(tm
     assert parent.data.params["num_samples"] == "1" and [f.path for f in c.list_artifacts(parent.info.run_id)]
     parents = "tags.`tune_losses.sweep` = 'cut' and tags.`tune_losses.role` = 'sweep'"
     assert len(c.search_runs([parent.info.experiment_id], parents)) == 1  # resumed, not started again
+
+
+def test_two_commands_starting_the_same_sweep_at_once_leave_one_parent(tmp_path):
+    """Both found no parent of the name and both created one: the oldest keeps the name, the other deletes its
+    parent and stops with a message, whichever of the two checks first."""
+    from tune_losses.spaces import SpaceError, load_space
+    from tune_losses.tuning.runner import _create_parent, _one_parent_per_name, _start_parent
+
+    from helpers import write_space
+
+    path = write_space(tmp_path / "s.yaml", name="twice")
+    space, _, text = load_space(path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    c = tracking.client(uri)
+    exp = tracking.experiment_id(c)
+    tags = {"tune_losses.sweep": "twice", "tune_losses.role": "sweep"}
+    other = _create_parent(c, exp, "twice", tags)  # the other command's, created first
+    with pytest.raises(SpaceError, match=f"started at the same moment by another command \\(parent run {other}"):
+        _start_parent(c, exp, space, path, text, "twice", uri)
+    parents = c.search_runs([exp], "tags.`tune_losses.sweep` = 'twice' and tags.`tune_losses.role` = 'sweep'")
+    assert [p.info.run_id for p in parents] == [other]
+    _one_parent_per_name(c, exp, "twice", other, path)  # the oldest goes on, whatever else it sees
+    time.sleep(0.01)
+    late = _create_parent(c, exp, "twice", tags)
+    _one_parent_per_name(c, exp, "twice", other, path)
+    with pytest.raises(SpaceError):
+        _one_parent_per_name(c, exp, "twice", late, path)
+
+
+def test_resume_is_refused_while_the_sweeps_driver_runs(tmp_path, ray_local, capsys):
+    """A second driver would train the same trials into the same checkpoints: --resume is refused while the
+    driver's process lives (same machine) or beat recently (another machine), and allowed once it is gone."""
+    import socket
+    import sys
+
+    from tune_losses.cli import main
+    from tune_losses.tracking.sweeps import DRIVER_TAG, _started, running_driver, sweep_status
+
+    from helpers import write_space
+
+    path = write_space(tmp_path / "s.yaml", name="busy")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    c = tracking.client(uri)
+    exp = tracking.experiment_id(c)
+    driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        tag = f"{socket.gethostname()}:{driver.pid}:{_started(driver.pid)}"
+        tags = {"tune_losses.sweep": "busy", "tune_losses.role": "sweep", DRIVER_TAG: tag}
+        parent = c.create_run(exp, run_name="busy", tags=tags)
+        assert main(["sweep", str(path), "--tracking-uri", uri, "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert f"the sweep 'busy' is running: its driver (process {driver.pid}) is running" in err, err
+        assert sweep_status("busy", uri)["state"] == "running"
+    finally:
+        driver.kill()
+        driver.wait()
+    parent = c.get_run(parent.info.run_id)
+    assert running_driver(parent) is None and sweep_status("busy", uri)["state"] == "interrupted"
+    # a later process with the same pid is not the driver
+    c.set_tag(parent.info.run_id, DRIVER_TAG, f"{socket.gethostname()}:{os.getpid()}1:0")
+    assert running_driver(c.get_run(parent.info.run_id)) is None
+    # another machine's driver: its heartbeat decides
+    c.set_tag(parent.info.run_id, DRIVER_TAG, "elsewhere:1:1")
+    c.set_tag(parent.info.run_id, "heartbeat", f"{time.time():.0f}")
+    assert "beat 0 s ago" in running_driver(c.get_run(parent.info.run_id))
+    c.set_tag(parent.info.run_id, "heartbeat", f"{time.time() - 600:.0f}")
+    assert running_driver(c.get_run(parent.info.run_id)) is None

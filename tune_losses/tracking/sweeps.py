@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import os
+import socket
 import time
 from datetime import datetime
 from pathlib import Path
@@ -143,8 +144,66 @@ def _space_arg(path: str | None) -> str | None:
 STALE_HEARTBEAT_S = 120.0
 
 
+#: the driver of a sweep, a tag of the parent run: ``host:pid:process start time`` (written with the run and on
+#: every resume), so a reader on the same machine knows at once whether that driver still runs
+DRIVER_TAG = "tune_losses.driver"
+
+
+def _started(pid: int) -> str:
+    """When process ``pid`` started, in clock ticks since boot (Linux: /proc/PID/stat), "" where unknown: with
+    the pid, it tells a process from a later one that reuses its pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command's closing parenthesis
+    except (OSError, IndexError):
+        return ""
+
+
+def driver_tag() -> str:
+    """This process as a sweep's driver (see :data:`DRIVER_TAG`)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_started(os.getpid())}"
+
+
+def driver_alive(parent) -> bool | None:
+    """Whether the sweep's driver still runs: known on the driver's machine (False also when this very process
+    was its driver: a driver that returned or raised), None elsewhere or for a parent without the tag."""
+    try:
+        host, pid, started = parent.data.tags[DRIVER_TAG].rsplit(":", 2)
+        pid_ = int(pid)
+    except (KeyError, ValueError):
+        return None
+    if host != socket.gethostname():
+        return None
+    if pid_ == os.getpid():
+        return False
+    try:
+        os.kill(pid_, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process with that pid
+        pass
+    return not started or _started(pid_) == started  # a later process that reuses the pid is not the driver
+
+
+def running_driver(parent) -> str | None:
+    """Why the sweep's driver is taken to be running (its process lives, or it beat less than
+    :data:`STALE_HEARTBEAT_S` ago on another machine), or None: a second driver must not take the sweep over."""
+    if parent.info.status != "RUNNING":
+        return None
+    alive = driver_alive(parent)
+    if alive is not None:
+        return f"its driver (process {parent.data.tags[DRIVER_TAG].rsplit(':', 2)[1]}) is running" if alive else None
+    beat = parent.data.tags.get("heartbeat") or (parent.info.start_time / 1000 if parent.info.start_time else None)
+    age = max(time.time() - float(beat), 0.0) if beat is not None else None
+    if age is not None and age <= STALE_HEARTBEAT_S:
+        return f"its driver beat {age:.0f} s ago (taken as gone after {STALE_HEARTBEAT_S:.0f} s)"
+    return None
+
+
 def _state(parent, trials) -> str:
     tags, status = parent.data.tags, parent.info.status
+    if status == "RUNNING" and driver_alive(parent) is False:
+        return "interrupted"  # its driver's process on this machine is gone (or was this process)
     # no beat yet (a parent of an older version cut short at its creation): its start is the last sign of life
     beat = tags.get("heartbeat") or (parent.info.start_time / 1000 if parent.info.start_time else None)
     if status == "RUNNING" and beat and time.time() - float(beat) > STALE_HEARTBEAT_S:

@@ -26,7 +26,7 @@ from tune_losses import tracking
 from tune_losses.spaces import Space, SpaceError, load_space
 from tune_losses.tracking.callback import LedgerCallback
 from tune_losses.tracking.ledger import Ledger, TrialRecord, retrying
-from tune_losses.tracking.sweeps import PLANNED_TAG
+from tune_losses.tracking.sweeps import DRIVER_TAG, PLANNED_TAG, driver_tag, running_driver
 from tune_losses.training.checkpoint import FILENAME
 
 from . import preflight
@@ -184,6 +184,21 @@ def _create_parent(client, exp_id: str, name: str, tags: dict) -> str:
     return found[0].info.run_id
 
 
+def _one_parent_per_name(client, exp_id: str, name: str, parent_id: str, path: Path) -> None:
+    """Two commands that start a sweep of the same name at the same moment both find no parent and both create
+    one: the oldest parent (start time, then run id) keeps the name; a later one deletes itself and stops, before
+    any trial, checkpoint or param is written."""
+    filt = f"tags.`tune_losses.sweep` = '{name}' and tags.`tune_losses.role` = 'sweep'"
+    runs = retrying(client.search_runs, [exp_id], filter_string=filt, max_results=100)
+    first = min(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+    if first.info.run_id != parent_id:
+        retrying(client.delete_run, parent_id)
+        raise SpaceError(
+            f"{path}: a sweep named {name!r} was started at the same moment by another command (parent run "
+            f"{first.info.run_id}); follow it with `tune-losses status {name}`, or give this one another --name"
+        )
+
+
 def _parent_params(space: Space, uri: str, data=None) -> dict:
     s = space.search
     params: dict[str, object] = {
@@ -287,8 +302,10 @@ def _start_parent(
             # logged, and after a kill between the two writes
             PLANNED_TAG: str(max_trials(space)),
             "heartbeat": f"{time.time():.0f}",  # the driver's first beat (tracking/callback.py beats from here)
+            DRIVER_TAG: driver_tag(),
         }
         parent_id = _create_parent(client, exp_id, name, tags)
+        _one_parent_per_name(client, exp_id, name, parent_id, path)
     # resuming: only what a cut-short creation left out (a param MLflow holds is never rewritten: the same store
     # reached by another URI spelling would otherwise be refused as a changed `tracking_uri`)
     recorded = client.get_run(parent_id).data.params if resuming else {}
@@ -539,6 +556,12 @@ def run_sweep(
         if resume and parent is None:
             raise SpaceError(f"--resume: no sweep named {name!r} in the tracking store {tracking.redact(uri)}")
         if resume:
+            running = running_driver(parent)
+            if running:  # two drivers would train the same trials into the same checkpoints
+                raise SpaceError(
+                    f"--resume: the sweep {name!r} is running: {running}. Follow it with `tune-losses status "
+                    f"{name}`; stop it (Ctrl-C) before resuming it"
+                )
             check_resumable(parent, space, uri, str(path), data)
         if not resume and parent is not None:
             raise SpaceError(
@@ -563,9 +586,13 @@ def run_sweep(
     from ray import tune
 
     exp_id = tracking.experiment_id(client)
-    parent_id = _start_parent(
-        client, exp_id, space, path, text, name, uri, parent.info.run_id if resume and parent else None, data
-    )
+    try:
+        parent_id = _start_parent(
+            client, exp_id, space, path, text, name, uri, parent.info.run_id if resume and parent else None, data
+        )
+    except SpaceError:  # another command took the name meanwhile: nothing of this sweep was written
+        ray_start.cancel()
+        raise
     ledger = Ledger(uri, exp_id, parent_id)
     checkpoints = f"{storage_path.rstrip('/')}/{name}/checkpoints"
     done: list[TrialRecord] = []
@@ -590,7 +617,12 @@ def run_sweep(
             flush=True,
         )
         resumes = int(parent.data.tags.get("resumes", "0")) + 1
-        tags = [RunTag("status", "running"), RunTag("resumes", str(resumes)), RunTag("heartbeat", f"{time.time():.0f}")]
+        tags = [
+            RunTag("status", "running"),
+            RunTag("resumes", str(resumes)),
+            RunTag("heartbeat", f"{time.time():.0f}"),
+            RunTag(DRIVER_TAG, driver_tag()),
+        ]
         retrying(client.log_batch, parent_id, tags=tags)  # a fresh heartbeat before RUNNING: never read as stale
         retrying(client.update_run, parent_id, status="RUNNING")
     space_json = space.model_dump(mode="json")
