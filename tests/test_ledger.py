@@ -321,14 +321,16 @@ def test_a_parent_cut_short_after_its_creation_tells_status_how_many_trials_it_p
 
     _, uri, c = _cut_after_creation(tmp_path, searcher, num_samples)
     status = sweep_status("cut", uri)
-    assert status["planned"] == planned and status["done"] == 0 and status["state"] == "running"
+    # its driver (this process) runs no sweep now: interrupted at once, no two-minute wait for a heartbeat
+    assert status["planned"] == planned and status["done"] == 0 and status["state"] == "interrupted"
     assert not c.get_run(status["run_id"]).data.params  # the cut came before the params
 
 
 def test_a_parent_without_a_heartbeat_is_interrupted_once_its_start_is_stale(tmp_path):
     """A parent an older version created without a heartbeat and whose driver died before beating: not
     "running" forever; its start time is its last sign of life."""
-    from tune_losses.tracking.sweeps import STALE_HEARTBEAT_S, sweep_status
+    from tune_losses.tracking.driver import STALE_HEARTBEAT_S
+    from tune_losses.tracking.sweeps import sweep_status
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     c = tracking.client(uri)
@@ -363,8 +365,9 @@ def test_a_sweep_cut_after_its_parent_was_created_reports_clearly_and_resumes(tm
 
 
 def test_two_commands_starting_the_same_sweep_at_once_leave_one_parent(tmp_path):
-    """Both found no parent of the name and both created one: the oldest keeps the name, the other deletes its
-    parent and stops with a message, whichever of the two checks first."""
+    """Both found no parent of the name and both created one (remote storage, or two machines: no shared lock):
+    a command that sees a parent besides its own deletes its own and stops; one that checks after the other
+    deleted its own goes on (no clock is compared; two that both look before either deletes both stop)."""
     from tune_losses.spaces import SpaceError, load_space
     from tune_losses.tuning.runner import _create_parent, _one_parent_per_name, _start_parent
 
@@ -376,27 +379,41 @@ def test_two_commands_starting_the_same_sweep_at_once_leave_one_parent(tmp_path)
     c = tracking.client(uri)
     exp = tracking.experiment_id(c)
     tags = {"tune_losses.sweep": "twice", "tune_losses.role": "sweep"}
-    other = _create_parent(c, exp, "twice", tags)  # the other command's, created first
+    parents = "tags.`tune_losses.sweep` = 'twice' and tags.`tune_losses.role` = 'sweep'"
+    other = _create_parent(c, exp, "twice", tags)  # the other command's, not yet checked
+    time.sleep(0.01)
     with pytest.raises(SpaceError, match=f"started at the same moment by another command \\(parent run {other}"):
         _start_parent(c, exp, space, path, text, "twice", uri)
-    parents = c.search_runs([exp], "tags.`tune_losses.sweep` = 'twice' and tags.`tune_losses.role` = 'sweep'")
-    assert [p.info.run_id for p in parents] == [other]
-    _one_parent_per_name(c, exp, "twice", other, path)  # the oldest goes on, whatever else it sees
+    assert [p.info.run_id for p in c.search_runs([exp], parents)] == [other]
+    _one_parent_per_name(c, exp, "twice", other, path)  # the other checks now: it is alone, it goes on
+    c.delete_run(other)
+    first = _create_parent(c, exp, "twice", tags)
     time.sleep(0.01)
-    late = _create_parent(c, exp, "twice", tags)
-    _one_parent_per_name(c, exp, "twice", other, path)
+    second = _create_parent(c, exp, "twice", tags)
+    assert tracking.find_sweep(c, "twice").info.run_id == first  # readers take the first meanwhile
     with pytest.raises(SpaceError):
-        _one_parent_per_name(c, exp, "twice", late, path)
+        _one_parent_per_name(c, exp, "twice", first, path)  # the first to check sees the other: it stops
+    _one_parent_per_name(c, exp, "twice", second, path)  # the later one is alone by then: it goes on
+    assert [p.info.run_id for p in c.search_runs([exp], parents)] == [second]
+
+
+def _driver_of(pid: int, **over) -> str:
+    """A driver tag for process ``pid`` of this machine (as that process would write it)."""
+    import json
+
+    from tune_losses.tracking.driver import _stat, driver_tag
+
+    return json.dumps({**json.loads(driver_tag()), "pid": pid, "start": _stat(pid)[1], **over})
 
 
 def test_resume_is_refused_while_the_sweeps_driver_runs(tmp_path, ray_local, capsys):
     """A second driver would train the same trials into the same checkpoints: --resume is refused while the
-    driver's process lives (same machine) or beat recently (another machine), and allowed once it is gone."""
-    import socket
+    driver's process lives (this machine) or beat recently (another machine), and allowed once it is gone."""
     import sys
 
     from tune_losses.cli import main
-    from tune_losses.tracking.sweeps import DRIVER_TAG, _started, running_driver, sweep_status
+    from tune_losses.tracking.driver import DRIVER_TAG, running_driver
+    from tune_losses.tracking.sweeps import sweep_status
 
     from helpers import write_space
 
@@ -406,24 +423,89 @@ def test_resume_is_refused_while_the_sweeps_driver_runs(tmp_path, ray_local, cap
     exp = tracking.experiment_id(c)
     driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
-        tag = f"{socket.gethostname()}:{driver.pid}:{_started(driver.pid)}"
-        tags = {"tune_losses.sweep": "busy", "tune_losses.role": "sweep", DRIVER_TAG: tag}
-        parent = c.create_run(exp, run_name="busy", tags=tags)
-        assert main(["sweep", str(path), "--tracking-uri", uri, "--resume"]) == 2
+        tags = {"tune_losses.sweep": "busy", "tune_losses.role": "sweep", DRIVER_TAG: _driver_of(driver.pid)}
+        run_id = c.create_run(exp, run_name="busy", tags=tags).info.run_id
+        args = ["sweep", str(path), "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--resume"]
+        assert main(args) == 2
         err = capsys.readouterr().err
-        assert f"the sweep 'busy' is running: its driver (process {driver.pid}) is running" in err, err
+        assert f"the sweep 'busy' is running: its driver (process {driver.pid} on this machine) is running" in err
         assert sweep_status("busy", uri)["state"] == "running"
+        # the same pid with another start time: a later process that reuses the pid, not the driver
+        c.set_tag(run_id, DRIVER_TAG, _driver_of(driver.pid, start="1"))
+        assert running_driver(c.get_run(run_id)) is None
+        c.set_tag(run_id, DRIVER_TAG, _driver_of(driver.pid))
+        driver.kill()
+        time.sleep(0.5)  # dead, not reaped yet: a zombie is no driver
+        assert running_driver(c.get_run(run_id)) is None and sweep_status("busy", uri)["state"] == "interrupted"
     finally:
         driver.kill()
         driver.wait()
-    parent = c.get_run(parent.info.run_id)
-    assert running_driver(parent) is None and sweep_status("busy", uri)["state"] == "interrupted"
-    # a later process with the same pid is not the driver
-    c.set_tag(parent.info.run_id, DRIVER_TAG, f"{socket.gethostname()}:{os.getpid()}1:0")
-    assert running_driver(c.get_run(parent.info.run_id)) is None
-    # another machine's driver: its heartbeat decides
-    c.set_tag(parent.info.run_id, DRIVER_TAG, "elsewhere:1:1")
-    c.set_tag(parent.info.run_id, "heartbeat", f"{time.time():.0f}")
-    assert "beat 0 s ago" in running_driver(c.get_run(parent.info.run_id))
-    c.set_tag(parent.info.run_id, "heartbeat", f"{time.time() - 600:.0f}")
-    assert running_driver(c.get_run(parent.info.run_id)) is None
+    # another machine's driver (or a container that repeats this host name): its heartbeat decides
+    for other in ({"host": "elsewhere"}, {"pidns": "1"}, {"boot": "another-boot"}):
+        c.set_tag(run_id, DRIVER_TAG, _driver_of(os.getpid(), **other))
+        c.set_tag(run_id, "heartbeat", f"{time.time():.0f}")
+        assert "beat 0 s ago" in running_driver(c.get_run(run_id)), other
+        c.set_tag(run_id, "heartbeat", f"{time.time() - 600:.0f}")
+        assert running_driver(c.get_run(run_id)) is None
+
+
+def test_a_driver_in_this_process_is_running_while_its_sweep_runs(tmp_path):
+    """A notebook's run_sweep: its parent reads running while the call runs, interrupted once it returned."""
+    from tune_losses.tracking.driver import DRIVER_TAG, DriverLock, driver_alive, driver_tag
+
+    c = tracking.client(f"sqlite:///{tmp_path}/mlflow.db")
+    run_id = c.create_run(tracking.experiment_id(c), tags={DRIVER_TAG: driver_tag()}).info.run_id
+    with DriverLock() as lock:
+        lock.drives(run_id)
+        assert driver_alive(c.get_run(run_id)) is True
+    assert driver_alive(c.get_run(run_id)) is False
+
+
+def test_the_driver_lock_excludes_a_second_driver_until_the_first_dies(tmp_path):
+    """The lock a driver holds on <storage>/<sweep>/driver.lock: a second driver (another process, or another
+    run_sweep of this one) is refused with the holder's pid; a SIGKILL releases it at once."""
+    import sys
+
+    from tune_losses.tracking.driver import DriverLock, SweepBusy
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from tune_losses.tracking.driver import DriverLock; "
+            f"DriverLock().acquire(Path({str(tmp_path / 'ray' / 'busy')!r}), 'busy'); print('held', flush=True); "
+            "time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SweepBusy, match=f"the sweep 'busy' is being run by process {holder.pid} on "):
+            DriverLock().acquire(tmp_path / "ray" / "busy", "busy")
+    finally:
+        holder.kill()
+        holder.wait()
+    with DriverLock() as lock:
+        lock.acquire(tmp_path / "ray" / "busy", "busy")  # free at once after the kill
+        with pytest.raises(SweepBusy):
+            DriverLock().acquire(tmp_path / "ray" / "busy", "busy")  # this process's second run_sweep
+    DriverLock().acquire(tmp_path / "ray" / "busy", "busy")  # released with the first
+
+
+def test_a_second_sweep_on_a_locked_name_is_refused_before_anything_starts(tmp_path, capsys):
+    """`tune-losses sweep` while another process drives that sweep: refused with the holder, and nothing
+    written (no store, no parent run)."""
+    from tune_losses.cli import main
+    from tune_losses.tracking.driver import DriverLock
+
+    from helpers import write_space
+
+    path = write_space(tmp_path / "s.yaml", name="locked")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with DriverLock() as lock:
+        lock.acquire(tmp_path / "ray" / "locked", "locked")
+        assert main(["sweep", str(path), "--tracking-uri", uri, "--storage", str(tmp_path / "ray")]) == 2
+    err = capsys.readouterr().err
+    assert f"the sweep 'locked' is being run by process {os.getpid()}" in err and "driver.lock" in err, err
+    assert not (tmp_path / "mlflow.db").exists()

@@ -35,15 +35,14 @@ def sweep_runs(sweep: str, tracking_uri: str | None = None):
             ) from None
     runs = tracking.trial_runs(c, parent.info.run_id, parent.info.experiment_id)
     runs = list(runs) + earlier_runs(c, parent)  # --warm-start: the earlier sweep's trials are part of this one
-    try:
-        path = c.download_artifacts(parent.info.run_id, "space/resolved_space.json")
-    except Exception:  # MLflow's error for a missing artifact names neither the sweep nor what to do
+    if "space/resolved_space.json" not in {f.path for f in c.list_artifacts(parent.info.run_id, "space")}:
         raise ValueError(
             f"sweep={sweep!r}: its parent run {parent.info.run_id} holds no space/resolved_space.json: the sweep "
             "was stopped while it was being created, before any trial ran; run it again with `tune-losses sweep "
             f"{parent.data.tags.get('space_file', 'SPACE')} --name {parent.data.tags.get('tune_losses.sweep', sweep)} "
             "--resume` (and the same --tracking-uri)"
-        ) from None
+        )
+    path = c.download_artifacts(parent.info.run_id, "space/resolved_space.json")
     with open(path) as f:
         space = json.load(f)
     return c, parent, runs, space

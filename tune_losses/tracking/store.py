@@ -181,6 +181,7 @@ def find_sweep(c: MlflowClient, sweep: str, experiment: str = EXPERIMENT):
         [exp.experiment_id],
         filter_string=f"tags.`tune_losses.sweep` = '{sweep}' and tags.`tune_losses.role` = 'sweep'",
         max_results=1,
+        order_by=["attributes.start_time ASC", "attributes.run_id ASC"],  # the first, if a concurrent start made two
     )
     return runs[0] if runs else None
 

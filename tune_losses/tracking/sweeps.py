@@ -4,8 +4,9 @@ alone (any tracking URI), so another machine sees a running sweep's progress.
 A sweep is a parent run tagged ``tune_losses.role=sweep`` and ``tune_losses.sweep=<name>``; its trials are runs
 tagged ``tune_losses.role=trial`` whose ``mlflow.parentRunId`` is the parent. A sweep is ``finished`` once its
 parent run is (tag ``status`` completed, ``ended_by`` saying why), ``interrupted`` when the driver stopped before
-(tag ``status`` interrupted, or the run ended otherwise, or its driver's ``heartbeat`` tag is over two minutes old:
-a driver killed outright), and ``running`` while the parent run is RUNNING and its driver beats. The number of
+(tag ``status`` interrupted, or the run ended otherwise, or its driver is gone: its process, on the driver's
+machine; its heartbeat over two minutes old, elsewhere: tracking/driver.py), and ``running`` while the parent run
+is RUNNING and its driver runs. The number of
 trials a sweep will run is the grid size times ``num_samples`` (grid and random searchers) or ``num_samples``
 (Optuna), from the parent run's tag ``tune_losses.planned`` (written with the run, so it is there before the
 params are; sweeps of older versions: from the params or the resolved space); budgets (``time_budget_s``,
@@ -19,12 +20,12 @@ import contextlib
 import json
 import math
 import os
-import socket
 import time
 from datetime import datetime
 from pathlib import Path
 
 from . import store
+from .driver import running_driver
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a listing, not downloads, is shown
 WARM_START_TAG = "tune_losses.warm_start"
@@ -140,76 +141,11 @@ def _space_arg(path: str | None) -> str | None:
     return Path(path).stem if Path(path).parent.name == "search_spaces" else path
 
 
-#: a driver writes its heartbeat (tag ``heartbeat``) every 30 s (tracking/callback.py): four missed, it is gone
-STALE_HEARTBEAT_S = 120.0
-
-
-#: the driver of a sweep, a tag of the parent run: ``host:pid:process start time`` (written with the run and on
-#: every resume), so a reader on the same machine knows at once whether that driver still runs
-DRIVER_TAG = "tune_losses.driver"
-
-
-def _started(pid: int) -> str:
-    """When process ``pid`` started, in clock ticks since boot (Linux: /proc/PID/stat), "" where unknown: with
-    the pid, it tells a process from a later one that reuses its pid."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command's closing parenthesis
-    except (OSError, IndexError):
-        return ""
-
-
-def driver_tag() -> str:
-    """This process as a sweep's driver (see :data:`DRIVER_TAG`)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{_started(os.getpid())}"
-
-
-def driver_alive(parent) -> bool | None:
-    """Whether the sweep's driver still runs: known on the driver's machine (False also when this very process
-    was its driver: a driver that returned or raised), None elsewhere or for a parent without the tag."""
-    try:
-        host, pid, started = parent.data.tags[DRIVER_TAG].rsplit(":", 2)
-        pid_ = int(pid)
-    except (KeyError, ValueError):
-        return None
-    if host != socket.gethostname():
-        return None
-    if pid_ == os.getpid():
-        return False
-    try:
-        os.kill(pid_, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process with that pid
-        pass
-    return not started or _started(pid_) == started  # a later process that reuses the pid is not the driver
-
-
-def running_driver(parent) -> str | None:
-    """Why the sweep's driver is taken to be running (its process lives, or it beat less than
-    :data:`STALE_HEARTBEAT_S` ago on another machine), or None: a second driver must not take the sweep over."""
-    if parent.info.status != "RUNNING":
-        return None
-    alive = driver_alive(parent)
-    if alive is not None:
-        return f"its driver (process {parent.data.tags[DRIVER_TAG].rsplit(':', 2)[1]}) is running" if alive else None
-    beat = parent.data.tags.get("heartbeat") or (parent.info.start_time / 1000 if parent.info.start_time else None)
-    age = max(time.time() - float(beat), 0.0) if beat is not None else None
-    if age is not None and age <= STALE_HEARTBEAT_S:
-        return f"its driver beat {age:.0f} s ago (taken as gone after {STALE_HEARTBEAT_S:.0f} s)"
-    return None
-
-
 def _state(parent, trials) -> str:
     tags, status = parent.data.tags, parent.info.status
-    if status == "RUNNING" and driver_alive(parent) is False:
-        return "interrupted"  # its driver's process on this machine is gone (or was this process)
-    # no beat yet (a parent of an older version cut short at its creation): its start is the last sign of life
-    beat = tags.get("heartbeat") or (parent.info.start_time / 1000 if parent.info.start_time else None)
-    if status == "RUNNING" and beat and time.time() - float(beat) > STALE_HEARTBEAT_S:
-        return "interrupted"  # its driver stopped without a word (a kill, a lost machine): --resume continues it
-    if status == "RUNNING":
-        return "running"  # a resumed sweep is running again, whatever an earlier driver tagged
+    if status == "RUNNING":  # a resumed sweep is running again, whatever an earlier driver tagged
+        # stopped without a word (a kill, a lost machine): --resume continues it (tracking/driver.py)
+        return "running" if running_driver(parent) else "interrupted"
     if tags.get("status") == "completed" and status == "FINISHED" and tags.get("ended_by") != "interrupted":
         return "finished"
     return "interrupted"

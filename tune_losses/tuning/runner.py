@@ -25,8 +25,9 @@ from mlflow.entities import Metric, Param, RunTag
 from tune_losses import tracking
 from tune_losses.spaces import Space, SpaceError, load_space
 from tune_losses.tracking.callback import LedgerCallback
+from tune_losses.tracking.driver import DRIVER_TAG, DriverLock, driver_tag, running_driver
 from tune_losses.tracking.ledger import Ledger, TrialRecord, retrying
-from tune_losses.tracking.sweeps import DRIVER_TAG, PLANNED_TAG, driver_tag, running_driver
+from tune_losses.tracking.sweeps import PLANNED_TAG
 from tune_losses.training.checkpoint import FILENAME
 
 from . import preflight
@@ -185,17 +186,18 @@ def _create_parent(client, exp_id: str, name: str, tags: dict) -> str:
 
 
 def _one_parent_per_name(client, exp_id: str, name: str, parent_id: str, path: Path) -> None:
-    """Two commands that start a sweep of the same name at the same moment both find no parent and both create
-    one: the oldest parent (start time, then run id) keeps the name; a later one deletes itself and stops, before
-    any trial, checkpoint or param is written."""
+    """Two commands that start a sweep of the same name at the same moment both found no parent and both created
+    one (on a local storage directory the driver lock stops the second before that; this is for remote storage
+    and drivers on two machines): a command that sees a parent besides its own deletes its own and stops, before
+    any trial, checkpoint or param is written. No clock is compared: each looks after it created, so they cannot
+    both see only their own; at worst both stop."""
     filt = f"tags.`tune_losses.sweep` = '{name}' and tags.`tune_losses.role` = 'sweep'"
-    runs = retrying(client.search_runs, [exp_id], filter_string=filt, max_results=100)
-    first = min(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
-    if first.info.run_id != parent_id:
+    others = [r for r in retrying(client.search_runs, [exp_id], filter_string=filt) if r.info.run_id != parent_id]
+    if others:
         retrying(client.delete_run, parent_id)
         raise SpaceError(
             f"{path}: a sweep named {name!r} was started at the same moment by another command (parent run "
-            f"{first.info.run_id}); follow it with `tune-losses status {name}`, or give this one another --name"
+            f"{others[0].info.run_id}); follow it with `tune-losses status {name}`, or give this one another --name"
         )
 
 
@@ -503,8 +505,44 @@ def run_sweep(
     Tune's own state files hold (torn by a kill, or gone with the storage directory): finished trials are not
     trained again, interrupted ones continue from their checkpoints (or from epoch 1 when the checkpoint is
     gone) in their own runs, and the rest start. ``progress``: show the live view (tuning/progress.py);
-    ``warm_start``: an earlier sweep whose trials Optuna starts from (tuning/warm_start.py).
+    ``warm_start``: an earlier sweep whose trials Optuna starts from (tuning/warm_start.py). One process drives
+    a sweep at a time (tracking/driver.py): a second is refused before anything starts.
     """
+    with DriverLock() as lock:
+        return _run_sweep(
+            lock,
+            space_or_path,
+            name,
+            address,
+            tracking_uri,
+            storage,
+            resume,
+            dataset,
+            overrides,
+            verbose,
+            num_cpus,
+            make_report,
+            progress,
+            warm_start,
+        )
+
+
+def _run_sweep(
+    lock: DriverLock,
+    space_or_path,
+    name: str | None,
+    address: str | None,
+    tracking_uri: str | None,
+    storage: str | None,
+    resume: bool,
+    dataset: str | None,
+    overrides: dict | None,
+    verbose: int,
+    num_cpus: int | None,
+    make_report: bool,
+    progress: bool,
+    warm_start: str | None,
+) -> SweepResult:
     from . import warm_start as warm_starts
     from .console import header, quiet
 
@@ -543,6 +581,8 @@ def run_sweep(
         )
     if not address:
         preflight.check_local_resources(space, str(path), num_cpus, _local_gpus())
+    if not remote_storage:  # held until run_sweep returns; the kernel drops it if this process dies
+        lock.acquire(Path(storage_path) / name, name)
     from .workers import RayStart, run_trial
 
     # Ray starts (its workers importing the trial code) while the driver loads the data and opens the store
@@ -590,9 +630,10 @@ def run_sweep(
         parent_id = _start_parent(
             client, exp_id, space, path, text, name, uri, parent.info.run_id if resume and parent else None, data
         )
-    except SpaceError:  # another command took the name meanwhile: nothing of this sweep was written
+    except BaseException:  # e.g. another command took the name meanwhile: no trial ran; stop this sweep's Ray
         ray_start.cancel()
         raise
+    lock.drives(parent_id)
     ledger = Ledger(uri, exp_id, parent_id)
     checkpoints = f"{storage_path.rstrip('/')}/{name}/checkpoints"
     done: list[TrialRecord] = []
@@ -665,7 +706,10 @@ def run_sweep(
         with interrupt.catching():
             results = tuner.fit()
     except BaseException:
-        retrying(client.log_batch, parent_id, tags=[RunTag("status", "interrupted"), RunTag("ended_by", "interrupted")])
+        with contextlib.suppress(Exception):  # never hides what stopped the sweep
+            tags = [RunTag("status", "interrupted"), RunTag("ended_by", "interrupted")]
+            retrying(client.log_batch, parent_id, tags=tags)
+            retrying(client.set_terminated, parent_id, "KILLED")  # not RUNNING: the sweep has no driver now
         raise
     if interrupt.event.is_set():  # Ctrl-C: Ray Tune stopped the trials; each keeps its run and its last checkpoint
         for run_id in ledger.running():
