@@ -509,3 +509,39 @@ def test_a_second_sweep_on_a_locked_name_is_refused_before_anything_starts(tmp_p
     err = capsys.readouterr().err
     assert f"the sweep 'locked' is being run by process {os.getpid()}" in err and "driver.lock" in err, err
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_resume_command_is_the_sweeps_own_and_status_prints_it(tmp_path):
+    """`status` of an interrupted sweep prints the command that continues it: its space, name, store (no
+    password), storage and every --set, read back by the CLI as the same overrides; trials a dead driver left
+    RUNNING read as interrupted."""
+    import shlex
+
+    from tune_losses.cli import _overrides, build_parser
+    from tune_losses.tracking.sweeps import format_status, sweep_status
+    from tune_losses.tuning.runner import RESUME_TAG, resume_command
+
+    from helpers import write_space
+
+    path = write_space(tmp_path / "my space.yaml", name="again")
+    overrides = {"train.epochs": 8, "train.optimizer": {"name": "sgd", "lr": 0.1}, "study": "a: b", "x.y": "8"}
+    uri = "postgresql://user:secret@db:5432/mlflow"
+    cmd = resume_command(path, "again", uri, str(tmp_path / "ray"), None, overrides, None)
+    assert "secret" not in cmd
+    args = build_parser().parse_args(shlex.split(cmd)[1:])
+    assert args.resume and args.name == "again" and args.space == str(path) and args.storage == str(tmp_path / "ray")
+    assert _overrides(args.set) == overrides
+    bundled = Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart.yaml"
+    with_dataset = resume_command(bundled, "q", "sqlite:///m.db", "/s", "ray://h:10001", {}, "mnist_5k")
+    assert with_dataset.startswith("tune-losses sweep quickstart --name q") and "--dataset mnist_5k" in with_dataset
+    assert "--address ray://h:10001" in with_dataset
+
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    c = tracking.client(store)
+    exp = tracking.experiment_id(c)
+    tags = {"tune_losses.sweep": "again", "tune_losses.role": "sweep", RESUME_TAG: cmd, "heartbeat": "1"}
+    parent = c.create_run(exp, run_name="again", tags=tags).info.run_id
+    c.create_run(exp, run_name="dal a=5", tags={"mlflow.parentRunId": parent, "tune_losses.role": "trial"})
+    text = format_status(sweep_status("again", store))
+    assert "interrupted" in text.splitlines()[0] and f"continue it with `{cmd}`" in text, text
+    assert "1 interrupted (they continue on --resume)" in text and "  interrupted: dal a=5: epoch 0" in text, text

@@ -151,7 +151,8 @@ class DriverLock:
                 pid = "another process"
             raise SweepBusy(
                 f"the sweep {name!r} is being run by {pid}, which holds {path}; follow it with `tune-losses "
-                f"status {name}`, stop it (Ctrl-C) before resuming it, or give this sweep another --name"
+                f"status {name}`; once it has ended (or been stopped with Ctrl-C), --resume continues it; or give "
+                "this sweep another --name"
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, driver_tag().encode())

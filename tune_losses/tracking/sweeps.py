@@ -209,6 +209,7 @@ def summary(c, parent, with_activity: bool = False) -> dict:
         "space_file": _space_arg(tags.get("space_file")),
         "duration": ((end if state != "running" and end else time.time()) - start) if start else None,
         "warm_start": tags.get(WARM_START_TAG),
+        "resume_command": tags.get("tune_losses.resume_command"),  # written by tuning/runner.py
         "searcher": params.get("searcher"),
         "epochs": int(params["epochs"]) if params.get("epochs", "").isdigit() else None,
     }
@@ -291,13 +292,14 @@ def format_status(s: dict) -> str:
         head += f" ({ended.get(s['ended_by'], s['ended_by'])})"
     started = datetime.fromtimestamp(s["started"]).strftime("%Y-%m-%d %H:%M:%S") if s["started"] else "?"
     c = s["counts"]
+    live = s["state"] == "running"  # the runs of trials a dead driver left RUNNING are interrupted, not running
     lines = [
         head,
         f"  started {started}, {'running for' if s['state'] == 'running' else 'ran'} {_clock(s['duration'])}; "
         f"parent run {s['run_id']} (experiment {s['experiment_id']}) in {s.get('tracking_uri', '')}",
         f"  trials: {s['done']} of {s['planned'] if s['planned'] is not None else '?'} done ({c['completed']} "
         f"completed, {c['stopped early']} stopped early, {c['diverged']} diverged, {c['error']} failed), "
-        f"{len(s['running'])} running",
+        f"{len(s['running'])} {'running' if live else 'interrupted (they continue on --resume)'}",
     ]
     if s["best"]:
         value, values, trial = s["best"]
@@ -308,7 +310,8 @@ def format_status(s: dict) -> str:
     for r in s["running"]:
         of = f"/{s['epochs']}" if s["epochs"] else ""
         value = f", {s['metric']} {r['value']:.4g}" if r.get("value") is not None else ""
-        lines.append(f"  running: {r['trial']}: epoch {r.get('epoch', 0)}{of}{value}")
+        word = "running" if live else "interrupted"
+        lines.append(f"  {word}: {r['trial']}: epoch {r.get('epoch', 0)}{of}{value}")
     if s["state"] == "running":
         idle = time.time() - s["last_activity"]
         lines.append(
@@ -317,7 +320,8 @@ def format_status(s: dict) -> str:
         )
     elif s["state"] == "interrupted":
         space = s.get("space_file") or "SPACE"
-        lines.append(f"  continue it with `tune-losses sweep {space} --name {s['name']} --resume`")
+        again = s.get("resume_command") or f"tune-losses sweep {space} --name {s['name']} --resume"
+        lines.append(f"  continue it with `{again}`")
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -185,6 +186,31 @@ def _create_parent(client, exp_id: str, name: str, tags: dict) -> str:
     return found[0].info.run_id
 
 
+#: the command that continues the sweep, a tag of its parent run (`tune-losses status` prints it)
+RESUME_TAG = "tune_losses.resume_command"
+
+
+def resume_command(
+    path: Path, name: str, uri: str, storage: str, address: str | None, overrides: dict, dataset: str | None
+) -> str:
+    """`tune-losses sweep ... --resume` with what this sweep was started with: the space, name, store (its
+    password hidden), storage, address and every --set (a resume refuses another space)."""
+    from tune_losses.spaces import BUNDLED
+
+    bundled = path.resolve().parent == BUNDLED.resolve()
+    parts = ["tune-losses", "sweep", path.stem if bundled else str(path.resolve()), "--name", name]
+    parts += ["--tracking-uri", tracking.redact(uri), "--storage", storage]
+    if address:
+        parts += ["--address", address]
+    if dataset:
+        parts += ["--dataset", dataset]
+    for key, value in overrides.items():
+        if key == "paper_dataset" or (dataset and key == "train.dataset"):
+            continue  # what --dataset sets
+        parts += ["--set", f"{key}={json.dumps(value)}"]  # JSON is YAML: read back as the same value
+    return shlex.join(parts + ["--resume"])
+
+
 def _one_parent_per_name(client, exp_id: str, name: str, parent_id: str, path: Path) -> None:
     """Two commands that start a sweep of the same name at the same moment both found no parent and both created
     one (on a local storage directory the driver lock stops the second before that; this is for remote storage
@@ -287,9 +313,10 @@ def _start_parent(
     uri: str,
     parent_id: str | None = None,
     data=None,
+    resume_cmd: str = "",
 ) -> str:
     """Create the parent run (or, resuming, complete one whose creation a kill cut short): params and the space
-    file; every write may be repeated."""
+    file; every write may be repeated. ``resume_cmd``: what continues the sweep (:func:`resume_command`)."""
     resuming = parent_id is not None
     if parent_id is None:
         tags = {
@@ -305,6 +332,7 @@ def _start_parent(
             PLANNED_TAG: str(max_trials(space)),
             "heartbeat": f"{time.time():.0f}",  # the driver's first beat (tracking/callback.py beats from here)
             DRIVER_TAG: driver_tag(),
+            RESUME_TAG: resume_cmd,
         }
         parent_id = _create_parent(client, exp_id, name, tags)
         _one_parent_per_name(client, exp_id, name, parent_id, path)
@@ -627,8 +655,18 @@ def _run_sweep(
 
     exp_id = tracking.experiment_id(client)
     try:
+        again = resume_command(path, name, uri, storage_path, address, overrides, dataset)
         parent_id = _start_parent(
-            client, exp_id, space, path, text, name, uri, parent.info.run_id if resume and parent else None, data
+            client,
+            exp_id,
+            space,
+            path,
+            text,
+            name,
+            uri,
+            parent.info.run_id if resume and parent else None,
+            data,
+            again,
         )
     except BaseException:  # e.g. another command took the name meanwhile: no trial ran; stop this sweep's Ray
         ray_start.cancel()
@@ -663,6 +701,7 @@ def _run_sweep(
             RunTag("resumes", str(resumes)),
             RunTag("heartbeat", f"{time.time():.0f}"),
             RunTag(DRIVER_TAG, driver_tag()),
+            RunTag(RESUME_TAG, again),
         ]
         retrying(client.log_batch, parent_id, tags=tags)  # a fresh heartbeat before RUNNING: never read as stale
         retrying(client.update_run, parent_id, status="RUNNING")
