@@ -545,3 +545,14 @@ def test_the_resume_command_is_the_sweeps_own_and_status_prints_it(tmp_path):
     text = format_status(sweep_status("again", store))
     assert "interrupted" in text.splitlines()[0] and f"continue it with `{cmd}`" in text, text
     assert "1 interrupted (they continue on --resume)" in text and "  interrupted: dal a=5: epoch 0" in text, text
+
+
+def test_report_and_best_of_an_unknown_sweep_name_the_sweeps_there(tmp_path, capsys):
+    from tune_losses.cli import main
+
+    _, uri, _ = _cut_after_creation(tmp_path)
+    for cmd in (["report", "nosuch"], ["best", "nosuch", "--export", str(tmp_path / "best.yaml")]):
+        assert main([*cmd, "--tracking-uri", uri]) == 2
+        err = capsys.readouterr().err
+        assert "sweep='nosuch': no sweep of that name" in err and "(sweeps there: cut)" in err, err
+    assert not (tmp_path / "best.yaml").exists()

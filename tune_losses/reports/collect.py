@@ -9,7 +9,7 @@ import re
 import pandas as pd
 
 from tune_losses import tracking
-from tune_losses.tracking.sweeps import earlier_runs
+from tune_losses.tracking.sweeps import earlier_runs, find
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 FINAL = ("val_acc", "test_acc", "val_f1", "test_f1", "val_nmi", "test_nmi", "train_loss")
@@ -25,14 +25,7 @@ def _value(text: str):
 def sweep_runs(sweep: str, tracking_uri: str | None = None):
     """(client, parent run, child runs, resolved space dict) of a sweep given by name or parent run id."""
     c = tracking.client(tracking_uri, must_exist=True)  # reading: a store that is not there is an error
-    parent = tracking.find_sweep(c, sweep)
-    if parent is None:
-        try:
-            parent = c.get_run(sweep)
-        except Exception:
-            raise ValueError(
-                f"sweep={sweep!r}: no sweep of that name or run id in {tracking.redact(c.tracking_uri)}"
-            ) from None
+    parent = find(c, sweep)  # or a ValueError that names the store and the sweeps it holds
     runs = tracking.trial_runs(c, parent.info.run_id, parent.info.experiment_id)
     runs = list(runs) + earlier_runs(c, parent)  # --warm-start: the earlier sweep's trials are part of this one
     if "space/resolved_space.json" not in {f.path for f in c.list_artifacts(parent.info.run_id, "space")}:
