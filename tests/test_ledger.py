@@ -4,6 +4,7 @@ state, storage deleted, Ctrl-C) and resumed end to end, audited with tune_losses
 import contextlib
 import importlib.util
 import os
+import re
 import signal
 import subprocess
 import time
@@ -161,7 +162,9 @@ def test_killed_sweep_resumes_from_the_ledger(tmp_path, damage):
     assert len(before) >= 2
     out = resume(cmd, tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert f"{len(before)} finished trials kept" in out.stdout
+    # a trial process can outlive the killed driver by a moment and finish: the resume keeps what it finds
+    kept = re.search(r"(\d+) finished trials kept", out.stdout)
+    assert kept and int(kept.group(1)) >= len(before), out.stdout[-3000:]
     if damage == "storage deleted":
         assert "start again from epoch 1" in out.stdout or len(before) == 4
     assert faults.check(uri, "killed", 6, before) == []
@@ -326,20 +329,21 @@ def test_a_parent_cut_short_after_its_creation_tells_status_how_many_trials_it_p
     assert not c.get_run(status["run_id"]).data.params  # the cut came before the params
 
 
-def test_a_parent_without_a_heartbeat_is_interrupted_once_its_start_is_stale(tmp_path):
-    """A parent an older version created without a heartbeat and whose driver died before beating: not
-    "running" forever; its start time is its last sign of life."""
+def test_a_parent_is_running_while_its_driver_beats_on_another_machine(tmp_path):
+    """Seen from elsewhere (no driver tag of this machine), the heartbeat decides: fresh, running; two minutes
+    old, interrupted; none at all (a version that beat only once the trials ran, cut short before), interrupted."""
     from tune_losses.tracking.driver import STALE_HEARTBEAT_S
     from tune_losses.tracking.sweeps import sweep_status
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     c = tracking.client(uri)
     exp = tracking.experiment_id(c)
-    tags = {"tune_losses.sweep": "old", "tune_losses.role": "sweep", "status": "running"}
-    c.create_run(exp, run_name="old", tags=tags, start_time=int((time.time() - STALE_HEARTBEAT_S - 60) * 1000))
-    c.create_run(exp, run_name="young", tags={**tags, "tune_losses.sweep": "young"})
-    assert sweep_status("old", uri)["state"] == "interrupted"
-    assert sweep_status("young", uri)["state"] == "running"
+    for name, beat in (("fresh", time.time()), ("stale", time.time() - STALE_HEARTBEAT_S - 60), ("none", None)):
+        tags = {"tune_losses.sweep": name, "tune_losses.role": "sweep", "status": "running"}
+        if beat is not None:
+            tags["heartbeat"] = f"{beat:.0f}"
+        c.create_run(exp, run_name=name, tags=tags)
+    assert [sweep_status(n, uri)["state"] for n in ("fresh", "stale", "none")] == ["running", *["interrupted"] * 2]
 
 
 @pytest.mark.slow
@@ -462,7 +466,7 @@ def test_a_driver_in_this_process_is_running_while_its_sweep_runs(tmp_path):
 
 
 def test_the_driver_lock_excludes_a_second_driver_until_the_first_dies(tmp_path):
-    """The lock a driver holds on <storage>/<sweep>/driver.lock: a second driver (another process, or another
+    """The lock a driver holds on its sweep (storage and name): a second driver (another process, or another
     run_sweep of this one) is refused with the holder's pid; a SIGKILL releases it at once."""
     import sys
 
@@ -473,7 +477,7 @@ def test_the_driver_lock_excludes_a_second_driver_until_the_first_dies(tmp_path)
             sys.executable,
             "-c",
             "import sys, time; from pathlib import Path; from tune_losses.tracking.driver import DriverLock; "
-            f"DriverLock().acquire(Path({str(tmp_path / 'ray' / 'busy')!r}), 'busy'); print('held', flush=True); "
+            f"DriverLock().acquire({str(tmp_path / 'ray')!r}, 'busy'); print('held', flush=True); "
             "time.sleep(120)",
         ],
         stdout=subprocess.PIPE,
@@ -481,16 +485,20 @@ def test_the_driver_lock_excludes_a_second_driver_until_the_first_dies(tmp_path)
     )
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(SweepBusy, match=f"the sweep 'busy' is being run by process {holder.pid} on "):
-            DriverLock().acquire(tmp_path / "ray" / "busy", "busy")
+        with pytest.raises(
+            SweepBusy, match=f"the sweep 'busy' \\(storage .*\\) is being run by process {holder.pid} on "
+        ):
+            DriverLock().acquire(str(tmp_path / "ray"), "busy")
     finally:
         holder.kill()
         holder.wait()
     with DriverLock() as lock:
-        lock.acquire(tmp_path / "ray" / "busy", "busy")  # free at once after the kill
+        lock.acquire(str(tmp_path / "ray"), "busy")  # free at once after the kill
         with pytest.raises(SweepBusy):
-            DriverLock().acquire(tmp_path / "ray" / "busy", "busy")  # this process's second run_sweep
-    DriverLock().acquire(tmp_path / "ray" / "busy", "busy")  # released with the first
+            DriverLock().acquire(str(tmp_path / "ray"), "busy")  # this process's second run_sweep
+        DriverLock().acquire(str(tmp_path / "ray"), "other")  # another sweep of the same storage
+    DriverLock().acquire(str(tmp_path / "ray"), "busy")  # released with the first
+    assert not (tmp_path / "ray").exists()  # the lock is not in the user's directories
 
 
 def test_a_second_sweep_on_a_locked_name_is_refused_before_anything_starts(tmp_path, capsys):
@@ -504,11 +512,11 @@ def test_a_second_sweep_on_a_locked_name_is_refused_before_anything_starts(tmp_p
     path = write_space(tmp_path / "s.yaml", name="locked")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     with DriverLock() as lock:
-        lock.acquire(tmp_path / "ray" / "locked", "locked")
+        lock.acquire(str(tmp_path / "ray"), "locked")
         assert main(["sweep", str(path), "--tracking-uri", uri, "--storage", str(tmp_path / "ray")]) == 2
     err = capsys.readouterr().err
-    assert f"the sweep 'locked' is being run by process {os.getpid()}" in err and "driver.lock" in err, err
-    assert not (tmp_path / "mlflow.db").exists()
+    assert f"the sweep 'locked' (storage {tmp_path / 'ray'}) is being run by process {os.getpid()}" in err, err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray").exists()
 
 
 def test_the_resume_command_is_the_sweeps_own_and_status_prints_it(tmp_path):

@@ -112,3 +112,50 @@ def test_a_retry_after_skipped_checkpoints_re_runs_epochs_without_logging_them_a
             for run in (flaky.info.run_id, clean.info.run_id)
         }
         assert history[flaky.info.run_id] == history[clean.info.run_id], key
+
+
+# Imported in every trial (train.plugins): the trial's report to Ray Tune of its last epoch raises once, after
+# that epoch's checkpoint was written, as a kill there would stop it.
+LAST_REPORT_FAULT = """
+from pathlib import Path
+
+import ray.tune
+
+_report = ray.tune.report
+
+
+def report(metrics, *args, **kwargs):
+    marker = Path({marker!r})
+    if metrics.get("epoch") == {epochs} and not metrics.get("replayed") and not marker.exists():
+        marker.write_text("raised")
+        raise RuntimeError("injected fault: the trial stops after its last checkpoint")
+    return _report(metrics, *args, **kwargs)
+
+
+ray.tune.report = report
+"""
+
+
+def test_a_trial_stopped_after_its_last_checkpoint_keeps_its_confusion_matrix(tmp_path):
+    """The trial stops right after writing its last epoch's checkpoint; the retry resumes from it with nothing
+    left to train, so the confusion matrix must already be in its run (it is logged before that checkpoint)."""
+    marker = tmp_path / "raised"
+    (tmp_path / "last_fault.py").write_text(LAST_REPORT_FAULT.format(marker=str(marker), epochs=3))
+    space = write_space(
+        tmp_path / "last.yaml",
+        replace=("params",),
+        name="last",
+        train={"plugins": ["last_fault"], "epochs": 3},
+        params={"loss.a": {"grid": [5.0]}},
+        search={"searcher": "grid", "scheduler": {"name": "fifo"}, "max_failures": 1, "max_concurrent": 1},
+    )
+    uri, storage = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "ray"
+    proc = run_cli(tmp_path, [str(space), "--tracking-uri", uri, "--storage", str(storage)], pythonpath=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert marker.exists(), "the fault was not injected: the test tested nothing"
+    c = tracking.client(uri)
+    parent = tracking.find_sweep(c, "last")
+    (run,) = tracking.trial_runs(c, parent.info.run_id, parent.info.experiment_id)
+    assert run.data.tags["retries"] == "1" and run.data.tags["status"] == "completed"
+    assert steps(c, run.info.run_id, "epoch") == [1, 2, 3]
+    assert "confusion_matrix.json" in {a.path for a in c.list_artifacts(run.info.run_id)}

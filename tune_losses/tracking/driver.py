@@ -13,18 +13,22 @@ boot), written when the parent is created and on every resume, and beats on the 
   the two machines' clocks are assumed to agree within that).
 
 A second driver would train the same trials into the same checkpoints, so ``--resume`` is refused while the
-sweep is driven (:func:`running_driver`); on top of that, on a local storage directory, a driver holds an
-exclusive lock on ``<storage>/<sweep>/driver.lock`` for its life (:class:`DriverLock`), which the kernel
-releases when it dies however it dies, so two commands started together cannot both drive a sweep.
+sweep is driven (:func:`running_driver`); on top of that, a driver holds an exclusive lock for its life
+(:class:`DriverLock`: a file under the system's temporary directory named by the sweep's storage directory and
+name, so nothing is written in the user's directories before the sweep starts), which the kernel releases when
+it dies however it dies, so two commands started together on one machine cannot both drive a sweep.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
 import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -98,11 +102,12 @@ def driver_alive(parent) -> bool | None:
 
 
 def last_beat(parent) -> float | None:
-    """When the driver last showed life: its heartbeat, else (a parent without one) the run's start."""
-    beat = parent.data.tags.get("heartbeat")
-    if beat:
-        return float(beat)
-    return parent.info.start_time / 1000 if parent.info.start_time else None
+    """When the driver last beat (a parent is created with its first beat; one without any is from a version
+    that wrote none before the trials ran, cut short before they did: no driver)."""
+    try:
+        return float(parent.data.tags["heartbeat"])
+    except (KeyError, ValueError):
+        return None
 
 
 def running_driver(parent) -> str | None:
@@ -126,36 +131,44 @@ class SweepBusy(ValueError):
 
 
 class DriverLock:
-    """An exclusive lock on ``<directory>/driver.lock`` while a sweep runs (flock: released by the kernel when
-    the process ends, however it ends; per open file, so two ``run_sweep`` in one process exclude each other
-    too). The file holds the holder's :func:`driver_tag`, for the message of the command it refuses."""
-
-    FILENAME = "driver.lock"
+    """An exclusive lock on a sweep while it runs: flock on ``<tmp>/tune_losses-locks/<hash>.lock``, the hash of
+    the sweep's storage directory and name (released by the kernel when the process ends, however it ends; per
+    open file, so two ``run_sweep`` in one process exclude each other too). The file holds the holder's
+    :func:`driver_tag` and the sweep, for the message of the command it refuses; it is never deleted (a deleted
+    lock file could be locked twice)."""
 
     def __init__(self) -> None:
         self._fd: int | None = None
         self.parent_run_id: str | None = None
 
-    def acquire(self, directory: Path, name: str) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / self.FILENAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes (PEP 446)
+    @staticmethod
+    def path(storage: str, name: str) -> Path:
+        key = hashlib.sha256(f"{storage.rstrip('/')}/{name}".encode()).hexdigest()[:24]
+        return Path(tempfile.gettempdir()) / "tune_losses-locks" / f"{key}.lock"
+
+    def acquire(self, storage: str, name: str) -> None:
+        path = self.path(storage, name)
+        if not path.parent.is_dir():
+            path.parent.mkdir(exist_ok=True)
+            with contextlib.suppress(OSError):  # shared by the machine's users, like /tmp itself
+                os.chmod(path.parent, 0o1777)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # not inherited by child processes (PEP 446)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            holder = _read(str(path))
             try:
-                pid = f"process {json.loads(holder)['pid']} on {json.loads(holder)['host']}"
+                holder = json.loads(_read(str(path)))
+                pid = f"process {holder['pid']} on {holder['host']}"
             except (ValueError, KeyError, TypeError):
                 pid = "another process"
             raise SweepBusy(
-                f"the sweep {name!r} is being run by {pid}, which holds {path}; follow it with `tune-losses "
+                f"the sweep {name!r} (storage {storage}) is being run by {pid}; follow it with `tune-losses "
                 f"status {name}`; once it has ended (or been stopped with Ctrl-C), --resume continues it; or give "
                 "this sweep another --name"
             ) from None
         os.ftruncate(fd, 0)
-        os.write(fd, driver_tag().encode())
+        os.write(fd, json.dumps({**json.loads(driver_tag()), "sweep": name, "storage": storage}).encode())
         self._fd = fd
 
     def drives(self, parent_run_id: str) -> None:

@@ -213,10 +213,10 @@ def resume_command(
 
 def _one_parent_per_name(client, exp_id: str, name: str, parent_id: str, path: Path) -> None:
     """Two commands that start a sweep of the same name at the same moment both found no parent and both created
-    one (on a local storage directory the driver lock stops the second before that; this is for remote storage
-    and drivers on two machines): a command that sees a parent besides its own deletes its own and stops, before
-    any trial, checkpoint or param is written. No clock is compared: each looks after it created, so they cannot
-    both see only their own; at worst both stop."""
+    one (on one machine the driver lock stops the second before that; this is for drivers on two machines): a
+    command that sees a parent besides its own deletes its own and stops, before any trial, checkpoint or param
+    is written. No clock is compared: each looks after it created, so they cannot both see only their own; at
+    worst both stop."""
     filt = f"tags.`tune_losses.sweep` = '{name}' and tags.`tune_losses.role` = 'sweep'"
     others = [r for r in retrying(client.search_runs, [exp_id], filter_string=filt) if r.info.run_id != parent_id]
     if others:
@@ -609,8 +609,7 @@ def _run_sweep(
         )
     if not address:
         preflight.check_local_resources(space, str(path), num_cpus, _local_gpus())
-    if not remote_storage:  # held until run_sweep returns; the kernel drops it if this process dies
-        lock.acquire(Path(storage_path) / name, name)
+    lock.acquire(storage_path, name)  # held until run_sweep returns; the kernel drops it if this process dies
     from .workers import RayStart, run_trial
 
     # Ray starts (its workers importing the trial code) while the driver loads the data and opens the store

@@ -184,6 +184,7 @@ def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
         return {f"seconds_{k}": v for k, v in parts.items()}
 
     pauses = set(pause_epochs(space))  # a scheduler may end the process there: the checkpoint must be current
+    confusion_logged: list[int] = []
 
     def report(metrics: dict, state) -> None:
         entered = time.perf_counter()
@@ -195,6 +196,10 @@ def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
         if epoch > last_step:  # an epoch re-run from an older checkpoint is already in the ledger
             # where this attempt's time went so far, with every epoch: a trial a scheduler stops keeps them too
             ledger.log_epoch(run_id, {**metrics, **spent(entered, entered - seconds["train_start"])}, epoch)
+        if epoch >= cfg["epochs"] and metrics.get("test_confusion") is not None:
+            # before the last checkpoint: a kill after it resumes with nothing to train, and nothing to log it from
+            ledger.log_dict(run_id, metrics["test_confusion"], "confusion_matrix.json")
+            confusion_logged.append(epoch)
         now = time.perf_counter()
         due = now - saved["at"] >= saved["took"] * (1 / CHECKPOINT_SHARE - 1)
         if due or epoch >= cfg["epochs"] or epoch in pauses:
@@ -223,7 +228,7 @@ def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
         # trained, so the result Ray Tune sees is the one the ledger holds
         final = {k: v for k, v in record.metrics.items() if k != "epoch"}
         tune.report({**final, "epoch": record.last_step, "node_id": node, "mlflow_run_id": run_id})
-    if last.get("test_confusion") is not None:
+    if last.get("test_confusion") is not None and not confusion_logged:  # ended before its last epoch
         ledger.log_dict(run_id, last["test_confusion"], "confusion_matrix.json")
     if result.get("status") == "diverged":
         # Stop with a status and a reason, not NaN metrics: the metric keeps its last finite value (or the worst
