@@ -2,7 +2,9 @@
 state, storage deleted, Ctrl-C) and resumed end to end, audited with tune_losses.tracking.ledger.audit."""
 
 import contextlib
+import datetime
 import importlib.util
+import json
 import os
 import re
 import signal
@@ -15,6 +17,7 @@ import requests
 from mlflow.exceptions import MlflowException
 
 from tune_losses import tracking
+from tune_losses.tracking.driver import DRIVER_TAG
 from tune_losses.tracking.ledger import KEY_TAG, Ledger, audit, retrying, transient, trial_key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,6 +174,8 @@ def test_killed_sweep_resumes_from_the_ledger(tmp_path, damage):
     c = tracking.client(uri)
     parent = tracking.find_sweep(c, "killed")
     assert parent.data.tags["resumes"] == "1" and parent.data.tags["status"] == "completed"
+    claimed = json.loads(parent.data.params["tune_losses.resumed_by.1"])  # the resume's claim (tracking/driver.py)
+    assert claimed["pid"] != driver.pid and claimed["host"] == json.loads(parent.data.tags[DRIVER_TAG])["host"]
 
 
 @pytest.mark.slow
@@ -532,13 +537,23 @@ def test_the_resume_command_is_the_sweeps_own_and_status_prints_it(tmp_path):
     from helpers import write_space
 
     path = write_space(tmp_path / "my space.yaml", name="again")
-    overrides = {"train.epochs": 8, "train.optimizer": {"name": "sgd", "lr": 0.1}, "study": "a: b", "x.y": "8"}
+    overrides = {
+        "train.epochs": 8,
+        "train.optimizer": {"name": "sgd", "lr": 1e-05, "betas": [0.9, 0.999]},
+        "study": "a: b",
+        "x.y": "8",
+        "when": datetime.date(2026, 12, 2),
+        "note": "two\nlines 'quoted' \"too\"",
+        "none": None,
+        "yes": "yes",
+    }
     uri = "postgresql://user:secret@db:5432/mlflow"
-    cmd = resume_command(path, "again", uri, str(tmp_path / "ray"), None, overrides, None)
+    cmd = resume_command(path, "again", uri, str(tmp_path / "ray"), None, overrides, None, "earlier")
     assert "secret" not in cmd
     args = build_parser().parse_args(shlex.split(cmd)[1:])
     assert args.resume and args.name == "again" and args.space == str(path) and args.storage == str(tmp_path / "ray")
-    assert _overrides(args.set) == overrides
+    assert _overrides(args.set) == overrides and args.warm_start == "earlier"
+    assert resume_command(path, "again", uri, "/s", None, {"x": object()}, None) == ""  # no command, no crash
     bundled = Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart.yaml"
     with_dataset = resume_command(bundled, "q", "sqlite:///m.db", "/s", "ray://h:10001", {}, "mnist_5k")
     assert with_dataset.startswith("tune-losses sweep quickstart --name q") and "--dataset mnist_5k" in with_dataset
@@ -552,6 +567,7 @@ def test_the_resume_command_is_the_sweeps_own_and_status_prints_it(tmp_path):
     c.create_run(exp, run_name="dal a=5", tags={"mlflow.parentRunId": parent, "tune_losses.role": "trial"})
     text = format_status(sweep_status("again", store))
     assert "interrupted" in text.splitlines()[0] and f"continue it with `{cmd}`" in text, text
+    assert "put them in place of ***" in text, text
     assert "1 interrupted (they continue on --resume)" in text and "  interrupted: dal a=5: epoch 0" in text, text
 
 

@@ -10,7 +10,6 @@ leaves the run RUNNING, and ``--resume`` continues that trial from its checkpoin
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +56,6 @@ def error_text(trial, limit: int = 2000) -> str:
 class LedgerCallback(Callback):
     """Ray Tune callback on the driver: the scheduler's stops, retries and failures into each trial's run."""
 
-    #: seconds between two heartbeats of the driver on the parent run (tag ``heartbeat``, Unix time)
-    HEARTBEAT_S = 30.0
-
     def __init__(self, ledger: Ledger, epochs: int, interrupted=None):
         """``interrupted``: a threading.Event set on Ctrl-C; trials Ray Tune stops after it are not finished (the
         runner marks them interrupted, and ``--resume`` continues them)."""
@@ -68,18 +64,6 @@ class LedgerCallback(Callback):
         self.scheduler = "asha"
         self.trials: list = []
         self._retries: dict[str, int] = {}
-        self._beat = 0.0
-
-    def on_step(self, iteration, trials, **info):
-        """Now and then, the time on the parent run: a sweep whose parent is RUNNING but whose heartbeat is old
-        lost its driver (`tune-losses status` says so)."""
-        now = time.time()
-        if now - self._beat >= self.HEARTBEAT_S:
-            self._beat = now
-            try:
-                self.ledger.client.set_tag(self.ledger.parent_run_id, "heartbeat", f"{now:.0f}")
-            except Exception as exc:  # not retried: the next beat tries again
-                log.warning("could not record the sweep's heartbeat: %s", exc)
 
     def _run_id(self, trial) -> str | None:
         run_id = (trial.last_result or {}).get("mlflow_run_id")

@@ -143,9 +143,10 @@ def _space_arg(path: str | None) -> str | None:
 
 def _state(parent, trials) -> str:
     tags, status = parent.data.tags, parent.info.status
-    if status == "RUNNING":  # a resumed sweep is running again, whatever an earlier driver tagged
-        # stopped without a word (a kill, a lost machine): --resume continues it (tracking/driver.py)
-        return "running" if running_driver(parent) else "interrupted"
+    driven = running_driver(parent)  # RUNNING, or being resumed (claimed, not yet RUNNING): tracking/driver.py
+    if status == "RUNNING" or driven:  # a resumed sweep is running again, whatever an earlier driver tagged
+        # stopped without a word (a kill, a lost machine): --resume continues it
+        return "running" if driven else "interrupted"
     if tags.get("status") == "completed" and status == "FINISHED" and tags.get("ended_by") != "interrupted":
         return "finished"
     return "interrupted"
@@ -322,6 +323,8 @@ def format_status(s: dict) -> str:
         space = s.get("space_file") or "SPACE"
         again = s.get("resume_command") or f"tune-losses sweep {space} --name {s['name']} --resume"
         lines.append(f"  continue it with `{again}`")
+        if "//***@" in again:
+            lines.append("  (the store's credentials are not recorded: put them in place of ***)")
     return "\n".join(lines)
 
 

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import logging
 import math
 import os
 import random
@@ -21,18 +22,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from mlflow.entities import Metric, Param, RunTag
 
 from tune_losses import tracking
 from tune_losses.spaces import Space, SpaceError, load_space
 from tune_losses.tracking.callback import LedgerCallback
-from tune_losses.tracking.driver import DRIVER_TAG, DriverLock, driver_tag, running_driver
+from tune_losses.tracking.driver import DRIVER_TAG, DriverLock, claim, driver_tag, running_driver
 from tune_losses.tracking.ledger import Ledger, TrialRecord, retrying
 from tune_losses.tracking.sweeps import PLANNED_TAG
 from tune_losses.training.checkpoint import FILENAME
 
 from . import preflight
 from .domains import grid_size, to_tune
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -191,24 +195,40 @@ RESUME_TAG = "tune_losses.resume_command"
 
 
 def resume_command(
-    path: Path, name: str, uri: str, storage: str, address: str | None, overrides: dict, dataset: str | None
+    path: Path,
+    name: str,
+    uri: str,
+    storage: str,
+    address: str | None,
+    overrides: dict,
+    dataset: str | None,
+    warm_start: str | None = None,
 ) -> str:
     """`tune-losses sweep ... --resume` with what this sweep was started with: the space, name, store (its
-    password hidden), storage, address and every --set (a resume refuses another space)."""
+    password shown as ***: put it back, or set MLFLOW_TRACKING_URI), storage, address, --warm-start and every
+    --set (a resume refuses another space). "" when it cannot be written (status then prints a generic one)."""
     from tune_losses.spaces import BUNDLED
 
-    bundled = path.resolve().parent == BUNDLED.resolve()
-    parts = ["tune-losses", "sweep", path.stem if bundled else str(path.resolve()), "--name", name]
-    parts += ["--tracking-uri", tracking.redact(uri), "--storage", storage]
-    if address:
-        parts += ["--address", address]
-    if dataset:
-        parts += ["--dataset", dataset]
-    for key, value in overrides.items():
-        if key == "paper_dataset" or (dataset and key == "train.dataset"):
-            continue  # what --dataset sets
-        parts += ["--set", f"{key}={json.dumps(value)}"]  # JSON is YAML: read back as the same value
-    return shlex.join(parts + ["--resume"])
+    try:
+        bundled = path.resolve().parent == BUNDLED.resolve()
+        parts = ["tune-losses", "sweep", path.stem if bundled else str(path.resolve()), "--name", name]
+        parts += ["--tracking-uri", tracking.redact(uri), "--storage", storage]
+        if address:
+            parts += ["--address", address]
+        if dataset:
+            parts += ["--dataset", dataset]
+        if warm_start:
+            parts += ["--warm-start", warm_start]
+        for key, value in overrides.items():
+            if key == "paper_dataset" or (dataset and key == "train.dataset"):
+                continue  # what --dataset sets
+            # YAML as --set reads it (1e-05 must not come back as a string, as JSON's spelling would)
+            text = yaml.safe_dump(value, default_flow_style=True, width=10**9).strip()
+            parts += ["--set", f"{key}={text.removesuffix('...').strip()}"]
+        return shlex.join(parts + ["--resume"])
+    except Exception as exc:  # a value YAML cannot write: the sweep runs without the tag
+        log.warning("no resume command recorded for the sweep %r: %s", name, exc)
+        return ""
 
 
 def _one_parent_per_name(client, exp_id: str, name: str, parent_id: str, path: Path) -> None:
@@ -330,7 +350,7 @@ def _start_parent(
             # with the run itself: a reader (`status`) sees how many trials are planned before the params are
             # logged, and after a kill between the two writes
             PLANNED_TAG: str(max_trials(space)),
-            "heartbeat": f"{time.time():.0f}",  # the driver's first beat (tracking/callback.py beats from here)
+            "heartbeat": f"{time.time():.0f}",  # the first beat (tracking/driver.py Heartbeat beats from here)
             DRIVER_TAG: driver_tag(),
             RESUME_TAG: resume_cmd,
         }
@@ -609,7 +629,7 @@ def _run_sweep(
         )
     if not address:
         preflight.check_local_resources(space, str(path), num_cpus, _local_gpus())
-    lock.acquire(storage_path, name)  # held until run_sweep returns; the kernel drops it if this process dies
+    lock.acquire(storage_path, name, uri)  # held until run_sweep returns; the kernel drops it if this process dies
     from .workers import RayStart, run_trial
 
     # Ray starts (its workers importing the trial code) while the driver loads the data and opens the store
@@ -654,7 +674,13 @@ def _run_sweep(
 
     exp_id = tracking.experiment_id(client)
     try:
-        again = resume_command(path, name, uri, storage_path, address, overrides, dataset)
+        again = (
+            ""  # a Space object has no file to give the command again
+            if isinstance(space_or_path, Space)
+            else resume_command(path, name, uri, storage_path, address, overrides, dataset, warm_start)
+        )
+        if resume and parent is not None:
+            claim(client, parent, retrying)  # one of two resumes that both found it undriven; the other stops
         parent_id = _start_parent(
             client,
             exp_id,
@@ -670,7 +696,7 @@ def _run_sweep(
     except BaseException:  # e.g. another command took the name meanwhile: no trial ran; stop this sweep's Ray
         ray_start.cancel()
         raise
-    lock.drives(parent_id)
+    lock.drives(parent_id, client)  # and beats on it until run_sweep returns
     ledger = Ledger(uri, exp_id, parent_id)
     checkpoints = f"{storage_path.rstrip('/')}/{name}/checkpoints"
     done: list[TrialRecord] = []
