@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import stat
 import time
 
@@ -28,7 +29,8 @@ def store(tmp_path):
     c = tracking.client(uri)
     tags = {"tune_losses.sweep": "s", "tune_losses.role": "sweep"}
     run_id = c.create_run(tracking.experiment_id(c), run_name="s", tags=tags).info.run_id
-    c.set_terminated(run_id, "KILLED")  # an interrupted sweep, ready to be resumed
+    # an interrupted sweep, ready to be resumed: it ended an hour ago
+    c.set_terminated(run_id, "KILLED", end_time=int((time.time() - 3600) * 1000))
     return c, run_id
 
 
@@ -37,15 +39,16 @@ def test_two_resumes_that_found_the_sweep_undriven_cannot_both_claim_it(store):
     command is refused; a retried write of the winner (the same value) is not."""
     c, run_id = store
     seen = c.get_run(run_id)  # what both commands read
-    claim(c, seen, retrying)
+    assert claim(c, seen, retrying) == 1
     with pytest.raises(SweepBusy, match="resumed at the same moment by another command"):
         claim(c, seen, retrying)
     params = c.get_run(run_id).data.params
     assert [k for k in params if k.startswith(CLAIM_PREFIX)] == [f"{CLAIM_PREFIX}1"]
     value = params[f"{CLAIM_PREFIX}1"]
     c.log_param(run_id, f"{CLAIM_PREFIX}1", value)  # the same write again: idempotent
-    claim(c, c.get_run(run_id), retrying)  # a later resume reads claim 1 and claims 2
-    assert f"{CLAIM_PREFIX}2" in c.get_run(run_id).data.params
+    assert claim(c, c.get_run(run_id), retrying) == 2  # a later resume reads claim 1 and claims 2
+    c.log_param(run_id, f"{CLAIM_PREFIX}3", "not json")  # a claim that does not parse still counts
+    assert claim(c, c.get_run(run_id), retrying) == 4
 
 
 def test_a_claim_from_another_machine_makes_the_sweep_driven_until_it_ends_or_goes_stale(store):
@@ -55,13 +58,14 @@ def test_a_claim_from_another_machine_makes_the_sweep_driven_until_it_ends_or_go
 
     c, run_id = store
     elsewhere = {**json.loads(driver_tag()), "host": "elsewhere"}
-    c.log_param(run_id, f"{CLAIM_PREFIX}1", json.dumps({**elsewhere, "time": time.time() - 1000}))
+    c.log_param(run_id, f"{CLAIM_PREFIX}1", json.dumps({**elsewhere, "time": time.time() - 7200}))
     assert running_driver(c.get_run(run_id)) is None  # an old claim, the parent ended after it
     c.log_param(run_id, f"{CLAIM_PREFIX}2", json.dumps({**elsewhere, "time": time.time()}))
-    assert "beat 0 s ago" in running_driver(c.get_run(run_id))
+    assert re.fullmatch(r"its driver beat \d+ s ago .*", running_driver(c.get_run(run_id)))
     assert _state(c.get_run(run_id), []) == "running"
     c.log_param(run_id, f"{CLAIM_PREFIX}3", json.dumps({**elsewhere, "time": time.time() - 600}))
-    assert running_driver(c.get_run(run_id)) is None  # a claimant that never beat: gone
+    assert _state(c.get_run(run_id), []) != "running"  # after the parent ended, but a claimant that never beat
+    assert running_driver(c.get_run(run_id)) is None
     here = {**json.loads(driver_tag()), "pid": 2**22 + 7, "start": "1"}  # this machine, no such process
     c.log_param(run_id, f"{CLAIM_PREFIX}4", json.dumps({**here, "time": time.time()}))
     assert running_driver(c.get_run(run_id)) is None  # known dead at once, however fresh
@@ -71,14 +75,43 @@ def test_a_claim_from_another_machine_makes_the_sweep_driven_until_it_ends_or_go
     assert running_driver(c.get_run(run_id)) is None
 
 
-def test_the_heartbeat_thread_beats_until_stopped(store):
+def _wait_for(check, seconds=10.0):
+    deadline = time.time() + seconds
+    while not check() and time.time() < deadline:
+        time.sleep(0.05)
+    return check()
+
+
+def test_the_heartbeat_beats_while_the_driver_drives_and_stops_when_the_parent_ends(store, monkeypatch):
+    import tune_losses.tracking.driver as driver
+
     c, run_id = store
-    beat = Heartbeat(c, run_id, every=0.1)
-    try:
-        deadline = time.time() + 10
-        while "heartbeat" not in c.get_run(run_id).data.tags and time.time() < deadline:
-            time.sleep(0.05)
+    monkeypatch.setattr(driver, "HEARTBEAT_S", 0.1)
+    with DriverLock() as lock:
+        lock.drives(run_id, c)  # as run_sweep does once the parent exists
+        assert _wait_for(lambda: "heartbeat" in c.get_run(run_id).data.tags)
         assert abs(float(c.get_run(run_id).data.tags["heartbeat"]) - time.time()) < 5
+        lock.ended()
+        c.set_tag(run_id, "heartbeat", "1")
+        time.sleep(0.5)
+        assert c.get_run(run_id).data.tags["heartbeat"] == "1"  # no beat once the parent has ended
+
+
+def test_a_driver_whose_sweep_another_command_took_over_stops(store):
+    """A driver that looked gone (paused, the store out of reach) while another resumed its sweep: at its next
+    beat it sees the later claim and stops, writing nothing more (not even that beat)."""
+    c, run_id = store
+    stopped = []
+    beat = Heartbeat(c, run_id, claimed=1, every=0.1, on_superseded=stopped.append)
+    try:
+        c.log_param(run_id, f"{CLAIM_PREFIX}1", "{}")  # its own claim: it goes on beating
+        assert _wait_for(lambda: "heartbeat" in c.get_run(run_id).data.tags) and not stopped
+        c.log_param(run_id, f"{CLAIM_PREFIX}2", "{}")  # another command's
+        c.set_tag(run_id, "heartbeat", "1")
+        assert _wait_for(lambda: bool(stopped)) and "taken over by another command (resume 2)" in stopped[0]
+        assert _wait_for(lambda: not beat._thread.is_alive())  # it stopped beating
+        time.sleep(0.3)
+        assert c.get_run(run_id).data.tags["heartbeat"] == "1" and len(stopped) == 1
     finally:
         beat.stop()
     assert not beat._thread.is_alive()
@@ -90,13 +123,16 @@ def test_the_lock_covers_the_store_as_well_as_the_storage(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     with DriverLock() as lock:
         lock.acquire(str(tmp_path / "a"), "s", f"sqlite:///{tmp_path}/mlflow.db")
-        with pytest.raises(SweepBusy, match=f"is being run by process {os.getpid()}"):
+        store = f"tracking store sqlite:///{tmp_path}/mlflow.db"
+        with pytest.raises(SweepBusy, match=f"'s' \\({store}\\) is being run by process {os.getpid()}"):
             DriverLock().acquire(str(tmp_path / "b"), "s", "sqlite:///mlflow.db")  # the same file, relative
-        with pytest.raises(SweepBusy):
+        with pytest.raises(SweepBusy, match=f"'s' \\(storage {tmp_path / 'a'}\\)"):
             DriverLock().acquire(str(tmp_path / "a"), "s", f"sqlite:///{tmp_path}/other.db")
-        DriverLock().acquire(str(tmp_path / "b"), "t", f"sqlite:///{tmp_path}/mlflow.db")  # another name
+        with DriverLock() as other:
+            other.acquire(str(tmp_path / "b"), "t", f"sqlite:///{tmp_path}/mlflow.db")  # another name
     # released: both locks of the failed acquire were let go as well
-    DriverLock().acquire(str(tmp_path / "b"), "s", "sqlite:///mlflow.db")
+    with DriverLock() as again:
+        again.acquire(str(tmp_path / "b"), "s", "sqlite:///mlflow.db")
 
 
 def test_the_lock_directory_is_the_users_own_whatever_tmpdir_says(tmp_path, monkeypatch):
@@ -104,10 +140,10 @@ def test_the_lock_directory_is_the_users_own_whatever_tmpdir_says(tmp_path, monk
     first = lock_dir()
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     assert lock_dir() == first and first.name == f"tune_losses-locks-{os.getuid()}"
-    assert stat.S_IMODE(first.stat().st_mode) & 0o077 == 0
+    assert stat.S_IMODE(first.stat().st_mode) & 0o022 == 0 and first.stat().st_uid == os.getuid()
 
 
-@pytest.mark.parametrize("bad", ["link", "open", "file", "lockfile-link", "unwritable"])
+@pytest.mark.parametrize("bad", ["link", "open", "file", "lockfile-link", "lockfile-hardlink", "unwritable"])
 def test_a_lock_directory_that_others_could_tamper_with_is_refused(tmp_path, monkeypatch, bad):
     """A lock directory that is a link or writable by others, a planted link as a lock file, or one that cannot
     be written: a clear error naming the path and TUNE_LOSSES_LOCK_DIR, and the link's target untouched."""
@@ -127,10 +163,10 @@ def test_a_lock_directory_that_others_could_tamper_with_is_refused(tmp_path, mon
         else:
             locks.mkdir(mode=0o500)
     monkeypatch.setenv("TUNE_LOSSES_LOCK_DIR", str(locks))
-    if bad == "lockfile-link":
+    if bad.startswith("lockfile"):
         locks.mkdir(mode=0o700)
         for path in DriverLock.paths(str(tmp_path / "ray"), "s"):
-            path.symlink_to(target)
+            (path.symlink_to if bad == "lockfile-link" else path.hardlink_to)(target)
     with pytest.raises(ValueError, match=f"{tmp_path}.*TUNE_LOSSES_LOCK_DIR") as err:
         DriverLock().acquire(str(tmp_path / "ray"), "s")
     assert not isinstance(err.value, SweepBusy)

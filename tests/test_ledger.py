@@ -373,6 +373,32 @@ def test_a_sweep_cut_after_its_parent_was_created_reports_clearly_and_resumes(tm
     assert len(c.search_runs([parent.info.experiment_id], parents)) == 1  # resumed, not started again
 
 
+def test_a_resume_that_loses_its_claim_writes_nothing(tmp_path, ray_local, monkeypatch):
+    """Another command resumes the sweep between this resume's read of the parent and its claim: this one stops
+    with a clear error before writing a tag, param, artifact or trial, and leaves the parent's status alone."""
+    from tune_losses.tracking.driver import SweepBusy
+    from tune_losses.tuning import runner
+
+    path, uri, c = _cut_after_creation(tmp_path)
+    parent_id = tracking.find_sweep(c, "cut").info.run_id
+    before = c.get_run(parent_id)
+    real = runner.check_resumable
+
+    def another_resumes_meanwhile(parent, *args, **kwargs):
+        real(parent, *args, **kwargs)
+        other = json.dumps({"host": "elsewhere", "pid": 1, "time": time.time()})
+        c.log_param(parent.info.run_id, "tune_losses.resumed_by.1", other)
+
+    monkeypatch.setattr(runner, "check_resumable", another_resumes_meanwhile)
+    with pytest.raises(SweepBusy, match="'cut' was resumed at the same moment by another command"):
+        runner.run_sweep(path, tracking_uri=uri, storage=str(tmp_path / "ray"), resume=True, verbose=0)
+    after = c.get_run(parent_id)
+    assert after.info.status == before.info.status and after.data.tags == before.data.tags
+    assert set(after.data.params) == {*before.data.params, "tune_losses.resumed_by.1"}
+    assert c.list_artifacts(parent_id) == [] and not (tmp_path / "ray" / "cut").exists()
+    assert c.search_runs([before.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'") == []
+
+
 def test_two_commands_starting_the_same_sweep_at_once_leave_one_parent(tmp_path):
     """Both found no parent of the name and both created one (remote storage, or two machines: no shared lock):
     a command that sees a parent besides its own deletes its own and stops; one that checks after the other

@@ -4,7 +4,8 @@ A sweep's driver (the process running ``run_sweep``) is named on its parent run 
 ``tune_losses.driver`` (JSON: host, boot id, pid namespace, pid, and the process's start in clock ticks since
 boot), written when the parent is created, and by a param ``tune_losses.resumed_by.<n>`` (the same JSON and the
 time) that each resume claims (:func:`claim`). A thread of the driver beats on the tag ``heartbeat`` every
-:data:`HEARTBEAT_S` from the parent's creation (or resume) until ``run_sweep`` returns (:class:`Heartbeat`).
+:data:`HEARTBEAT_S` from just after the parent's creation (which writes the first beat) or resume until the
+parent has ended (:class:`Heartbeat`).
 From these a reader anywhere knows whether the sweep is still driven:
 
 * on the driver's own machine (same host name, boot and pid namespace: a container or a cloned machine that
@@ -19,12 +20,15 @@ A second driver would train the same trials into the same checkpoints. Three thi
 
 * ``--resume`` is refused while the sweep is driven (:func:`running_driver`);
 * two resumes that both found it undriven both claim the same param ``tune_losses.resumed_by.<n>``, each with
-  its own value: MLflow never changes a param, so one write wins and the other command stops
-  (:func:`claim`); this holds across machines and users, on any store;
-* on one machine, a driver holds exclusive locks for its life (:class:`DriverLock`: on the sweep's tracking
-  store and name, and on its storage directory and name), which the kernel releases when it dies however it
-  dies, so two commands started together cannot both create a sweep (across machines, a creation that sees a
-  second parent of its name deletes its own: tuning/runner.py).
+  its own value: a database-backed store never changes a param, so one write wins and the other command stops
+  (:func:`claim`), across machines and users (MLflow's file store checks and writes in two steps: there the
+  claim narrows the race without closing it);
+* a driver that looked gone (paused, or cut off from the store, past :data:`STALE_HEARTBEAT_S`) and was
+  resumed elsewhere sees the later claim at its next beat and stops itself (:class:`Heartbeat`);
+* for one user on one machine, a driver holds exclusive locks for its life (:class:`DriverLock`: on the sweep's
+  tracking store and name, and on its storage directory and name), which the kernel releases when it dies
+  however it dies, so two commands started together cannot both create a sweep (across machines or users, a
+  creation that sees a second parent of its name deletes its own, at worst both: tuning/runner.py).
 """
 
 from __future__ import annotations
@@ -36,11 +40,14 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import stat as stat_
+import sys
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -94,21 +101,24 @@ def driver_tag() -> str:
     )
 
 
-def _claims(parent) -> dict[int, dict]:
-    """The resumes' claims on the parent run, by number (values that do not parse are skipped)."""
-    found = {}
-    for key, value in parent.data.params.items():
-        if key.startswith(CLAIM_PREFIX) and key[len(CLAIM_PREFIX) :].isdigit():
-            try:
-                found[int(key[len(CLAIM_PREFIX) :])] = json.loads(value)
-            except ValueError:
-                continue
-    return found
+def _claims(parent) -> dict[int, str]:
+    """The resumes' claims on the parent run: number -> value."""
+    params = parent.data.params
+    return {
+        int(k[len(CLAIM_PREFIX) :]): v
+        for k, v in params.items()
+        if k.startswith(CLAIM_PREFIX) and k[len(CLAIM_PREFIX) :].isdigit()
+    }
 
 
 def _last_claim(parent) -> dict | None:
+    """The last claim's driver and time (None without claims, or when it does not parse)."""
     claims = _claims(parent)
-    return claims[max(claims)] if claims else None
+    try:
+        found = json.loads(claims[max(claims)]) if claims else None
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def _driver(parent) -> dict | None:
@@ -178,35 +188,56 @@ class SweepBusy(ValueError):
     """Another process runs this sweep now."""
 
 
-def claim(client, parent, retrying) -> None:
+def claim(client, parent, retrying) -> int:
     """Claim the sweep for this resume: the param ``tune_losses.resumed_by.<n>``, n one past the last claim on
-    ``parent`` as it was read when the sweep was found undriven. A resume that read it at the same time claims
-    the same n with another value; MLflow keeps a param's first value and refuses a change, so exactly one
-    succeeds, and the other raises :class:`SweepBusy`. A retried write of this process repeats the same value
-    (idempotent). ``retrying``: tracking/ledger.py's."""
+    ``parent`` as it was read when the sweep was found undriven; returns n. A resume that read it at the same
+    time claims the same n with another value (each holds a nonce); a database-backed store (SQLite, PostgreSQL,
+    MySQL, or a server with one behind it) keeps a param's first value and refuses a change, so exactly one
+    succeeds, and the other raises :class:`SweepBusy`. Which value the store holds decides, read back after the
+    write (a retried write of this process repeats its own value; MLflow's file store checks and writes in two
+    steps, where reading back narrows the race without closing it). ``retrying``: tracking/ledger.py's."""
     from mlflow.exceptions import MlflowException
 
     n = max(_claims(parent), default=0) + 1
-    value = json.dumps({**json.loads(driver_tag()), "time": round(time.time(), 3)})
-    try:
-        retrying(client.log_param, parent.info.run_id, f"{CLAIM_PREFIX}{n}", value)
-    except MlflowException as exc:
-        if "Changing param values is not allowed" not in str(exc):
-            raise
+    key = f"{CLAIM_PREFIX}{n}"
+    value = json.dumps({**json.loads(driver_tag()), "time": round(time.time(), 3), "nonce": uuid.uuid4().hex})
+    with contextlib.suppress(MlflowException):  # refused: the value read back says who claimed n first
+        retrying(client.log_param, parent.info.run_id, key, value)
+    held = retrying(client.get_run, parent.info.run_id).data.params.get(key)
+    if held is None:
+        raise RuntimeError(f"could not record the claim {key} on the sweep's parent run {parent.info.run_id}")
+    if held != value:
         name = parent.data.tags.get("tune_losses.sweep", parent.info.run_name)
         raise SweepBusy(
             f"--resume: the sweep {name!r} was resumed at the same moment by another command (it claimed resume "
             f"{n} first); follow it with `tune-losses status {name}`"
-        ) from None
+        )
+    return n
+
+
+def _supersede(message: str) -> None:
+    """What a driver does when another has claimed its sweep: stop at once, writing nothing more, as a kill
+    would (its trials end with it; the new driver continues them from the ledger)."""
+    log.error(message)
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Heartbeat:
     """A daemon thread that writes the time on the parent run's tag ``heartbeat`` every :data:`HEARTBEAT_S`
-    while the driver drives (from the parent's creation or resume to the end of ``run_sweep``, whatever the
-    trials do). A failed write is logged, not retried: the next beat tries again."""
+    while the driver drives (from just after the parent's creation or resume until the parent has ended). A
+    failed write is logged, not retried: the next beat tries again.
 
-    def __init__(self, client, parent_run_id: str, every: float = HEARTBEAT_S):
-        self.client, self.parent_run_id, self.every = client, parent_run_id, every
+    Before each beat it reads the parent: a claim past this driver's own (``claimed``: its resume's number, 0
+    for the creation) means another command took the sweep over, as one may when this driver looked gone (it
+    was paused, or the store was out of reach, for over :data:`STALE_HEARTBEAT_S`): the driver stops at once
+    (``on_superseded``, by default a SIGKILL of this process), so two never go on driving it. It beats whether
+    or not trials progress (a driver that hangs keeps its sweep)."""
+
+    def __init__(self, client, parent_run_id: str, claimed: int = 0, every: float | None = None, on_superseded=None):
+        self.client, self.parent_run_id, self.claimed = client, parent_run_id, claimed
+        self.every = HEARTBEAT_S if every is None else every
+        self.on_superseded = on_superseded or _supersede
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tune_losses-heartbeat", daemon=True)
         self._thread.start()
@@ -214,6 +245,15 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._stop.wait(self.every):
             try:
+                parent = self.client.get_run(self.parent_run_id)
+                latest = max(_claims(parent), default=0)
+                if latest > self.claimed and not self._stop.is_set():
+                    name = parent.data.tags.get("tune_losses.sweep", parent.info.run_name)
+                    self.on_superseded(
+                        f"the sweep {name!r} was taken over by another command (resume {latest}) while this driver "
+                        "looked gone; this driver stops, the other continues its trials"
+                    )
+                    return
                 self.client.set_tag(self.parent_run_id, "heartbeat", f"{time.time():.0f}")
             except Exception as exc:
                 log.warning("could not record the sweep's heartbeat: %s", exc)
@@ -271,23 +311,24 @@ class DriverLock:
         self._heartbeat: Heartbeat | None = None
 
     @staticmethod
-    def paths(storage: str, name: str, tracking_uri: str | None = None) -> list[Path]:
-        keys = [f"storage:{storage.rstrip('/')}/{name}"]
+    def paths(storage: str, name: str, tracking_uri: str | None = None) -> dict[Path, str]:
+        """The lock files, in the order they are taken, each with what it covers (for messages)."""
+        keys = {f"storage:{storage.rstrip('/')}/{name}": f"storage {storage}"}
         if tracking_uri:
-            keys.append(f"store:{_store_key(tracking_uri)}/{name}")
-        names = sorted(hashlib.sha256(k.encode()).hexdigest()[:24] for k in keys)
-        return [lock_dir() / f"{n}.lock" for n in names]
+            keys[f"store:{_store_key(tracking_uri)}/{name}"] = f"tracking store {_store_key(tracking_uri)}"
+        found = {hashlib.sha256(k.encode()).hexdigest()[:24]: what for k, what in keys.items()}
+        return {lock_dir() / f"{h}.lock": found[h] for h in sorted(found)}
 
     def acquire(self, storage: str, name: str, tracking_uri: str | None = None) -> None:
         try:
-            for path in self.paths(storage, name, tracking_uri):
-                self._fds.append(self._take(path, storage, name))
+            for path, what in self.paths(storage, name, tracking_uri).items():
+                self._fds.append(self._take(path, what, storage, name))
         except BaseException:
             self.release()
             raise
 
     @staticmethod
-    def _take(path: Path, storage: str, name: str) -> int:
+    def _take(path: Path, what: str, storage: str, name: str) -> int:
         hint = "set TUNE_LOSSES_LOCK_DIR to a directory of your own on a local disk"
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -295,8 +336,8 @@ class DriverLock:
             raise ValueError(f"the driver lock {path}: {exc.strerror or exc}; {hint}") from None
         try:
             st = os.fstat(fd)
-            if not stat_.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
-                raise ValueError(f"the driver lock {path} is not a file of this user's; {hint}")
+            if not stat_.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_nlink != 1:
+                raise ValueError(f"the driver lock {path} is not a file of this user's alone (or is linked); {hint}")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -306,7 +347,7 @@ class DriverLock:
                 except (ValueError, KeyError, TypeError, OSError):
                     pid = "another process"
                 raise SweepBusy(
-                    f"the sweep {name!r} (storage {storage}) is being run by {pid}; follow it with `tune-losses "
+                    f"the sweep {name!r} ({what}) is being run by {pid}; follow it with `tune-losses "
                     f"status {name}`; once it has ended (or been stopped with Ctrl-C), --resume continues it; or "
                     "give this sweep another --name"
                 ) from None
@@ -320,18 +361,23 @@ class DriverLock:
             os.close(fd)
             raise
 
-    def drives(self, parent_run_id: str, client=None) -> None:
+    def drives(self, parent_run_id: str, client=None, claimed: int = 0) -> None:
         """This process drives that parent run now (:func:`driver_alive` says so to readers in this process);
-        with ``client``, its heartbeat beats until :meth:`release`."""
+        with ``client``, its :class:`Heartbeat` beats (``claimed``: the number of this resume's claim) until
+        :meth:`ended` or :meth:`release`."""
         self.parent_run_id = parent_run_id
         ACTIVE.add(parent_run_id)
         if client is not None and self._heartbeat is None:
-            self._heartbeat = Heartbeat(client, parent_run_id)
+            self._heartbeat = Heartbeat(client, parent_run_id, claimed)
 
-    def release(self) -> None:
+    def ended(self) -> None:
+        """The parent run has ended: no more beats (a report built afterwards is not the sweep running)."""
         if self._heartbeat is not None:
             self._heartbeat.stop()
             self._heartbeat = None
+
+    def release(self) -> None:
+        self.ended()
         if self.parent_run_id is not None:
             ACTIVE.discard(self.parent_run_id)
         while self._fds:

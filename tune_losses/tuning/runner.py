@@ -679,8 +679,7 @@ def _run_sweep(
             if isinstance(space_or_path, Space)
             else resume_command(path, name, uri, storage_path, address, overrides, dataset, warm_start)
         )
-        if resume and parent is not None:
-            claim(client, parent, retrying)  # one of two resumes that both found it undriven; the other stops
+        claimed = claim(client, parent, retrying) if resume and parent is not None else 0  # of two, one goes on
         parent_id = _start_parent(
             client,
             exp_id,
@@ -696,7 +695,7 @@ def _run_sweep(
     except BaseException:  # e.g. another command took the name meanwhile: no trial ran; stop this sweep's Ray
         ray_start.cancel()
         raise
-    lock.drives(parent_id, client)  # and beats on it until run_sweep returns
+    lock.drives(parent_id, client, claimed)  # and beats on it until it has ended
     ledger = Ledger(uri, exp_id, parent_id)
     checkpoints = f"{storage_path.rstrip('/')}/{name}/checkpoints"
     done: list[TrialRecord] = []
@@ -774,6 +773,7 @@ def _run_sweep(
             tags = [RunTag("status", "interrupted"), RunTag("ended_by", "interrupted")]
             retrying(client.log_batch, parent_id, tags=tags)
             retrying(client.set_terminated, parent_id, "KILLED")  # not RUNNING: the sweep has no driver now
+            lock.ended()
         raise
     if interrupt.event.is_set():  # Ctrl-C: Ray Tune stopped the trials; each keeps its run and its last checkpoint
         for run_id in ledger.running():
@@ -781,6 +781,7 @@ def _run_sweep(
             ledger.set_status(run_id, "KILLED")
         retrying(client.log_batch, parent_id, tags=[RunTag("status", "interrupted"), RunTag("ended_by", "interrupted")])
         retrying(client.set_terminated, parent_id, "KILLED")
+        lock.ended()
         records = ledger.trials()
         raise SweepInterrupted(name, sum(r.finished for r in records.values()), len(records))
     _finish_runs(ledger, results, space.train.epochs)
@@ -800,6 +801,7 @@ def _run_sweep(
         tags.append(RunTag("best_config", json.dumps(best_config)))
     retrying(client.log_batch, parent_id, metrics=metrics, tags=tags)  # one round trip to the store
     retrying(client.set_terminated, parent_id, "FINISHED")
+    lock.ended()
     report = None
     if make_report:
         from tune_losses.reports.build import build_report
