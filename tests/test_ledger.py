@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -185,7 +186,8 @@ def test_ctrl_c_stops_cleanly_and_the_sweep_resumes(tmp_path):
     driver, cmd, uri, log = start_and_kill_when(tmp_path, "ctrlc", finished=1, sig=signal.SIGINT)
     assert driver.wait(timeout=120) == 130, log.read_text()[-3000:]
     text = log.read_text()
-    assert "Resume with: tune-losses sweep" in text and "--resume" in text and "Tuner.restore" not in text
+    again = re.search(r"Resume with: (\S+) sweep", text)
+    assert again and shutil.which(again.group(1)) and "--resume" in text and "Tuner.restore" not in text, text
     c = tracking.client(uri)
     parent = tracking.find_sweep(c, "ctrlc")
     assert parent.data.tags["status"] == "interrupted" and parent.info.status == "KILLED"
@@ -228,7 +230,7 @@ def test_a_sweep_name_in_the_store_is_resumed_never_started_twice(tmp_path):
     exp = tracking.experiment_id(c)
     parent = c.create_run(exp, tags={"tune_losses.role": "sweep", "tune_losses.sweep": "taken"}).info.run_id
     c.log_batch(parent, params=[Param(k, v) for k, v in _parent_params(space, uri).items()])
-    with pytest.raises(SpaceError, match="--name: a sweep named 'taken' is already in"):
+    with pytest.raises(SpaceError, match="--name: a sweep named 'taken' is already in .*continue it with --resume"):
         run_sweep(path, tracking_uri=uri, storage=str(tmp_path / "ray"), make_report=False)
     with pytest.raises(SpaceError, match="epochs: 3 in the sweep, 5 now"):
         run_sweep(
@@ -239,6 +241,10 @@ def test_a_sweep_name_in_the_store_is_resumed_never_started_twice(tmp_path):
             make_report=False,
             overrides={"train.epochs": 5},
         )
+    c.set_tag(parent, "ended_by", "completed")
+    c.set_terminated(parent, "FINISHED")
+    with pytest.raises(SpaceError, match="it has finished .*: give this one another --name"):
+        run_sweep(path, tracking_uri=uri, storage=str(tmp_path / "ray"), make_report=False)
     assert not (tmp_path / "ray").exists() or not any((tmp_path / "ray").iterdir())
     assert len(c.search_runs([exp])) == 1
 
@@ -558,7 +564,7 @@ def test_the_resume_command_is_the_sweeps_own_and_status_prints_it(tmp_path):
 
     from tune_losses.cli import _overrides, build_parser
     from tune_losses.tracking.sweeps import format_status, sweep_status
-    from tune_losses.tuning.runner import RESUME_TAG, resume_command
+    from tune_losses.tuning.runner import RESUME_TAG, _cli, resume_command
 
     from helpers import write_space
 
@@ -582,7 +588,8 @@ def test_the_resume_command_is_the_sweeps_own_and_status_prints_it(tmp_path):
     assert resume_command(path, "again", uri, "/s", None, {"x": object()}, None) == ""  # no command, no crash
     bundled = Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart.yaml"
     with_dataset = resume_command(bundled, "q", "sqlite:///m.db", "/s", "ray://h:10001", {}, "mnist_5k")
-    assert with_dataset.startswith("tune-losses sweep quickstart --name q") and "--dataset mnist_5k" in with_dataset
+    assert shutil.which(shlex.split(with_dataset)[0])  # runnable as printed, venv activated or not
+    assert with_dataset.startswith(f"{_cli()} sweep quickstart --name q") and "--dataset mnist_5k" in with_dataset
     assert "--address ray://h:10001" in with_dataset
 
     store = f"sqlite:///{tmp_path}/mlflow.db"
@@ -591,10 +598,21 @@ def test_the_resume_command_is_the_sweeps_own_and_status_prints_it(tmp_path):
     tags = {"tune_losses.sweep": "again", "tune_losses.role": "sweep", RESUME_TAG: cmd, "heartbeat": "1"}
     parent = c.create_run(exp, run_name="again", tags=tags).info.run_id
     c.create_run(exp, run_name="dal a=5", tags={"mlflow.parentRunId": parent, "tune_losses.role": "trial"})
+    stopped = {"mlflow.parentRunId": parent, "tune_losses.role": "trial", "status": "interrupted"}  # by Ctrl-C
+    c.set_terminated(c.create_run(exp, run_name="dal a=9", tags=stopped).info.run_id, "KILLED")
     text = format_status(sweep_status("again", store))
     assert "interrupted" in text.splitlines()[0] and f"continue it with `{cmd}`" in text, text
     assert "put them in place of ***" in text, text
-    assert "1 interrupted (they continue on --resume)" in text and "  interrupted: dal a=5: epoch 0" in text, text
+    assert "2 interrupted (they continue on --resume)" in text and "  interrupted: dal a=5: epoch 0" in text, text
+    assert "  interrupted: dal a=9: epoch 0" in text, text
+    for trial in c.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent}'"):
+        c.set_tag(trial.info.run_id, "status", "completed")
+        c.set_terminated(trial.info.run_id, "FINISHED")
+    c.set_tag(parent, "status", "completed")
+    c.set_tag(parent, "ended_by", "completed")
+    c.set_terminated(parent, "FINISHED")  # (as if it had been resumed and finished)
+    text = format_status(sweep_status("again", store))
+    assert "interrupted" not in text and "continue it" not in text, text
 
 
 def test_report_and_best_of_an_unknown_sweep_name_the_sweeps_there(tmp_path, capsys):

@@ -305,3 +305,14 @@ def test_train_and_features_show_progress_bars(tmp_path, capsys):
     err = capsys.readouterr().err
     for split in ("train", "val", "test"):
         assert re.search(rf"vgg16 features, {split}: 100%\|.*batch", err), err[-2000:]
+
+
+def test_the_sweep_header_says_when_max_t_caps_the_epochs():
+    """`--set train.epochs=60` on a space whose scheduler stops at max_t 8 trains no trial past epoch 8: the
+    first line says so, and how to change it; a cap at the epochs (or none) says nothing."""
+    from tune_losses.tuning.console import header
+
+    capped = header(load_space("quickstart", {"train.epochs": 60})[0], "q")
+    assert "max_t is 8, below train.epochs 60" in capped and "--set search.scheduler.max_t=60" in capped
+    assert "max_t" not in header(load_space("quickstart", {"train.epochs": 8})[0], "q")
+    assert "max_t" not in header(load_space("quickstart", {"search.scheduler": {"name": "fifo"}})[0], "q")

@@ -73,7 +73,9 @@ def cmd_sweep(args) -> int:
         )
     except SweepInterrupted as exc:
         again = [a for a in sys.argv[1:] if a != "--resume"] + ["--resume"]
-        print(f"\n{exc}. Resume with: tune-losses {' '.join(shlex.quote(a) for a in again)}", file=sys.stderr)
+        from tune_losses.tuning.runner import _cli
+
+        print(f"\n{exc}. Resume with: {shlex.join([_cli(), *again])}", file=sys.stderr)
         return 130
     print_summary(result, space.search.metric)
     return 0

@@ -5,6 +5,7 @@ validation split) has no best trial; one that selected on the test split (search
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pandas as pd
@@ -56,7 +57,7 @@ def export(best: dict, path) -> Path:
     path = Path(path)
     header = (
         f"# Best trial of sweep {best['sweep']}: {best['trial']} ({best['metric']} = {best['value']:.4f},\n"
-        f"# mean over repeats, {best['split']} split). Run it with: tune-losses train {path.name} "
+        f"# mean over repeats, {best['split']} split). Run it with: tune-losses train {shlex.quote(str(path))} "
         "[--set epochs=300]\n" + "".join(f"# {line}\n" for line in best["protocol"])
     )
     body = {"from_sweep": best["sweep_run_id"], "from_trial": best["trial_run_id"], "train": best["train"]}

@@ -170,7 +170,7 @@ def summary(c, parent, with_activity: bool = False) -> dict:
     metric, mode = params.get("metric", "val_acc"), params.get("mode", "max")
     trials = list(store.trial_runs(c, parent.info.run_id, parent.info.experiment_id))
     counts = {"completed": 0, "stopped early": 0, "diverged": 0, "error": 0}
-    running, best = [], None
+    running, stopped, best = [], [], None
     for run in trials:
         t = run.data.tags
         status = t.get("status", "running")
@@ -180,6 +180,8 @@ def summary(c, parent, with_activity: bool = False) -> dict:
             counts[status] += 1
         elif run.info.status == "RUNNING":
             running.append(run)
+        elif status == "interrupted":  # stopped by Ctrl-C: --resume continues it
+            stopped.append(run)
         value = run.data.metrics.get(metric)
         if (
             value is not None
@@ -192,6 +194,8 @@ def summary(c, parent, with_activity: bool = False) -> dict:
     start = parent.info.start_time / 1000 if parent.info.start_time else None
     end = parent.info.end_time / 1000 if parent.info.end_time else None
     state = _state(parent, trials)
+    if state != "running":
+        running += stopped
     out = {
         "name": tags.get("tune_losses.sweep", parent.info.run_id),
         "run_id": parent.info.run_id,
@@ -299,8 +303,14 @@ def format_status(s: dict) -> str:
         f"  started {started}, {'running for' if s['state'] == 'running' else 'ran'} {_clock(s['duration'])}; "
         f"parent run {s['run_id']} (experiment {s['experiment_id']}) in {s.get('tracking_uri', '')}",
         f"  trials: {s['done']} of {s['planned'] if s['planned'] is not None else '?'} done ({c['completed']} "
-        f"completed, {c['stopped early']} stopped early, {c['diverged']} diverged, {c['error']} failed), "
-        f"{len(s['running'])} {'running' if live else 'interrupted (they continue on --resume)'}",
+        f"completed, {c['stopped early']} stopped early, {c['diverged']} diverged, {c['error']} failed)"
+        + (
+            f", {len(s['running'])} running"
+            if live
+            else f", {len(s['running'])} interrupted (they continue on --resume)"
+            if s["running"]
+            else ""
+        ),
     ]
     if s["best"]:
         value, values, trial = s["best"]

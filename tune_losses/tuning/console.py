@@ -37,8 +37,15 @@ def header(space, name: str) -> str:
     n = s.num_samples if s.searcher == "optuna" else grid_size(space) * s.num_samples
     budget = f", time budget {s.time_budget_s:g} s" if s.time_budget_s else ""
     budget += f", plateau stop after {s.plateau.patience} trials" if s.plateau else ""
+    cap = s.scheduler.max_t if s.scheduler.name != "fifo" else None
+    capped = (
+        f"\nNote: search.scheduler.max_t is {cap}, below train.epochs {space.train.epochs}: no trial trains past "
+        f"epoch {cap} (set --set search.scheduler.max_t={space.train.epochs} to train them all the way)"
+        if cap and cap < space.train.epochs
+        else ""
+    )
     return (
         f"Sweep {name!r}: {'up to ' if s.searcher == 'optuna' or budget else ''}{n} trials of {space.train.epochs} "
         f"epochs ({space.train.loss.name} on {space.train.dataset.name}, {space.train.model.name}; "
-        f"{s.searcher}, {s.scheduler.name}; {s.max_concurrent} at a time{budget}). Starting Ray..."
+        f"{s.searcher}, {s.scheduler.name}; {s.max_concurrent} at a time{budget}). Starting Ray...{capped}"
     )

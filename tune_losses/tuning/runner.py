@@ -190,6 +190,18 @@ def _create_parent(client, exp_id: str, name: str, tags: dict) -> str:
     return found[0].info.run_id
 
 
+def _cli() -> str:
+    """How to call the CLI again: `tune-losses` where the shell finds this one, else its full path (a virtual
+    environment that is not activated)."""
+    import shutil
+
+    here = Path(sys.executable).parent / "tune-losses"
+    found = shutil.which("tune-losses")
+    if found and (not here.exists() or Path(found).resolve() == here.resolve()):
+        return "tune-losses"
+    return str(here) if here.exists() else "tune-losses"
+
+
 #: the command that continues the sweep, a tag of its parent run (`tune-losses status` prints it)
 RESUME_TAG = "tune_losses.resume_command"
 
@@ -211,7 +223,7 @@ def resume_command(
 
     try:
         bundled = path.resolve().parent == BUNDLED.resolve()
-        parts = ["tune-losses", "sweep", path.stem if bundled else str(path.resolve()), "--name", name]
+        parts = [_cli(), "sweep", path.stem if bundled else str(path.resolve()), "--name", name]
         parts += ["--tracking-uri", tracking.redact(uri), "--storage", storage]
         if address:
             parts += ["--address", address]
@@ -651,9 +663,14 @@ def _run_sweep(
                 )
             check_resumable(parent, space, uri, str(path), data)
         if not resume and parent is not None:
+            ended = parent.info.status == "FINISHED" and parent.data.tags.get("ended_by") not in (None, "interrupted")
             raise SpaceError(
-                f"--name: a sweep named {name!r} is already in {tracking.redact(uri)}; continue it with "
-                "--resume, or give this one another --name"
+                f"--name: a sweep named {name!r} is already in {tracking.redact(uri)}; "
+                + (
+                    f"it has finished (`tune-losses status {name}`): give this one another --name"
+                    if ended
+                    else "continue it with --resume, or give this one another --name"
+                )
             )
         if progress:
             print(header(space, name), flush=True)  # Ray takes seconds to start
