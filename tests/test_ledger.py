@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -186,8 +187,10 @@ def test_ctrl_c_stops_cleanly_and_the_sweep_resumes(tmp_path):
     driver, cmd, uri, log = start_and_kill_when(tmp_path, "ctrlc", finished=1, sig=signal.SIGINT)
     assert driver.wait(timeout=120) == 130, log.read_text()[-3000:]
     text = log.read_text()
-    again = re.search(r"Resume with: (\S+) sweep", text)
-    assert again and shutil.which(again.group(1)) and "--resume" in text and "Tuner.restore" not in text, text
+    again = re.search(r"Resume with: (.*)", text)
+    assert again and "--resume" in again.group(1) and "Tuner.restore" not in text, text
+    words = shlex.split(again.group(1))  # runnable as printed: python -m tune_losses.cli, as this test ran it
+    assert shutil.which(words[0]) and words[1:4] == ["-m", "tune_losses.cli", "sweep"], words
     c = tracking.client(uri)
     parent = tracking.find_sweep(c, "ctrlc")
     assert parent.data.tags["status"] == "interrupted" and parent.info.status == "KILLED"
@@ -358,14 +361,18 @@ def test_a_parent_is_running_while_its_driver_beats_on_another_machine(tmp_path)
 
 
 @pytest.mark.slow
-def test_a_sweep_cut_after_its_parent_was_created_reports_clearly_and_resumes(tmp_path, ray_local, capsys):
+def test_a_sweep_cut_after_its_parent_was_created_reports_clearly_and_resumes(tmp_path, ray_local, capsys, monkeypatch):
     """Cut right after the parent's creation: `report` and `best` say what happened and what to run (no MLflow
     traceback); `--resume` completes the parent (params, space file) and runs the planned trials."""
+    import tune_losses.tracking.driver as driver
     from tune_losses.cli import main
     from tune_losses.tracking.sweeps import sweep_status
     from tune_losses.tuning.runner import run_sweep
 
     path, uri, c = _cut_after_creation(tmp_path)
+    superseded = []
+    monkeypatch.setattr(driver, "HEARTBEAT_S", 0.2)  # the driver's heartbeat thread beats and checks fast
+    monkeypatch.setattr(driver, "_supersede", superseded.append)
     for cmd in (["report", "cut"], ["best", "cut"]):
         assert main([*cmd, "--tracking-uri", uri]) == 2
         err = capsys.readouterr().err
@@ -373,6 +380,11 @@ def test_a_sweep_cut_after_its_parent_was_created_reports_clearly_and_resumes(tm
     run_sweep(path, tracking_uri=uri, storage=str(tmp_path / "ray"), resume=True, verbose=0, make_report=False)
     status = sweep_status("cut", uri)
     assert status["state"] == "finished" and status["done"] == status["planned"] == 3
+    # the resume's own claim did not make its heartbeat stop it; no beat once the sweep has ended
+    assert superseded == [] and "tune_losses.resumed_by.1" in c.get_run(status["run_id"]).data.params
+    beat = c.get_run(status["run_id"]).data.tags["heartbeat"]
+    time.sleep(0.6)
+    assert c.get_run(status["run_id"]).data.tags["heartbeat"] == beat
     parent = c.get_run(status["run_id"])
     assert parent.data.params["num_samples"] == "1" and [f.path for f in c.list_artifacts(parent.info.run_id)]
     parents = "tags.`tune_losses.sweep` = 'cut' and tags.`tune_losses.role` = 'sweep'"
@@ -382,6 +394,7 @@ def test_a_sweep_cut_after_its_parent_was_created_reports_clearly_and_resumes(tm
 def test_a_resume_that_loses_its_claim_writes_nothing(tmp_path, ray_local, monkeypatch):
     """Another command resumes the sweep between this resume's read of the parent and its claim: this one stops
     with a clear error before writing a tag, param, artifact or trial, and leaves the parent's status alone."""
+    from tune_losses.spaces import SpaceError
     from tune_losses.tracking.driver import SweepBusy
     from tune_losses.tuning import runner
 
@@ -395,7 +408,23 @@ def test_a_resume_that_loses_its_claim_writes_nothing(tmp_path, ray_local, monke
         other = json.dumps({"host": "elsewhere", "pid": 1, "time": time.time()})
         c.log_param(parent.info.run_id, "tune_losses.resumed_by.1", other)
 
+    # another command claims while this one starts Ray: the parent read again before the claim shows it
     monkeypatch.setattr(runner, "check_resumable", another_resumes_meanwhile)
+    with pytest.raises(SpaceError, match="'cut' is running: its driver beat \\d+ s ago"):
+        runner.run_sweep(path, tracking_uri=uri, storage=str(tmp_path / "ray"), resume=True, verbose=0)
+    monkeypatch.undo()
+    c.delete_run(parent_id)
+    path, uri, c = _cut_after_creation(tmp_path / "again")
+    parent_id = tracking.find_sweep(c, "cut").info.run_id
+    before = c.get_run(parent_id)
+    real_claim = runner.claim
+
+    def another_claims_at_the_same_moment(client, parent, retrying):  # between that read and this claim
+        other = json.dumps({"host": "elsewhere", "pid": 1, "time": time.time()})
+        client.log_param(parent.info.run_id, "tune_losses.resumed_by.1", other)
+        return real_claim(client, parent, retrying)
+
+    monkeypatch.setattr(runner, "claim", another_claims_at_the_same_moment)
     with pytest.raises(SweepBusy, match="'cut' was resumed at the same moment by another command"):
         runner.run_sweep(path, tracking_uri=uri, storage=str(tmp_path / "ray"), resume=True, verbose=0)
     after = c.get_run(parent_id)
@@ -560,7 +589,6 @@ def test_the_resume_command_is_the_sweeps_own_and_status_prints_it(tmp_path):
     """`status` of an interrupted sweep prints the command that continues it: its space, name, store (no
     password), storage and every --set, read back by the CLI as the same overrides; trials a dead driver left
     RUNNING read as interrupted."""
-    import shlex
 
     from tune_losses.cli import _overrides, build_parser
     from tune_losses.tracking.sweeps import format_status, sweep_status
@@ -589,7 +617,10 @@ def test_the_resume_command_is_the_sweeps_own_and_status_prints_it(tmp_path):
     bundled = Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart.yaml"
     with_dataset = resume_command(bundled, "q", "sqlite:///m.db", "/s", "ray://h:10001", {}, "mnist_5k")
     assert shutil.which(shlex.split(with_dataset)[0])  # runnable as printed, venv activated or not
-    assert with_dataset.startswith(f"{_cli()} sweep quickstart --name q") and "--dataset mnist_5k" in with_dataset
+    assert (
+        with_dataset.startswith(f"{shlex.join(_cli())} sweep quickstart --name q")
+        and "--dataset mnist_5k" in with_dataset
+    )
     assert "--address ray://h:10001" in with_dataset
 
     store = f"sqlite:///{tmp_path}/mlflow.db"

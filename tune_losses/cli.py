@@ -75,7 +75,7 @@ def cmd_sweep(args) -> int:
         again = [a for a in sys.argv[1:] if a != "--resume"] + ["--resume"]
         from tune_losses.tuning.runner import _cli
 
-        print(f"\n{exc}. Resume with: {shlex.join([_cli(), *again])}", file=sys.stderr)
+        print(f"\n{exc}. Resume with: {shlex.join([*_cli(), *again])}", file=sys.stderr)
         return 130
     print_summary(result, space.search.metric)
     return 0

@@ -24,7 +24,8 @@ A second driver would train the same trials into the same checkpoints. Three thi
   (:func:`claim`), across machines and users (MLflow's file store checks and writes in two steps: there the
   claim narrows the race without closing it);
 * a driver that looked gone (paused, or cut off from the store, past :data:`STALE_HEARTBEAT_S`) and was
-  resumed elsewhere sees the later claim at its next beat and stops itself (:class:`Heartbeat`);
+  resumed elsewhere sees the later claim at its first beat that reaches the store again and stops itself
+  (:class:`Heartbeat`; until then, and while its trial processes die with it, both may write);
 * for one user on one machine, a driver holds exclusive locks for its life (:class:`DriverLock`: on the sweep's
   tracking store and name, and on its storage directory and name), which the kernel releases when it dies
   however it dies, so two commands started together cannot both create a sweep (across machines or users, a
@@ -107,7 +108,7 @@ def _claims(parent) -> dict[int, str]:
     return {
         int(k[len(CLAIM_PREFIX) :]): v
         for k, v in params.items()
-        if k.startswith(CLAIM_PREFIX) and k[len(CLAIM_PREFIX) :].isdigit()
+        if k.startswith(CLAIM_PREFIX) and re.fullmatch(r"[0-9]+", k[len(CLAIM_PREFIX) :])
     }
 
 
@@ -228,10 +229,12 @@ class Heartbeat:
     while the driver drives (from just after the parent's creation or resume until the parent has ended). A
     failed write is logged, not retried: the next beat tries again.
 
-    Before each beat it reads the parent: a claim past this driver's own (``claimed``: its resume's number, 0
+    After each beat it reads the parent: a claim past this driver's own (``claimed``: its resume's number, 0
     for the creation) means another command took the sweep over, as one may when this driver looked gone (it
     was paused, or the store was out of reach, for over :data:`STALE_HEARTBEAT_S`): the driver stops at once
-    (``on_superseded``, by default a SIGKILL of this process), so two never go on driving it. It beats whether
+    (``on_superseded``, by default a SIGKILL of this process): the overlap of two drivers is bounded by this
+    driver's next beat that reaches the store (up to one beat after it wakes; a driver cut off from the store
+    goes on until it reaches it again, its trials waiting on the store as well). It beats whether
     or not trials progress (a driver that hangs keeps its sweep)."""
 
     def __init__(self, client, parent_run_id: str, claimed: int = 0, every: float | None = None, on_superseded=None):
@@ -244,19 +247,23 @@ class Heartbeat:
 
     def _run(self) -> None:
         while not self._stop.wait(self.every):
-            try:
-                parent = self.client.get_run(self.parent_run_id)
-                latest = max(_claims(parent), default=0)
-                if latest > self.claimed and not self._stop.is_set():
-                    name = parent.data.tags.get("tune_losses.sweep", parent.info.run_name)
-                    self.on_superseded(
-                        f"the sweep {name!r} was taken over by another command (resume {latest}) while this driver "
-                        "looked gone; this driver stops, the other continues its trials"
-                    )
-                    return
+            try:  # the beat first: a read that fails or is slow must not make this driver look gone
                 self.client.set_tag(self.parent_run_id, "heartbeat", f"{time.time():.0f}")
             except Exception as exc:
                 log.warning("could not record the sweep's heartbeat: %s", exc)
+            try:
+                parent = self.client.get_run(self.parent_run_id)
+            except Exception as exc:
+                log.warning("could not read the sweep's parent run: %s", exc)
+                continue
+            latest = max(_claims(parent), default=0)
+            if latest > self.claimed and not self._stop.is_set():
+                name = parent.data.tags.get("tune_losses.sweep", parent.info.run_name)
+                self.on_superseded(
+                    f"the sweep {name!r} was taken over by another command (resume {latest}) while this driver "
+                    "looked gone; this driver stops, the other continues its trials"
+                )
+                return
 
     def stop(self) -> None:
         self._stop.set()

@@ -194,7 +194,7 @@ def summary(c, parent, with_activity: bool = False) -> dict:
     start = parent.info.start_time / 1000 if parent.info.start_time else None
     end = parent.info.end_time / 1000 if parent.info.end_time else None
     state = _state(parent, trials)
-    if state != "running":
+    if state == "interrupted":  # (a finished sweep's are left over from a budget: --resume does not run them)
         running += stopped
     out = {
         "name": tags.get("tune_losses.sweep", parent.info.run_id),

@@ -29,7 +29,7 @@ def quiet(verbose: int) -> None:
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
 
-def header(space, name: str) -> str:
+def header(space, name: str, resume: bool = False) -> str:
     """The line a sweep starts with, before Ray is up (which takes seconds)."""
     from .domains import grid_size
 
@@ -40,7 +40,8 @@ def header(space, name: str) -> str:
     cap = s.scheduler.max_t if s.scheduler.name != "fifo" else None
     capped = (
         f"\nNote: search.scheduler.max_t is {cap}, below train.epochs {space.train.epochs}: no trial trains past "
-        f"epoch {cap} (set --set search.scheduler.max_t={space.train.epochs} to train them all the way)"
+        f"epoch {cap}"
+        + ("" if resume else f" (set --set search.scheduler.max_t={space.train.epochs} to train them all the way)")
         if cap and cap < space.train.epochs
         else ""
     )

@@ -190,16 +190,19 @@ def _create_parent(client, exp_id: str, name: str, tags: dict) -> str:
     return found[0].info.run_id
 
 
-def _cli() -> str:
-    """How to call the CLI again: `tune-losses` where the shell finds this one, else its full path (a virtual
-    environment that is not activated)."""
+def _cli() -> list[str]:
+    """How to call this CLI again, from any directory: `tune-losses` when this process is that command and the
+    shell's PATH finds this very one, else its absolute path (a virtual environment that is not activated);
+    from Python (`run_sweep`, `python -m tune_losses.cli`), this interpreter with ``-m tune_losses.cli``."""
     import shutil
 
-    here = Path(sys.executable).parent / "tune-losses"
+    me = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if me is None or me.name != "tune-losses" or not shutil.which(str(me)):
+        return [sys.executable, "-m", "tune_losses.cli"]
     found = shutil.which("tune-losses")
-    if found and (not here.exists() or Path(found).resolve() == here.resolve()):
-        return "tune-losses"
-    return str(here) if here.exists() else "tune-losses"
+    if found and Path(found).resolve() == me.resolve():
+        return ["tune-losses"]
+    return [str(me.resolve())]
 
 
 #: the command that continues the sweep, a tag of its parent run (`tune-losses status` prints it)
@@ -223,7 +226,7 @@ def resume_command(
 
     try:
         bundled = path.resolve().parent == BUNDLED.resolve()
-        parts = [_cli(), "sweep", path.stem if bundled else str(path.resolve()), "--name", name]
+        parts = [*_cli(), "sweep", path.stem if bundled else str(path.resolve()), "--name", name]
         parts += ["--tracking-uri", tracking.redact(uri), "--storage", storage]
         if address:
             parts += ["--address", address]
@@ -673,7 +676,7 @@ def _run_sweep(
                 )
             )
         if progress:
-            print(header(space, name), flush=True)  # Ray takes seconds to start
+            print(header(space, name, resume), flush=True)  # Ray takes seconds to start
         if address:  # a cluster may lack what the trials need: known before the store is opened
             ray_start.wait()
             preflight.check_ray_resources(space, str(path), "cluster")
@@ -696,7 +699,15 @@ def _run_sweep(
             if isinstance(space_or_path, Space)
             else resume_command(path, name, uri, storage_path, address, overrides, dataset, warm_start)
         )
-        claimed = claim(client, parent, retrying) if resume and parent is not None else 0  # of two, one goes on
+        claimed = 0
+        if resume and parent is not None:
+            parent = retrying(client.get_run, parent.info.run_id)  # Ray's start took seconds: read it again
+            running = running_driver(parent)
+            if running:
+                raise SpaceError(
+                    f"--resume: the sweep {name!r} is running: {running}. Follow it with `tune-losses status {name}`"
+                )
+            claimed = claim(client, parent, retrying)  # of two resumes that found it undriven, one goes on
         parent_id = _start_parent(
             client,
             exp_id,
@@ -789,16 +800,16 @@ def _run_sweep(
         with contextlib.suppress(Exception):  # never hides what stopped the sweep
             tags = [RunTag("status", "interrupted"), RunTag("ended_by", "interrupted")]
             retrying(client.log_batch, parent_id, tags=tags)
+            lock.ended()  # no beat (nor takeover check) once the driver is leaving
             retrying(client.set_terminated, parent_id, "KILLED")  # not RUNNING: the sweep has no driver now
-            lock.ended()
         raise
     if interrupt.event.is_set():  # Ctrl-C: Ray Tune stopped the trials; each keeps its run and its last checkpoint
         for run_id in ledger.running():
             ledger.set_tags(run_id, {"status": "interrupted"})
             ledger.set_status(run_id, "KILLED")
         retrying(client.log_batch, parent_id, tags=[RunTag("status", "interrupted"), RunTag("ended_by", "interrupted")])
-        retrying(client.set_terminated, parent_id, "KILLED")
         lock.ended()
+        retrying(client.set_terminated, parent_id, "KILLED")
         records = ledger.trials()
         raise SweepInterrupted(name, sum(r.finished for r in records.values()), len(records))
     _finish_runs(ledger, results, space.train.epochs)
@@ -817,8 +828,8 @@ def _run_sweep(
         metrics.append(Metric(f"best_{space.search.metric}", float(best_metric), int(time.time() * 1000), 0))
         tags.append(RunTag("best_config", json.dumps(best_config)))
     retrying(client.log_batch, parent_id, metrics=metrics, tags=tags)  # one round trip to the store
-    retrying(client.set_terminated, parent_id, "FINISHED")
     lock.ended()
+    retrying(client.set_terminated, parent_id, "FINISHED")
     report = None
     if make_report:
         from tune_losses.reports.build import build_report
