@@ -414,6 +414,7 @@ def test_a_resume_that_loses_its_claim_writes_nothing(tmp_path, ray_local, monke
         runner.run_sweep(path, tracking_uri=uri, storage=str(tmp_path / "ray"), resume=True, verbose=0)
     monkeypatch.undo()
     c.delete_run(parent_id)
+    (tmp_path / "again").mkdir()
     path, uri, c = _cut_after_creation(tmp_path / "again")
     parent_id = tracking.find_sweep(c, "cut").info.run_id
     before = c.get_run(parent_id)
@@ -610,7 +611,7 @@ def test_the_resume_command_is_the_sweeps_own_and_status_prints_it(tmp_path):
     uri = "postgresql://user:secret@db:5432/mlflow"
     cmd = resume_command(path, "again", uri, str(tmp_path / "ray"), None, overrides, None, "earlier")
     assert "secret" not in cmd
-    args = build_parser().parse_args(shlex.split(cmd)[1:])
+    args = build_parser().parse_args(shlex.split(cmd)[len(_cli()) :])
     assert args.resume and args.name == "again" and args.space == str(path) and args.storage == str(tmp_path / "ray")
     assert _overrides(args.set) == overrides and args.warm_start == "earlier"
     assert resume_command(path, "again", uri, "/s", None, {"x": object()}, None) == ""  # no command, no crash
