@@ -838,6 +838,12 @@ def _run_sweep(
             report = build_report(parent_id, tracking_uri=uri, out_dir=tracking.run_dir() / "reports" / name)
         except Exception as exc:  # a report must never cost the sweep's results
             client.set_tag(parent_id, "report_error", str(exc)[:1000])
+        except KeyboardInterrupt:  # Ctrl-C after the sweep ended: its record is whole, only the report is not
+            print(
+                f"\nCtrl-C: no report built (the sweep has finished and is recorded; `tune-losses report {name}` "
+                "builds it)",
+                flush=True,
+            )
     out = SweepResult(name, parent_id, uri, best_config, best_metric, summary, results)
     out.report = report
     return out
