@@ -118,7 +118,7 @@ def main():
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import ray
 
-    from tune_losses.tuning.workers import init_ray
+    from tune_losses.tuning.ray_runtime import init_ray
 
     init_ray(num_cpus=2, verbose=0)
     goal_met: dict = {}

@@ -79,7 +79,7 @@ def main():
     import torch
 
     import tune_losses.tuning.trial  # noqa: F401  the loop gets the same warm imports as a prestarted worker
-    from tune_losses.tuning.workers import init_ray
+    from tune_losses.tuning.ray_runtime import init_ray
 
     torch.set_num_threads(1)  # one CPU per trial, as in the sweep
     fifo = space("bench_fifo", args.trials, args.epochs, {"name": "fifo"})

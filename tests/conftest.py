@@ -10,7 +10,7 @@ def ray_local():
     """One local Ray runtime (2 CPUs) shared by the sweep tests."""
     import ray
 
-    from tune_losses.tuning.workers import init_ray
+    from tune_losses.tuning.ray_runtime import init_ray
 
     init_ray(num_cpus=2, verbose=0)
     yield ray

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from tune_losses import tracking
-from tune_losses.tuning.workers import PRELOAD_MODULES
+from tune_losses.tuning.ray_runtime import PRELOAD_MODULES
 
 from helpers import free_port, write_space
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tune_losses.tuning.workers import PRELOAD_MODULES
+from tune_losses.tuning.ray_runtime import PRELOAD_MODULES
 
 from helpers import free_port
 

@@ -211,7 +211,7 @@ def test_the_cli_in_a_resume_command_runs_from_any_directory(tmp_path, monkeypat
     import shutil
     import sys
 
-    from tune_losses.tuning.runner import _cli
+    from tune_losses.tuning.resume import cli_command as _cli
 
     exe = tmp_path / "venv" / "bin" / "tune-losses"
     exe.parent.mkdir(parents=True)

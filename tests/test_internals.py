@@ -63,7 +63,7 @@ def test_ray_tune_gives_trial_actors_only_the_environment_variable_workers_py_dr
 
 
 def test_ray_init_outside_the_main_thread_logs_the_warning_workers_py_drops():
-    """workers.RayStart runs ray.init in a thread and drops Ray's warning about the SIGTERM handler by its text."""
+    """ray_runtime.RayStart runs ray.init in a thread and drops Ray's warning about the SIGTERM handler by its text."""
     from ray._private import worker
 
     source = inspect.getsource(worker)

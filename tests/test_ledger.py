@@ -224,7 +224,8 @@ def test_a_sweep_name_in_the_store_is_resumed_never_started_twice(tmp_path):
     from mlflow.entities import Param
 
     from tune_losses.spaces import SpaceError, load_space
-    from tune_losses.tuning.runner import _parent_params, run_sweep
+    from tune_losses.tuning.resume import parent_params
+    from tune_losses.tuning.runner import run_sweep
 
     from helpers import write_space
 
@@ -234,7 +235,7 @@ def test_a_sweep_name_in_the_store_is_resumed_never_started_twice(tmp_path):
     c = tracking.client(uri)
     exp = tracking.experiment_id(c)
     parent = c.create_run(exp, tags={"tune_losses.role": "sweep", "tune_losses.sweep": "taken"}).info.run_id
-    c.log_batch(parent, params=[Param(k, v) for k, v in _parent_params(space, uri).items()])
+    c.log_batch(parent, params=[Param(k, v) for k, v in parent_params(space, uri).items()])
     with pytest.raises(SpaceError, match="--name: a sweep named 'taken' is already in .*continue it with --resume"):
         run_sweep(path, tracking_uri=uri, storage=str(tmp_path / "ray"), make_report=False)
     with pytest.raises(SpaceError, match="epochs: 3 in the sweep, 5 now"):
@@ -289,7 +290,8 @@ def test_resuming_through_another_spelling_of_the_store_does_not_rewrite_the_par
     """The same SQLite file reached as .../sub/../mlflow.db: the parent keeps the params it has (MLflow refuses
     a param logged again with another value, which --resume used to do with `tracking_uri`)."""
     from tune_losses.spaces import load_space
-    from tune_losses.tuning.runner import _start_parent
+    from tune_losses.tracking.parent import ParentRun
+    from tune_losses.tuning.resume import parent_params
 
     from helpers import write_space
 
@@ -298,36 +300,49 @@ def test_resuming_through_another_spelling_of_the_store_does_not_rewrite_the_par
     (tmp_path / "sub").mkdir()
     uri, other = f"sqlite:///{tmp_path}/mlflow.db", f"sqlite:///{tmp_path}/sub/../mlflow.db"
     c = tracking.client(uri)
-    exp = tracking.experiment_id(c)
-    parent = _start_parent(c, exp, space, path, text, "spelled", uri)
-    again = _start_parent(tracking.client(other), exp, space, path, text, "spelled", other, parent)
-    assert again == parent and c.get_run(parent).data.params["tracking_uri"] == uri
+    parent = ParentRun.create(c, tracking.experiment_id(c), "spelled", {}, str(tmp_path / "ray"))
+    parent.complete(parent_params(space, uri), {path.name: text})
+    again = ParentRun(tracking.client(other), parent.run_id, "spelled")
+    again.complete(parent_params(space, other), {path.name: text})
+    assert c.get_run(parent.run_id).data.params["tracking_uri"] == uri
+
+
+def sweep_phases(path, uri, storage, **options):
+    """A sweep of ``path`` ready for its phases (tuning/sweep.py), with the store open as the check leaves it."""
+    from tune_losses.tracking.driver import DriverLock
+    from tune_losses.tuning.sweep import Sweep, SweepOptions
+
+    sweep = Sweep(
+        SweepOptions.resolve(path, tracking_uri=uri, storage=str(storage), verbose=0, **options), DriverLock()
+    )
+    sweep.client = tracking.client(uri)
+    sweep.found = tracking.find_sweep(sweep.client, sweep.o.name)
+    return sweep
 
 
 def _cut_after_creation(tmp_path, searcher="grid", num_samples=1):
-    """A sweep's start killed right after its parent run was created (before its params and space file)."""
+    """A sweep's claim killed right after its parent run was created (before its params and space file)."""
     from mlflow import MlflowClient
-
-    from tune_losses.spaces import load_space
-    from tune_losses.tuning.runner import _start_parent
 
     from helpers import write_space
 
     grid = {"grid": [5.0, 10.0, 15.0]} if searcher == "grid" else {"uniform": [5.0, 20.0]}
     search = {"searcher": searcher, "num_samples": num_samples}
     path = write_space(tmp_path / "s.yaml", name="cut", params={"loss.a": grid}, search=search)
-    space, _, text = load_space(path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    c = tracking.client(uri)
+    sweep = sweep_phases(path, uri, tmp_path / "ray")
 
     def cut(self, *args, **kwargs):
         raise KeyboardInterrupt  # the kill, right after the run was created
 
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(MlflowClient, "log_batch", cut)
-        with pytest.raises(KeyboardInterrupt):
-            _start_parent(c, tracking.experiment_id(c), space, path, text, "cut", uri)
-    return path, uri, c
+    try:
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(MlflowClient, "log_batch", cut)
+            with pytest.raises(KeyboardInterrupt):
+                sweep.claim()
+    finally:
+        sweep.lock.release()
+    return path, uri, sweep.client
 
 
 @pytest.mark.parametrize("searcher, num_samples, planned", [("grid", 2, 6), ("optuna", 4, 4)])
@@ -394,80 +409,80 @@ def test_a_sweep_cut_after_its_parent_was_created_reports_clearly_and_resumes(tm
 
 
 def test_a_resume_that_loses_its_claim_writes_nothing(tmp_path, ray_local, monkeypatch):
-    """Another command resumes the sweep between this resume's read of the parent and its claim: this one stops
-    with a clear error before writing a tag, param, artifact or trial, and leaves the parent's status alone."""
+    """Another command resumes the sweep between this resume's check and its claim (or claims at the same
+    moment): this one stops with a clear error before writing a tag, param, artifact or trial, and leaves the
+    parent's status alone."""
+    from mlflow import MlflowClient
+
     from tune_losses.spaces import SpaceError
     from tune_losses.tracking.driver import SweepBusy
-    from tune_losses.tuning import runner
 
-    path, uri, c = _cut_after_creation(tmp_path)
-    parent_id = tracking.find_sweep(c, "cut").info.run_id
-    before = c.get_run(parent_id)
-    real = runner.check_resumable
+    def other_claim():
+        return json.dumps({"host": "elsewhere", "pid": 1, "time": time.time()})
 
-    def another_resumes_meanwhile(parent, *args, **kwargs):
-        real(parent, *args, **kwargs)
-        other = json.dumps({"host": "elsewhere", "pid": 1, "time": time.time()})
-        c.log_param(parent.info.run_id, "tune_losses.resumed_by.1", other)
+    real = MlflowClient.log_param
 
-    # another command claims while this one starts Ray: the parent read again before the claim shows it
-    monkeypatch.setattr(runner, "check_resumable", another_resumes_meanwhile)
-    with pytest.raises(SpaceError, match="'cut' is running: its driver beat \\d+ s ago"):
-        runner.run_sweep(path, tracking_uri=uri, storage=str(tmp_path / "ray"), resume=True, verbose=0)
-    monkeypatch.undo()
-    c.delete_run(parent_id)
-    (tmp_path / "again").mkdir()
-    path, uri, c = _cut_after_creation(tmp_path / "again")
-    parent_id = tracking.find_sweep(c, "cut").info.run_id
-    before = c.get_run(parent_id)
-    real_claim = runner.claim
+    def first_the_other(self, run_id, key, value, *args, **kwargs):
+        real(self, run_id, key, other_claim())
+        return real(self, run_id, key, value, *args, **kwargs)
 
-    def another_claims_at_the_same_moment(client, parent, retrying):  # between that read and this claim
-        other = json.dumps({"host": "elsewhere", "pid": 1, "time": time.time()})
-        client.log_param(parent.info.run_id, "tune_losses.resumed_by.1", other)
-        return real_claim(client, parent, retrying)
-
-    monkeypatch.setattr(runner, "claim", another_claims_at_the_same_moment)
-    with pytest.raises(SweepBusy, match="'cut' was resumed at the same moment by another command"):
-        runner.run_sweep(path, tracking_uri=uri, storage=str(tmp_path / "ray"), resume=True, verbose=0)
-    after = c.get_run(parent_id)
-    assert after.info.status == before.info.status and after.data.tags == before.data.tags
-    assert set(after.data.params) == {*before.data.params, "tune_losses.resumed_by.1"}
-    assert c.list_artifacts(parent_id) == [] and not (tmp_path / "ray" / "cut").exists()
-    assert c.search_runs([before.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'") == []
+    for case in ("claimed before", "claimed at once"):
+        (tmp_path / case).mkdir()
+        path, uri, c = _cut_after_creation(tmp_path / case)
+        parent_id = tracking.find_sweep(c, "cut").info.run_id
+        before = c.get_run(parent_id)
+        sweep = sweep_phases(path, uri, tmp_path / case / "ray", resume=True)
+        try:
+            sweep.check()
+            if case == "claimed before":  # while this one started Ray: the parent read again shows it
+                c.log_param(parent_id, "tune_losses.resumed_by.1", other_claim())
+                with pytest.raises(SpaceError, match="'cut' is running: its driver beat \\d+ s ago"):
+                    sweep.claim()
+            else:  # between that read and this claim: the store keeps the other's value
+                monkeypatch.setattr(MlflowClient, "log_param", first_the_other)
+                with pytest.raises(SweepBusy, match="'cut' was resumed at the same moment by another command"):
+                    sweep.claim()
+                monkeypatch.undo()
+        finally:
+            sweep.lock.release()
+        after = c.get_run(parent_id)
+        assert after.info.status == before.info.status and after.data.tags == before.data.tags
+        assert set(after.data.params) == {*before.data.params, "tune_losses.resumed_by.1"}
+        assert c.list_artifacts(parent_id) == [] and not (tmp_path / case / "ray" / "cut").exists()
+        assert c.search_runs([before.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'") == []
 
 
 def test_two_commands_starting_the_same_sweep_at_once_leave_one_parent(tmp_path):
     """Both found no parent of the name and both created one (remote storage, or two machines: no shared lock):
     a command that sees a parent besides its own deletes its own and stops; one that checks after the other
     deleted its own goes on (no clock is compared; two that both look before either deletes both stop)."""
-    from tune_losses.spaces import SpaceError, load_space
-    from tune_losses.tuning.runner import _create_parent, _one_parent_per_name, _start_parent
+    from tune_losses.spaces import SpaceError
+    from tune_losses.tracking.parent import ParentRun, SweepNameTaken
 
     from helpers import write_space
 
     path = write_space(tmp_path / "s.yaml", name="twice")
-    space, _, text = load_space(path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     c = tracking.client(uri)
     exp = tracking.experiment_id(c)
     tags = {"tune_losses.sweep": "twice", "tune_losses.role": "sweep"}
     parents = "tags.`tune_losses.sweep` = 'twice' and tags.`tune_losses.role` = 'sweep'"
-    other = _create_parent(c, exp, "twice", tags)  # the other command's, not yet checked
+    other = ParentRun.new_run(c, exp, "twice", tags, "other")  # the other command's, not yet checked
     time.sleep(0.01)
+    sweep = sweep_phases(path, uri, tmp_path / "ray")
     with pytest.raises(SpaceError, match=f"started at the same moment by another command \\(parent run {other}"):
-        _start_parent(c, exp, space, path, text, "twice", uri)
+        sweep.claim()
     assert [p.info.run_id for p in c.search_runs([exp], parents)] == [other]
-    _one_parent_per_name(c, exp, "twice", other, path)  # the other checks now: it is alone, it goes on
+    ParentRun(c, other, "twice").check_alone(exp)  # the other checks now: it is alone, it goes on
     c.delete_run(other)
-    first = _create_parent(c, exp, "twice", tags)
+    first = ParentRun(c, ParentRun.new_run(c, exp, "twice", tags, "1"), "twice")
     time.sleep(0.01)
-    second = _create_parent(c, exp, "twice", tags)
-    assert tracking.find_sweep(c, "twice").info.run_id == first  # readers take the first meanwhile
-    with pytest.raises(SpaceError):
-        _one_parent_per_name(c, exp, "twice", first, path)  # the first to check sees the other: it stops
-    _one_parent_per_name(c, exp, "twice", second, path)  # the later one is alone by then: it goes on
-    assert [p.info.run_id for p in c.search_runs([exp], parents)] == [second]
+    second = ParentRun(c, ParentRun.new_run(c, exp, "twice", tags, "2"), "twice")
+    assert tracking.find_sweep(c, "twice").info.run_id == first.run_id  # readers take the first meanwhile
+    with pytest.raises(SweepNameTaken):
+        first.check_alone(exp)  # the first to check sees the other: it stops
+    second.check_alone(exp)  # the later one is alone by then: it goes on
+    assert [p.info.run_id for p in c.search_runs([exp], parents)] == [second.run_id]
 
 
 def _driver_of(pid: int, **over) -> str:
@@ -594,8 +609,10 @@ def test_the_resume_command_is_the_sweeps_own_and_status_prints_it(tmp_path):
     RUNNING read as interrupted."""
 
     from tune_losses.cli import _overrides, build_parser
+    from tune_losses.tracking.record import RESUME_COMMAND as RESUME_TAG
     from tune_losses.tracking.sweeps import format_status, sweep_status
-    from tune_losses.tuning.runner import RESUME_TAG, _cli, resume_command
+    from tune_losses.tuning.resume import cli_command as _cli
+    from tune_losses.tuning.resume import resume_command
 
     from helpers import write_space
 

@@ -196,12 +196,13 @@ def test_warm_start_gives_optuna_the_earlier_results_and_the_report_covers_both(
 
     # what Optuna was given: the two earlier points inside [4, 20] as completed trials with their val_acc
     from tune_losses.tuning import warm_start
-    from tune_losses.tuning.runner import _searcher, param_space
+    from tune_losses.tuning.search import param_space
+    from tune_losses.tuning.search import searcher as make_searcher
 
     space = load_space(more)[0]
     ws = warm_start.load("grid_first", space, uri)
     ps = param_space(space)
-    searcher = _searcher(space, ps, [], [], ws)
+    searcher = make_searcher(space, ps, [], [], ws)
     searcher.set_search_properties("val_acc", "max", ps)
     study = [(t.params["params/loss.a"], t.value) for t in searcher.searcher._ot_study.trials]
     earlier = {

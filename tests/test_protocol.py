@@ -292,8 +292,8 @@ def test_selection_on_test_data_is_recorded_and_printed_with_its_reason(tmp_path
     assert proc.returncode == 0 and reason in proc.stdout and "(test split, 359 images)" in proc.stdout
 
 
-def test_workers_docstring_names_the_start_up_benchmark():
-    from tune_losses.tuning import workers
+def test_ray_runtime_docstring_names_the_start_up_benchmark():
+    from tune_losses.tuning import ray_runtime
 
-    doc = workers.__doc__
+    doc = ray_runtime.__doc__
     assert "benchmarks/startup.py" in doc and "0.3 s" not in doc

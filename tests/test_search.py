@@ -5,7 +5,8 @@ import itertools
 
 from tune_losses.spaces import load_space
 from tune_losses.tracking.ledger import trial_key
-from tune_losses.tuning.runner import _parent_params, grid_order, param_space
+from tune_losses.tuning.resume import parent_params
+from tune_losses.tuning.search import grid_order, param_space
 
 from helpers import write_space
 
@@ -23,7 +24,7 @@ def test_asha_visits_a_grid_in_a_seeded_random_order(tmp_path):
     assert sorted(map(str, order)) == sorted(map(str, product)) and order != product
     assert grid_order(space) == order  # the same order on a rerun and a resume
     assert param_space(space)["params"]["grid_search"] == order
-    assert _parent_params(space, "sqlite:///x")["grid_order"].startswith("[[")
+    assert parent_params(space, "sqlite:///x")["grid_order"].startswith("[[")
     other, _, _ = load_space(
         write_space(
             tmp_path / "h.yaml",
@@ -61,7 +62,7 @@ def test_a_resumed_optuna_search_knows_the_finished_trials_and_suggests_the_inte
     import json
 
     from tune_losses.tracking.ledger import TrialRecord
-    from tune_losses.tuning.runner import _searcher
+    from tune_losses.tuning.search import searcher as make_searcher
 
     space, _, _ = load_space(
         write_space(
@@ -76,7 +77,7 @@ def test_a_resumed_optuna_search_knows_the_finished_trials_and_suggests_the_inte
     ]
     todo = [TrialRecord("r3", "k3", "KILLED", 1, {}, params={"swept.loss.a": json.dumps(12.125)})]
     ps = param_space(space)
-    searcher = _searcher(space, ps, done, todo)
+    searcher = make_searcher(space, ps, done, todo)
     assert searcher.set_search_properties("val_acc", "max", ps)
     first = searcher.suggest("trial_1")
     assert first == {"params": {"loss.a": 12.125}}  # the interrupted trial, to continue from its checkpoint
@@ -91,7 +92,7 @@ def test_a_config_optuna_suggests_again_is_a_trial_of_its_own(tmp_path):
     import json
 
     from tune_losses.tracking.ledger import TrialRecord
-    from tune_losses.tuning.runner import _searcher
+    from tune_losses.tuning.search import searcher as make_searcher
 
     space, _, _ = load_space(
         write_space(
@@ -101,14 +102,14 @@ def test_a_config_optuna_suggests_again_is_a_trial_of_its_own(tmp_path):
         )
     )
     ps = param_space(space)
-    searcher = _searcher(space, ps, [], [])
+    searcher = make_searcher(space, ps, [], [])
     assert searcher.set_search_properties("val_acc", "max", ps)
     configs = [searcher.suggest(f"t{i}") for i in range(3)]
     assert [c.get("sample", 0) for c in configs] == [0, 1, 2]
     assert len({trial_key(c) for c in configs}) == 3
     done = [TrialRecord("r0", "k0", "FINISHED", 3, {"val_acc": 0.7}, params={"swept.loss.a": json.dumps(5.0)})]
     todo = [TrialRecord("r1", "k1", "KILLED", 1, {}, params={"swept.loss.a": json.dumps(5.0), "sample": "1"})]
-    resumed = _searcher(space, ps, done, todo)
+    resumed = make_searcher(space, ps, done, todo)
     assert resumed.set_search_properties("val_acc", "max", ps)
     assert resumed.suggest("u0") == {"params": {"loss.a": 5.0}, "sample": 1}  # the interrupted repeat
     assert resumed.suggest("u1") == {"params": {"loss.a": 5.0}, "sample": 2}  # then a new one

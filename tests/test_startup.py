@@ -1,4 +1,4 @@
-"""A sweep's start: Ray starts in a thread while the driver sets up (tuning/workers.py RayStart), and the driver
+"""A sweep's start: Ray starts in a thread while the driver sets up (tuning/ray_runtime.py RayStart), and the driver
 never imports the trial module (torch's compiler stack, imported by torch.optim, is the trials' cost)."""
 
 import json

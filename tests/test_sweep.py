@@ -94,11 +94,11 @@ def test_asha_optuna_sweep_stops_trials_early(tmp_path, ray_local):
 
 def test_trials_run_in_prestarted_workers_that_have_the_trial_code_imported(ray_local):
     """Ray reuses the workers it prestarts only for actors with the job's own runtime environment: Tune's trial
-    actors must have none of their own (tuning/workers.py), and the workers must come with the trial code."""
+    actors must have none of their own (tuning/ray_runtime.py), and the workers must come with the trial code."""
     from ray.tune import Trainable
     from ray.tune.execution.class_cache import _ActorClassCache
 
-    from tune_losses.tuning.workers import PRELOAD_MODULES
+    from tune_losses.tuning.ray_runtime import PRELOAD_MODULES
 
     class Probe(Trainable):
         pass

@@ -3,13 +3,13 @@
 
 * ``ray.tune.execution.class_cache.DEFAULT_ENV_VARS`` (ray 2.60.0: ``{"PL_DISABLE_FORK": "1"}``): the
   environment variables Ray Tune gives every trial actor as its own ``runtime_env``. A trial actor with a
-  runtime environment of its own cannot run in a worker that Ray prestarted, so tuning/workers.py drops the one
+  runtime environment of its own cannot run in a worker that Ray prestarted, so tuning/ray_runtime.py drops the one
   variable (and sets it in the trial process instead): :func:`drop_tune_actor_env_var`.
 * ``ray.init(_system_config=...)`` (ray 2.60.0, "testing only" in its docstring) with the key
   ``preload_python_modules``: what a local Ray's prestarted workers import before they take work
   (:func:`init_ray`). A cluster's nodes take the same from ``RAY_preload_python_modules`` in their environment.
 * The text of the warning ``ray.init`` logs outside the main thread ("SIGTERM handler is not set"):
-  tuning/workers.py starts Ray in a thread and sets that handler itself, and drops the warning
+  tuning/ray_runtime.py starts Ray in a thread and sets that handler itself, and drops the warning
   (:class:`NotMainThreadWarning`).
 
 The fused loss kernels need no private interface: they are ``torch.library.custom_op`` operators with autograd

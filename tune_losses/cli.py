@@ -73,9 +73,9 @@ def cmd_sweep(args) -> int:
         )
     except SweepInterrupted as exc:
         again = [a for a in sys.argv[1:] if a != "--resume"] + ["--resume"]
-        from tune_losses.tuning.runner import _cli
+        from tune_losses.tuning.resume import cli_command
 
-        print(f"\n{exc}. Resume with: {shlex.join([*_cli(), *again])}", file=sys.stderr)
+        print(f"\n{exc}. Resume with: {shlex.join([*cli_command(), *again])}", file=sys.stderr)
         return 130
     print_summary(result, space.search.metric)
     return 0

@@ -25,6 +25,7 @@ Domains: ``value`` (fixed), ``grid``, ``choice``, ``uniform``, ``loguniform``, `
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -65,6 +66,33 @@ def check_name(value: str) -> str:
     return value
 
 
+def _as_number(value):
+    """A value as a sweep compares it: numbers (and numeric strings, as YAML reads ``1e-5``) as floats, pairs
+    element by element."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_as_number(v) for v in value)
+    if isinstance(value, bool):
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def check_distinct(values: list, kind: str) -> None:
+    """Each value of a grid once: a value given twice (``5`` and ``5.0``, ``1e-5`` and ``0.00001``) would be two
+    trials writing one run and one checkpoint."""
+    seen: dict = {}
+    for value in values:
+        key = json.dumps(_as_number(value), sort_keys=True, default=str)
+        if key in seen:
+            raise ValueError(
+                f"{kind} lists the value {value!r} twice (as {seen[key]!r} too: equal as numbers); allowed: each "
+                "value once"
+            )
+        seen[key] = value
+
+
 class Domain(Strict):
     value: Any = None
     grid: list[Any] | None = Field(None, min_length=1)
@@ -89,6 +117,8 @@ class Domain(Strict):
             raise ValueError(f"quniform needs q > 0, got {bounds[2]}")
         if kind in ("value", "grid", "choice"):  # the ranges are floats / ints, which pydantic checks
             check_finite(bounds, kind)
+        if kind in ("grid", "choice"):
+            check_distinct(bounds, kind)
         return self
 
     @property

@@ -15,6 +15,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from . import outcome, record
 from .ledger import Ledger, trial_key
 
 log = logging.getLogger(__name__)
@@ -85,31 +86,23 @@ class LedgerCallback(Callback):
         last = trial.last_result or {}
         if last.get("replayed"):
             return  # finished in an earlier run of the sweep: its run already says how
-        if self.interrupted is not None and self.interrupted.is_set() and last.get("trial_status") is None:
-            return  # stopped by Ctrl-C, not by the scheduler: it stays resumable
-        if "epoch" not in last:
-            return  # it reported nothing: what its run says (written by the trial) stands
+        interrupted = self.interrupted is not None and self.interrupted.is_set()
+        fired = getattr(self.budget, "fired", None)
+        ended = outcome.decide(last, self.epochs, interrupted=interrupted, budget_fired=fired, scheduler=self.scheduler)
+        if ended.status in ("interrupted", "not_started"):
+            return  # a Ctrl-C stopped it (the runner marks it interrupted), or it never reported: its run stands
 
         def write(run_id):
-            epoch = int(last.get("epoch", 0) or 0)
-            status = last.get("trial_status") or "completed"
-            tags = {"status": status, "ray_status": "TERMINATED"}
-            early = status == "completed" and epoch < self.epochs
-            tags["stopped_early"] = "true" if early else "false"
-            if early:
-                tags["stopped_at_epoch"] = epoch
-                fired = getattr(self.budget, "fired", None)
-                tags["stopped_by"] = fired or self.scheduler  # asha, time_budget or plateau
-            if last.get("reason"):
-                tags["reason"] = last["reason"]
-            self.ledger.set_tags(run_id, tags)
+            self.ledger.set_tags(run_id, {**ended.tags(), record.RAY_STATUS: "TERMINATED"})
             if last.get("test_confusion") is not None:
-                self.ledger.log_dict(run_id, last["test_confusion"], "confusion_matrix.json")
-            self.ledger.set_status(run_id, "FINISHED")
+                self.ledger.log_dict(run_id, last["test_confusion"], record.CONFUSION_ARTIFACT)
+            self.ledger.set_status(run_id, ended.run_status)
 
         self._write("the end", trial, write)
 
     def on_trial_recover(self, iteration, trials, trial, **info):  # it raised; Ray retries it
+        if outcome.SUPERSEDED in error_text(trial):
+            return  # an attempt that another replaced: the other records the trial
         self._retries[trial.trial_id] = self._retries.get(trial.trial_id, 0) + 1
         n = self._retries[trial.trial_id]
         self._write(
@@ -123,6 +116,8 @@ class LedgerCallback(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         if self.interrupted is not None and self.interrupted.is_set():
             return  # a trial process that the Ctrl-C reached too: the runner marks it interrupted
+        if outcome.SUPERSEDED in error_text(trial):
+            return  # an attempt that another replaced: the other records the trial
 
         def write(run_id):
             self.ledger.set_tags(run_id, {"status": "error", "ray_status": "ERROR", "reason": error_text(trial)})

@@ -51,6 +51,10 @@ import time
 import uuid
 from pathlib import Path
 
+from mlflow.entities import RunTag
+
+from .ledger import STORE
+
 log = logging.getLogger(__name__)
 
 #: the tag of the parent run that names the sweep's driver
@@ -237,8 +241,18 @@ class Heartbeat:
     goes on until it reaches it again, its trials waiting on the store as well). It beats whether
     or not trials progress (a driver that hangs keeps its sweep)."""
 
-    def __init__(self, client, parent_run_id: str, claimed: int = 0, every: float | None = None, on_superseded=None):
+    def __init__(
+        self,
+        client,
+        parent_run_id: str,
+        claimed: int = 0,
+        every: float | None = None,
+        on_superseded=None,
+        beat_tags=None,
+    ):
+        """``beat_tags``: what a beat writes besides the time (tracking/parent.py ``ParentRun.beat_tags``)."""
         self.client, self.parent_run_id, self.claimed = client, parent_run_id, claimed
+        self.beat_tags = beat_tags or (lambda: {"heartbeat": f"{time.time():.0f}"})
         self.every = HEARTBEAT_S if every is None else every
         self.on_superseded = on_superseded or _supersede
         self._stop = threading.Event()
@@ -248,8 +262,11 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._stop.wait(self.every):
             try:  # the beat first: a read that fails or is slow must not make this driver look gone
-                self.client.set_tag(self.parent_run_id, "heartbeat", f"{time.time():.0f}")
+                tags = [RunTag(k, v) for k, v in self.beat_tags().items()]
+                self.client.log_batch(self.parent_run_id, tags=tags)
+                STORE.reached()
             except Exception as exc:
+                STORE.failed(exc)
                 log.warning("could not record the sweep's heartbeat: %s", exc)
             try:
                 parent = self.client.get_run(self.parent_run_id)
@@ -368,14 +385,14 @@ class DriverLock:
             os.close(fd)
             raise
 
-    def drives(self, parent_run_id: str, client=None, claimed: int = 0) -> None:
+    def drives(self, parent_run_id: str, client=None, claimed: int = 0, beat_tags=None) -> None:
         """This process drives that parent run now (:func:`driver_alive` says so to readers in this process);
-        with ``client``, its :class:`Heartbeat` beats (``claimed``: the number of this resume's claim) until
-        :meth:`ended` or :meth:`release`."""
+        with ``client``, its :class:`Heartbeat` beats (``claimed``: the number of this resume's claim;
+        ``beat_tags``: what each beat writes) until :meth:`ended` or :meth:`release`."""
         self.parent_run_id = parent_run_id
         ACTIVE.add(parent_run_id)
         if client is not None and self._heartbeat is None:
-            self._heartbeat = Heartbeat(client, parent_run_id, claimed)
+            self._heartbeat = Heartbeat(client, parent_run_id, claimed, beat_tags=beat_tags)
 
     def ended(self) -> None:
         """The parent run has ended: no more beats (a report built afterwards is not the sweep running)."""

@@ -12,7 +12,8 @@ same trial gets the same key in a resumed sweep whatever Ray Tune's own state ho
 
 Calls are retried only when the failure is transient (the server or database unreachable, locked or overloaded),
 with tenacity, on top of MLflow's own HTTP retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES); a refused call (bad value,
-missing run) raises at once. ``TUNE_LOSSES_MLFLOW_RETRY_S`` bounds the time one call may be retried (120 s).
+missing run) raises at once. ``TUNE_LOSSES_STORE_WAIT_S`` bounds the time one call may be retried (30 minutes:
+:func:`retry_seconds`).
 """
 
 from __future__ import annotations
@@ -104,8 +105,42 @@ def bound_http_retries() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
+#: how long a write waits for a store that is down before it fails (seconds; ``TUNE_LOSSES_STORE_WAIT_S``)
+STORE_WAIT_S = 1800.0
+
+
 def retry_seconds() -> float:
-    return float(os.environ.get("TUNE_LOSSES_MLFLOW_RETRY_S", "120"))
+    """How long one tracking call may be retried: ``TUNE_LOSSES_STORE_WAIT_S`` (or its older name
+    ``TUNE_LOSSES_MLFLOW_RETRY_S``), by default :data:`STORE_WAIT_S`: trials and the driver wait that long for a
+    store that is down (a restarted server, a database failover) before a write fails the trial."""
+    given = os.environ.get("TUNE_LOSSES_STORE_WAIT_S") or os.environ.get("TUNE_LOSSES_MLFLOW_RETRY_S")
+    try:
+        return float(given) if given else STORE_WAIT_S
+    except ValueError:
+        raise ValueError(
+            f"TUNE_LOSSES_STORE_WAIT_S={given!r}: allowed: a number of seconds (default {STORE_WAIT_S:g})"
+        ) from None
+
+
+class StoreHealth:
+    """Whether this process's last tracking call reached the store, and since when it has not: the live view
+    shows "waiting for the tracking store since ..." from it."""
+
+    def __init__(self) -> None:
+        self.failing_since: float | None = None
+        self.last_error = ""
+
+    def failed(self, exc: BaseException | None) -> None:
+        if self.failing_since is None:
+            self.failing_since = time.time()
+        self.last_error = str(exc)[:200]
+
+    def reached(self) -> None:
+        self.failing_since = None
+
+
+#: this process's view of the store
+STORE = StoreHealth()
 
 
 def retrying(fn, *args, seconds: float | None = None, **kwargs):
@@ -113,6 +148,7 @@ def retrying(fn, *args, seconds: float | None = None, **kwargs):
     seconds = retry_seconds() if seconds is None else seconds
 
     def warn(state):
+        STORE.failed(state.outcome.exception())
         log.warning("MLflow call %s failed (%s); retrying", getattr(fn, "__name__", fn), state.outcome.exception())
 
     for attempt in Retrying(
@@ -123,7 +159,9 @@ def retrying(fn, *args, seconds: float | None = None, **kwargs):
         reraise=True,
     ):
         with attempt:
-            return fn(*args, **kwargs)
+            value = fn(*args, **kwargs)
+            STORE.reached()
+            return value
     raise AssertionError("unreachable")
 
 
@@ -138,6 +176,7 @@ class TrialRecord:
     metrics: dict = field(default_factory=dict)  # each metric's last value
     tags: dict = field(default_factory=dict)
     params: dict = field(default_factory=dict)
+    end_time: int | None = None  # when the run ended (ms), for a trial that has
 
     @property
     def finished(self) -> bool:
@@ -208,6 +247,7 @@ class Ledger:
             metrics=dict(run.data.metrics),
             tags=dict(run.data.tags),
             params=dict(run.data.params),
+            end_time=run.info.end_time,
         )
 
     # --- a trial's run ----------------------------------------------------------------------------------------
@@ -261,6 +301,17 @@ class Ledger:
             metrics=[Metric(k, float(v), ts, step) for k, v in (metrics or {}).items()],
             tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()],
         )
+
+    def delete_tag(self, run_id: str, key: str) -> None:
+        """Remove a tag; one already gone is no error (a retried delete whose first try reached the store)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.call("delete_tag", run_id, key)
+        except MlflowException as exc:
+            if key in self.call("get_run", run_id).data.tags:
+                raise
+            log.debug("tag %s of run %s was already gone: %s", key, run_id, exc)
 
     def log_dict(self, run_id: str, value, path: str) -> None:
         self.call("log_dict", run_id, value, path)

@@ -1,7 +1,9 @@
 """Budgets of a sweep: a wall-clock limit (``search.time_budget_s``) and a plateau stop (``search.plateau``).
 
 The time budget is Ray Tune's own ``TimeoutStopper``: its clock starts with the Tuner's loop, and when it runs out
-Ray stops the running trials and starts no new ones. Ray's ``ExperimentPlateauStopper`` does not fit the plateau
+Ray stops the running trials and starts no new ones. It counts the sweep's time: a resumed sweep has what is left
+after the time its earlier drivers ran (recorded on the parent run, tracking/parent.py), and the plateau count
+goes on from the trials finished before. Ray's ``ExperimentPlateauStopper`` does not fit the plateau
 rule (it looks at the spread of the top results of every epoch, not at whether the sweep's best improves), so the
 plateau is counted here over finished trials: each trial that ends (completed, stopped by ASHA, diverged or failed)
 with a final metric that does not beat the best so far by more than ``min_delta`` adds one; one that does resets
@@ -53,7 +55,10 @@ class _PlateauStopper(Stopper):
 class Budget(Callback):
     """The budgets of one sweep (``spaces.Search``): ``stopper`` for the Tuner, this object among its callbacks."""
 
-    def __init__(self, search):
+    def __init__(self, search, seconds_before: float = 0.0, finished: list | None = None):
+        """``seconds_before``: how long the sweep ran under earlier drivers (a resumed sweep's time budget counts
+        it); ``finished``: the trials it finished then (tracking/ledger.py TrialRecords, counted for the plateau
+        in the order they ended)."""
         self.metric, self.mode = search.metric, search.mode
         self.time_budget_s = search.time_budget_s
         self.patience = search.plateau.patience if search.plateau else None
@@ -62,9 +67,12 @@ class Budget(Callback):
         self.since_best = 0  # finished trials since the best last improved by more than min_delta
         self.fired: str | None = None  # the budget that ended the sweep
         self.interrupted = False
+        for trial in sorted(finished or [], key=lambda t: t.end_time or 0):
+            self._finished(trial.metrics.get(self.metric) if trial.status == "FINISHED" else None)
         stoppers = []
         if self.time_budget_s:
-            stoppers.append(_Recorded(TimeoutStopper(self.time_budget_s), "time_budget", self))
+            left = max(self.time_budget_s - seconds_before, 1e-3)  # spent: the sweep stops at its first check
+            stoppers.append(_Recorded(TimeoutStopper(left), "time_budget", self))
         if self.patience:
             stoppers.append(_Recorded(_PlateauStopper(self), "plateau", self))
         self.stopper = None if not stoppers else stoppers[0] if len(stoppers) == 1 else CombinedStopper(*stoppers)

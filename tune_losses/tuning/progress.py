@@ -116,7 +116,19 @@ class SweepProgress(Callback):
             tid = pick(self.value, key=lambda t: self.value[t])
             best = f" | best {self.metric} {_num(self.value[tid])}: {self.names.get(tid, tid)}"
         pending = f"{self.pending} pending, " if self.pending else ""
-        return f"trials: {pending}{len(self.running)} running, {counts}{of}{best}"
+        return f"trials: {pending}{len(self.running)} running, {counts}{of}{best}{self.store_text()}"
+
+    @staticmethod
+    def store_text() -> str:
+        """While the driver cannot reach the tracking store: since when (trials wait for it too, up to the bound
+        of tracking/ledger.py ``retry_seconds``)."""
+        from tune_losses.tracking.ledger import STORE
+
+        if STORE.failing_since is None:
+            return ""
+        return (
+            f" | waiting for the tracking store since {time.strftime('%H:%M:%S', time.localtime(STORE.failing_since))}"
+        )
 
     def epochs_text(self, now: float) -> str:
         total = self.total_epochs
@@ -205,33 +217,37 @@ class SweepProgress(Callback):
         return better
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        from tune_losses.tracking import outcome
+
         tid = trial.trial_id
         self.running.discard(tid)
         name, last = self.name(trial), trial.last_result or {}
-        epoch = self.epochs_done.get(tid, 0)
-        if not epoch:  # never ran: stopped while pending, when a budget ended the sweep
+        fired = self.budget.fired if self.budget is not None else None
+        scheduler = "halving" if self.stopper == "halving" else "asha"
+        ended = outcome.decide(last, self.epochs, budget_fired=fired, scheduler=scheduler)
+        epoch = self.epochs_done.get(tid, 0) or ended.epoch
+        if ended.status == "not_started":  # stopped while pending, when a budget ended the sweep
             self.unused_epochs += self.epochs
-            self.draw(force=True)
-            return
+        else:
+            self.unused_epochs += self.epochs - epoch
+            self.say(self._ended_line(tid, name, ended, epoch))
+        self.draw(force=True)
+
+    def _ended_line(self, tid: str, name: str, ended, epoch: int) -> str:
         value = self.value.get(tid)
         shown = f"{self.metric} {_num(value)}" if value is not None else f"no {self.metric}"
         had_best = self.best is not None
         best = " (best so far)" if self._is_best(tid) and had_best and self.selects else ""
-        if last.get("trial_status") == "diverged":
+        if ended.status == "diverged":
             self.counts["diverged"] += 1
-            self.unused_epochs += self.epochs - epoch
-            self.say(f"{name}: diverged at epoch {epoch}: {last.get('reason', '')}")
-        elif epoch < self.epochs:
-            self.unused_epochs += self.epochs - epoch
-            by = self.budget.fired if self.budget is not None and self.budget.fired else None
-            key = "stopped by the budget" if by else self.stopped_key
-            self.counts[key] += 1
-            why = {"time_budget": "the time budget", "plateau": "the plateau stop"}.get(by or "", self.stopper)
-            self.say(f"{name}: stopped by {why} at epoch {epoch}, {shown}{best}")
-        else:
-            self.counts["finished"] += 1
-            self.say(f"{name}: finished {epoch} epochs, {shown}{best}")
-        self.draw(force=True)
+            return f"{name}: diverged at epoch {epoch}: {ended.reason or ''}"
+        if ended.stopped_early:
+            by_budget = ended.stopped_by in ("time_budget", "plateau")
+            self.counts["stopped by the budget" if by_budget else self.stopped_key] += 1
+            why = {"time_budget": "the time budget", "plateau": "the plateau stop"}.get(ended.stopped_by, self.stopper)
+            return f"{name}: stopped by {why} at epoch {epoch}, {shown}{best}"
+        self.counts["finished"] += 1
+        return f"{name}: finished {epoch} epochs, {shown}{best}"
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         from tune_losses.tracking.callback import error_text

@@ -22,30 +22,33 @@ preparation, e.g. the row-space basis, and every epoch's training and evaluation
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import ray
 import torch
 
 # torch.optim imports torch._dynamo when the first optimizer is made (~1.8 s on 2 cores): imported here, a
-# prestarted worker (workers.py) pays for it before the sweep starts, not during a trial's first epoch.
+# prestarted worker (ray_runtime.py) pays for it before the sweep starts, not during a trial's first epoch.
 import torch._dynamo  # noqa: F401
 from ray import tune
 
 from tune_losses.spaces import Space, trial_config
+from tune_losses.tracking import outcome, record
 from tune_losses.tracking.callback import flatten, trial_name
-from tune_losses.tracking.ledger import Ledger, trial_key
+from tune_losses.tracking.ledger import Ledger, TrialRecord, trial_key
 from tune_losses.training import save_checkpoint, train
 from tune_losses.training.checkpoint import FILENAME, load_checkpoint
 from tune_losses.training.config import weights_used
 
 from .halving import pause_epochs
-from .workers import trial_environment
 
 log = logging.getLogger(__name__)
 #: the most of a trial's time that checkpoint writes may take (module docstring)
@@ -112,6 +115,16 @@ def trial_label(space: Space, config: dict) -> str:
     return name if config.get("sample") is None else f"{name} #{config['sample']}"
 
 
+def trial_environment() -> None:
+    """What Ray Tune's runtime environment would have set in a trial process (ray_runtime.use_prestarted_workers
+    says why it is set here)."""
+    os.environ.setdefault("PL_DISABLE_FORK", "1")
+
+
+class Superseded(RuntimeError):
+    """Another attempt of this trial owns its run now: this one stops before it writes again."""
+
+
 def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
     """One trial. ``sweep`` names the ledger (tracking_uri, experiment_id, parent_run_id) and the checkpoint
     root; ``data`` is the sweep's Splits from Ray's object store (None: the trial builds its own)."""
@@ -121,134 +134,225 @@ def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
     # Use exactly the CPUs this trial reserved: torch otherwise starts one thread per core of the node, and
     # concurrent trials oversubscribe the cores (two 1-CPU trials on 2 cores ran ~5x slower).
     torch.set_num_threads(max(1, int(space.resources.cpu)))
-    given = config.get("params", {})
-    values = {p: given[p] for p in space.params if p in given}
-    cfg = trial_config(space, values)
-    if config.get("sample") is not None:  # each repeat of a repeated grid point trains its own seeds
-        cfg["seed"] = cfg["seed"] + config["sample"] * cfg["repeats"]
-    node = ray.get_runtime_context().get_node_id()  # which node of the cluster ran each epoch
-    key = trial_key(config)
-    ledger = Ledger(sweep["tracking_uri"], sweep["experiment_id"], sweep["parent_run_id"])
-    record = ledger.find_or_create(
-        key,
-        trial_label(space, config),
-        {"tune_losses.sweep": space.name, "tune_losses.role": "trial", "status": "running"},
-    )
-    run_id = record.run_id
-    if record.finished:
-        final = {k: v for k, v in record.metrics.items() if k != "epoch"}
-        status = record.tags.get("status", "completed")
-        tune.report(
-            {**final, "epoch": record.last_step, "trial_status": status, "replayed": True, "mlflow_run_id": run_id}
-        )
+    attempt = TrialAttempt(space, config, sweep, started)
+    if attempt.record.finished:
+        attempt.replay()
         return
-    checkpoints = CheckpointStore(sweep["checkpoints"], key)
-    nodes = [n for n in record.tags.get("ray_nodes", "").split(",") if n]
-    attempts = int(record.tags.get("attempts", "0")) + 1
-    tags = {
-        "status": "running",
-        "ray_trial_id": tune.get_context().get_trial_id(),
-        "attempts": attempts,
-        "ray_node_id": node,
-        "ray_nodes": ",".join(nodes + [node] if node not in nodes else nodes),
-        "checkpoint": f"{sweep['checkpoints'].rstrip('/')}/{key}/{FILENAME}",
-    }
-    if record.status != "RUNNING":
-        ledger.set_status(run_id, "RUNNING")
-    for stale in ("stopped_at_epoch", "reason"):  # an end recorded in part before a kill: the trial goes on
-        if stale in record.tags:
-            ledger.call("delete_tag", run_id, stale)
-    ledger.set_tags(run_id, tags)
-    if attempts == 1 or not record.tags.get("params_logged"):
-        params = flatten(cfg)
-        params.update({f"swept.{k}": json.dumps(v) for k, v in values.items()})
-        params["weights"] = weights_used(cfg)
-        if config.get("sample") is not None:
-            params["sample"] = config["sample"]
-        ledger.log_params(run_id, params)
-        ledger.log_dict(run_id, cfg, "config.json")
-        ledger.set_tags(run_id, {"params_logged": "true"})
-    last_step = record.last_step
-    last: dict = {}
-    seconds = {"checkpoint": 0.0, "tune_report": 0.0, "in_report": 0.0}
-    saved = {"at": float("-inf"), "took": 0.0}  # the end of the last checkpoint write (perf_counter), what it took
+    attempt.begin()
+    result = attempt.train(data)
+    attempt.finish(result)
 
-    def spent(now: float, in_train: float) -> dict:
-        """Where this attempt's time went until ``now`` (``in_train`` of it inside ``train``), as metrics."""
-        parts = {
-            "trial": now - started,
-            "train": in_train - seconds["in_report"],
-            "tracking": ledger.seconds,
-            **{k: v for k, v in seconds.items() if k in ("checkpoint", "tune_report", "first_epoch")},
-        }
-        return {f"seconds_{k}": v for k, v in parts.items()}
 
-    pauses = set(pause_epochs(space))  # a scheduler may end the process there: the checkpoint must be current
-    confusion_logged: list[int] = []
+class TrialAttempt:
+    """One attempt at a trial (a first run, a retry, a resume): it owns the trial's run while its token is the
+    one the run holds (tag ``tune_losses.attempt_token``), and checks that before each epoch's writes, so a
+    superseded attempt (a retried trial whose first process still runs, a trial of a driver that another took
+    over) stops before it logs or checkpoints again."""
 
-    def report(metrics: dict, state) -> None:
-        entered = time.perf_counter()
-        if not last:
-            seconds["first_epoch"] = entered - seconds["train_start"]
+    def __init__(self, space: Space, config: dict, sweep: dict, started: float):
+        self.space, self.config, self.started = space, config, started
+        given = config.get("params", {})
+        self.values = {p: given[p] for p in space.params if p in given}
+        self.cfg = trial_config(space, self.values)
+        if config.get("sample") is not None:  # each repeat of a repeated grid point trains its own seeds
+            self.cfg["seed"] = self.cfg["seed"] + config["sample"] * self.cfg["repeats"]
+        self.node = ray.get_runtime_context().get_node_id()  # which node of the cluster ran each epoch
+        self.key = trial_key(config)
+        self.ledger = Ledger(sweep["tracking_uri"], sweep["experiment_id"], sweep["parent_run_id"])
+        self.record: TrialRecord = self.ledger.find_or_create(
+            self.key,
+            trial_label(space, config),
+            {record.SWEEP: space.name, record.ROLE: "trial", record.STATUS: "running"},
+        )
+        self.run_id = self.record.run_id
+        self.checkpoints = CheckpointStore(sweep["checkpoints"], self.key)
+        self.checkpoint_path = f"{sweep['checkpoints'].rstrip('/')}/{self.key}/{FILENAME}"
+        self.token = uuid.uuid4().hex
+        self.clock = TrialClock(started, self.ledger)
+        self.last: dict = {}
+        self.confusion_logged = False
+        self.pauses = set(pause_epochs(space))  # a scheduler may end the process there: checkpoint then
+
+    def replay(self) -> None:
+        """A trial the ledger holds as finished: its recorded result, once, for the scheduler and the searcher."""
+        final = {k: v for k, v in self.record.metrics.items() if k != "epoch"}
+        status = self.record.tags.get(record.STATUS, "completed")
+        tune.report(
+            {
+                **final,
+                "epoch": self.record.last_step,
+                "trial_status": status,
+                "replayed": True,
+                "mlflow_run_id": self.run_id,
+            }
+        )
+
+    def begin(self) -> None:
+        """Take the run (this attempt's token), say where it runs, and record its params once."""
+        tags = self.record.tags
+        nodes = [n for n in tags.get(record.RAY_NODES, "").split(",") if n]
+        self.ledger.set_tags(
+            self.run_id,
+            {
+                record.ATTEMPT_TOKEN: self.token,
+                record.STATUS: "running",
+                record.RAY_TRIAL_ID: tune.get_context().get_trial_id(),
+                record.ATTEMPTS: int(tags.get(record.ATTEMPTS, "0")) + 1,
+                record.RAY_NODE: self.node,
+                record.RAY_NODES: ",".join(nodes + [self.node] if self.node not in nodes else nodes),
+                record.CHECKPOINT: self.checkpoint_path,
+            },
+        )
+        if self.record.status != "RUNNING":
+            self.ledger.set_status(self.run_id, "RUNNING")
+        for stale in (record.STOPPED_AT, record.REASON):  # an end recorded in part before a kill: it goes on
+            if stale in tags:
+                self.ledger.delete_tag(self.run_id, stale)
+        if not tags.get(record.PARAMS_LOGGED):
+            params = flatten(self.cfg)
+            params.update({f"{record.SWEPT}{k}": json.dumps(v) for k, v in self.values.items()})
+            params["weights"] = weights_used(self.cfg)
+            if self.config.get("sample") is not None:
+                params["sample"] = self.config["sample"]
+            self.ledger.log_params(self.run_id, params)
+            self.ledger.log_dict(self.run_id, self.cfg, record.CONFIG_ARTIFACT)
+            self.ledger.set_tags(self.run_id, {record.PARAMS_LOGGED: "true"})
+
+    def owns_run(self) -> None:
+        """Raise :class:`Superseded` when a later attempt has taken the run (its token replaced this one's)."""
+        held = self.ledger.call("get_run", self.run_id).data.tags.get(record.ATTEMPT_TOKEN)
+        if held != self.token:
+            raise Superseded(
+                f"trial {self.key} (run {self.run_id}): {outcome.SUPERSEDED} (token {held}); this attempt stops "
+                "without writing"
+            )
+
+    def report(self, metrics: dict, state) -> None:
+        """After each epoch, in this order: the metrics to MLflow, the checkpoint, the result to Ray Tune (module
+        docstring); nothing at all once another attempt owns the run."""
+        entered = self.clock.enter()
         epoch = int(metrics["epoch"])
-        if not last and metrics.get("device"):  # the device this attempt trains on (training/loop.py pick_device)
-            ledger.set_tags(run_id, {"device": metrics["device"]})
-        if epoch > last_step:  # an epoch re-run from an older checkpoint is already in the ledger
-            # where this attempt's time went so far, with every epoch: a trial a scheduler stops keeps them too
-            ledger.log_epoch(run_id, {**metrics, **spent(entered, entered - seconds["train_start"])}, epoch)
-        if epoch >= cfg["epochs"] and metrics.get("test_confusion") is not None:
+        self.owns_run()
+        if not self.last and metrics.get("device"):  # the device this attempt trains on (loop.py pick_device)
+            self.ledger.set_tags(self.run_id, {record.DEVICE: metrics["device"]})
+        if epoch > self.record.last_step:  # an epoch re-run from an older checkpoint is already in the ledger
+            self.ledger.log_epoch(self.run_id, {**metrics, **self.clock.spent(entered)}, epoch)
+        if epoch >= self.cfg["epochs"] and metrics.get("test_confusion") is not None:
             # before the last checkpoint: a kill after it resumes with nothing to train, and nothing to log it from
-            ledger.log_dict(run_id, metrics["test_confusion"], "confusion_matrix.json")
-            confusion_logged.append(epoch)
-        now = time.perf_counter()
-        due = now - saved["at"] >= saved["took"] * (1 / CHECKPOINT_SHARE - 1)
-        if due or epoch >= cfg["epochs"] or epoch in pauses:
-            checkpoints.save(state())
-            saved["at"] = time.perf_counter()
-            saved["took"] = saved["at"] - now
-            seconds["checkpoint"] += saved["took"]
-        last.clear()
-        last.update(metrics)
-        t0 = time.perf_counter()
-        tune.report({**metrics, "node_id": node, "mlflow_run_id": run_id})
-        done = time.perf_counter()
-        seconds["tune_report"] += done - t0
-        seconds["in_report"] += done - entered
+            self.ledger.log_dict(self.run_id, metrics["test_confusion"], record.CONFUSION_ARTIFACT)
+            self.confusion_logged = True
+        if self.clock.checkpoint_due() or epoch >= self.cfg["epochs"] or epoch in self.pauses:
+            with self.clock.checkpointing():
+                self.checkpoints.save(state())
+        self.last.clear()
+        self.last.update(metrics)
+        with self.clock.reporting():
+            tune.report({**metrics, "node_id": self.node, "mlflow_run_id": self.run_id})
 
-    with tempfile.TemporaryDirectory() as tmp:
-        resume_from = checkpoints.fetch(Path(tmp))
-        if resume_from is None and last_step > 0:
-            ledger.set_tags(run_id, {"restarted_from_scratch": "true"})  # checkpoint lost: epochs re-run, not re-logged
-        # exactly the GPUs Ray assigned this trial (none: the CPU), whatever else the node has
-        seconds["train_start"] = time.perf_counter()
-        result = train(cfg, report=report, resume_from=resume_from, splits=data, gpu_ids=ray.get_gpu_ids())
-        in_train = time.perf_counter() - seconds["train_start"]
-    if not last and result.get("status") == "completed":
-        # resumed from the checkpoint of its last epoch (a kill came before its run was closed): nothing was
-        # trained, so the result Ray Tune sees is the one the ledger holds
-        final = {k: v for k, v in record.metrics.items() if k != "epoch"}
-        tune.report({**final, "epoch": record.last_step, "node_id": node, "mlflow_run_id": run_id})
-    if last.get("test_confusion") is not None and not confusion_logged:  # ended before its last epoch
-        ledger.log_dict(run_id, last["test_confusion"], "confusion_matrix.json")
-    if result.get("status") == "diverged":
-        # Stop with a status and a reason, not NaN metrics: the metric keeps its last finite value (or the worst
-        # possible one when the first epoch diverged) so schedulers and searchers can rank the trial.
-        metric, mode = space.search.metric, space.search.mode
+    def train(self, data) -> dict:
+        with tempfile.TemporaryDirectory() as tmp:
+            resume_from = self.checkpoints.fetch(Path(tmp))
+            if resume_from is None and self.record.last_step > 0:  # checkpoint lost: epochs re-run, not re-logged
+                self.ledger.set_tags(self.run_id, {record.RESTARTED: "true"})
+            self.clock.train_started()
+            # exactly the GPUs Ray assigned this trial (none: the CPU), whatever else the node has
+            result = train(
+                self.cfg, report=self.report, resume_from=resume_from, splits=data, gpu_ids=ray.get_gpu_ids()
+            )
+            self.clock.train_ended()
+        return result
+
+    def finish(self, result: dict) -> None:
+        """Close the run: completed, or diverged with its reason."""
+        if not self.last and result.get("status") == "completed":
+            # resumed from the checkpoint of its last epoch (a kill came before its run was closed): nothing was
+            # trained, so the result Ray Tune sees is the one the ledger holds
+            final = {k: v for k, v in self.record.metrics.items() if k != "epoch"}
+            tune.report({**final, "epoch": self.record.last_step, "node_id": self.node, "mlflow_run_id": self.run_id})
+        if self.last:
+            self.owns_run()
+        if self.last.get("test_confusion") is not None and not self.confusion_logged:  # ended before its last epoch
+            self.ledger.log_dict(self.run_id, self.last["test_confusion"], record.CONFUSION_ARTIFACT)
+        if result.get("status") == "diverged":
+            self._diverged(result)
+            return
+        timings = self.clock.spent(time.perf_counter(), whole=True) if self.last else None  # the whole attempt's
+        tags = {record.STATUS: "completed", record.STOPPED_EARLY: "false"}
+        self.ledger.set_tags(self.run_id, tags, timings, int(self.last.get("epoch", 0)))
+        self.ledger.set_status(self.run_id, "FINISHED")
+
+    def _diverged(self, result: dict) -> None:
+        """Stop with a status and a reason, not NaN metrics: the metric keeps its last finite value (or the worst
+        possible one when the first epoch diverged) so schedulers and searchers can rank the trial."""
+        metric, mode = self.space.search.metric, self.space.search.mode
         worst = float("-inf") if mode == "max" else float("inf")
-        final = {k: v for k, v in last.items() if k != "test_confusion"}
+        final = {k: v for k, v in self.last.items() if k != "test_confusion"}
         final.update(
             {
-                metric: last.get(metric, worst),
+                metric: self.last.get(metric, worst),
                 "epoch": result["epoch"],
                 "trial_status": "diverged",
                 "reason": result["reason"],
             }
         )
-        ledger.set_tags(run_id, {"status": "diverged", "reason": result["reason"], "stopped_early": "false"})
-        ledger.set_status(run_id, "FINISHED")
-        tune.report({**final, "mlflow_run_id": run_id})
-        return
-    # the whole attempt's timings, at its last epoch (after those of that epoch's own report)
-    timings = spent(time.perf_counter(), in_train) if last else None
-    ledger.set_tags(run_id, {"status": "completed", "stopped_early": "false"}, timings, int(last.get("epoch", 0)))
-    ledger.set_status(run_id, "FINISHED")
+        tags = {record.STATUS: "diverged", record.REASON: result["reason"], record.STOPPED_EARLY: "false"}
+        self.ledger.set_tags(self.run_id, tags)
+        self.ledger.set_status(self.run_id, "FINISHED")
+        tune.report({**final, "mlflow_run_id": self.run_id})
+
+
+class TrialClock:
+    """Where an attempt's time goes (module docstring: the ``seconds_*`` metrics), and when a checkpoint is due
+    (writes cost at most :data:`CHECKPOINT_SHARE` of the trial's time)."""
+
+    def __init__(self, started: float, ledger: Ledger):
+        self.started, self.ledger = started, ledger
+        self.seconds = {"checkpoint": 0.0, "tune_report": 0.0, "in_report": 0.0}
+        self.train_start = self.train_end = 0.0
+        self.saved_at, self.save_took = float("-inf"), 0.0
+        self.first = True
+
+    def train_started(self) -> None:
+        self.train_start = time.perf_counter()
+
+    def train_ended(self) -> None:
+        self.train_end = time.perf_counter()
+
+    def enter(self) -> float:
+        """An epoch's report begins (the first one closes ``seconds_first_epoch``)."""
+        now = time.perf_counter()
+        if self.first:
+            self.seconds["first_epoch"] = now - self.train_start
+            self.first = False
+        self._entered = now
+        return now
+
+    def spent(self, now: float, whole: bool = False) -> dict:
+        """Where this attempt's time went until ``now``, as metrics (``whole``: after ``train`` returned)."""
+        in_train = (self.train_end if whole else now) - self.train_start
+        parts = {
+            "trial": now - self.started,
+            "train": in_train - self.seconds["in_report"],
+            "tracking": self.ledger.seconds,
+            **{k: v for k, v in self.seconds.items() if k in ("checkpoint", "tune_report", "first_epoch")},
+        }
+        return {f"seconds_{k}": v for k, v in parts.items()}
+
+    def checkpoint_due(self) -> bool:
+        return time.perf_counter() - self.saved_at >= self.save_took * (1 / CHECKPOINT_SHARE - 1)
+
+    @contextlib.contextmanager
+    def checkpointing(self):
+        begun = time.perf_counter()
+        yield
+        self.saved_at = time.perf_counter()
+        self.save_took = self.saved_at - begun
+        self.seconds["checkpoint"] += self.save_took
+
+    @contextlib.contextmanager
+    def reporting(self):
+        begun = time.perf_counter()
+        yield
+        done = time.perf_counter()
+        self.seconds["tune_report"] += done - begun
+        self.seconds["in_report"] += done - self._entered

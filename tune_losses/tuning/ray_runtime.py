@@ -41,8 +41,9 @@ def use_prestarted_workers() -> None:
     Ray Tune gives its trial actors ``runtime_env={"env_vars": {"PL_DISABLE_FORK": "1"}}`` (a PyTorch
     Lightning workaround, ray-project/ray#28197). Ray reuses a prestarted worker only for the job's own runtime
     environment, so that one variable makes every sweep start fresh processes and import torch again. The
-    variable is set in the trial process instead (trial.py); nothing else of Tune's environment changes (AWS
-    credentials and Ray Train's variables are still passed on, at the price of fresh processes).
+    variable is set in the trial process instead (trial.py ``trial_environment``); nothing else of Tune's
+    environment changes (AWS credentials and Ray Train's variables are still passed on, at the price of fresh
+    processes).
     """
     _internals.drop_tune_actor_env_var("PL_DISABLE_FORK")  # another Ray: fresh processes, slower but the same
 
@@ -114,8 +115,3 @@ class RayStart:
         if not self._already and ray.is_initialized():
             ray.shutdown()
         self._hold.set()
-
-
-def trial_environment() -> None:
-    """What Ray Tune's runtime environment would have set in a trial process (see use_prestarted_workers)."""
-    os.environ.setdefault("PL_DISABLE_FORK", "1")
