@@ -26,6 +26,20 @@ def write_space(path, replace=(), **over):
     return path
 
 
+def sweep_phases(path, uri, storage, **options):
+    """A sweep of ``path`` ready for its phases (tuning/sweep.py), with the store open as the check leaves it."""
+    from tune_losses import tracking
+    from tune_losses.tracking.driver import DriverLock
+    from tune_losses.tuning.sweep import Sweep, SweepOptions
+
+    sweep = Sweep(
+        SweepOptions.resolve(path, tracking_uri=uri, storage=str(storage), verbose=0, **options), DriverLock()
+    )
+    sweep.client = tracking.client(uri)
+    sweep.found = tracking.find_sweep(sweep.client, sweep.o.name)
+    return sweep
+
+
 def free_port() -> int:
     import socket
 

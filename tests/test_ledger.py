@@ -307,24 +307,11 @@ def test_resuming_through_another_spelling_of_the_store_does_not_rewrite_the_par
     assert c.get_run(parent.run_id).data.params["tracking_uri"] == uri
 
 
-def sweep_phases(path, uri, storage, **options):
-    """A sweep of ``path`` ready for its phases (tuning/sweep.py), with the store open as the check leaves it."""
-    from tune_losses.tracking.driver import DriverLock
-    from tune_losses.tuning.sweep import Sweep, SweepOptions
-
-    sweep = Sweep(
-        SweepOptions.resolve(path, tracking_uri=uri, storage=str(storage), verbose=0, **options), DriverLock()
-    )
-    sweep.client = tracking.client(uri)
-    sweep.found = tracking.find_sweep(sweep.client, sweep.o.name)
-    return sweep
-
-
 def _cut_after_creation(tmp_path, searcher="grid", num_samples=1):
     """A sweep's claim killed right after its parent run was created (before its params and space file)."""
     from mlflow import MlflowClient
 
-    from helpers import write_space
+    from helpers import sweep_phases, write_space
 
     grid = {"grid": [5.0, 10.0, 15.0]} if searcher == "grid" else {"uniform": [5.0, 20.0]}
     search = {"searcher": searcher, "num_samples": num_samples}
@@ -417,6 +404,8 @@ def test_a_resume_that_loses_its_claim_writes_nothing(tmp_path, ray_local, monke
     from tune_losses.spaces import SpaceError
     from tune_losses.tracking.driver import SweepBusy
 
+    from helpers import sweep_phases
+
     def other_claim():
         return json.dumps({"host": "elsewhere", "pid": 1, "time": time.time()})
 
@@ -459,7 +448,7 @@ def test_two_commands_starting_the_same_sweep_at_once_leave_one_parent(tmp_path)
     from tune_losses.spaces import SpaceError
     from tune_losses.tracking.parent import ParentRun, SweepNameTaken
 
-    from helpers import write_space
+    from helpers import sweep_phases, write_space
 
     path = write_space(tmp_path / "s.yaml", name="twice")
     uri = f"sqlite:///{tmp_path}/mlflow.db"

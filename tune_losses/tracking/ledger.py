@@ -23,12 +23,14 @@ import json
 import logging
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 
 from mlflow.entities import Metric, Param, RunTag
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
-from . import store
+from . import record, store
+from .outcome import SUPERSEDED
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +165,10 @@ def retrying(fn, *args, seconds: float | None = None, **kwargs):
             STORE.reached()
             return value
     raise AssertionError("unreachable")
+
+
+class Superseded(RuntimeError):
+    """Another attempt of this trial owns its run now (:meth:`Ledger.check_owner`)."""
 
 
 @dataclass
@@ -301,6 +307,21 @@ class Ledger:
             metrics=[Metric(k, float(v), ts, step) for k, v in (metrics or {}).items()],
             tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()],
         )
+
+    # --- who owns a trial's run -------------------------------------------------------------------------------
+    def take_run(self, run_id: str, tags: dict) -> str:
+        """This attempt takes the run (with ``tags``): a new token in the tag ``tune_losses.attempt_token``.
+        Any earlier attempt still alive finds another token at its next :meth:`check_owner`."""
+        token = uuid.uuid4().hex
+        self.set_tags(run_id, {**tags, record.ATTEMPT_TOKEN: token})
+        return token
+
+    def check_owner(self, run_id: str, token: str) -> None:
+        """:class:`Superseded` unless the run still holds ``token`` (checked before each epoch's writes: an
+        attempt another replaced stops before it logs or checkpoints again)."""
+        held = self.call("get_run", run_id).data.tags.get(record.ATTEMPT_TOKEN)
+        if held != token:
+            raise Superseded(f"run {run_id}: {SUPERSEDED} (token {held}); this attempt stops without writing")
 
     def delete_tag(self, run_id: str, key: str) -> None:
         """Remove a tag; one already gone is no error (a retried delete whose first try reached the store)."""

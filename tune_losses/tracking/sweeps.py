@@ -214,8 +214,9 @@ def summary(c, parent, with_activity: bool = False) -> dict:
         "space_file": _space_arg(tags.get("space_file")),
         "duration": ((end if state != "running" and end else time.time()) - start) if start else None,
         "warm_start": tags.get(WARM_START_TAG),
-        "resume_command": tags.get("tune_losses.resume_command"),  # written by tuning/runner.py
+        "resume_command": tags.get("tune_losses.resume_command"),  # written by tuning/sweep.py
         "searcher": params.get("searcher"),
+        "scheduler": params.get("scheduler"),
         "epochs": int(params["epochs"]) if params.get("epochs", "").isdigit() else None,
     }
     last_seen = (
@@ -328,6 +329,11 @@ def format_status(s: dict) -> str:
         lines.append(
             f"  last activity {_clock(idle)} ago"
             + (" (if its driver was killed, continue it with `tune-losses sweep SPACE --resume`)" if idle > 600 else "")
+        )
+    elif s["state"] == "interrupted" and s.get("scheduler") == "halving":  # its rungs are the driver's only
+        lines.append(
+            "  a halving sweep cannot be resumed: its finished trials stay in MLflow (`tune-losses report "
+            f"{s['name']}` tables them); start it again with another --name"
         )
     elif s["state"] == "interrupted":
         space = s.get("space_file") or "SPACE"

@@ -70,9 +70,10 @@ class Budget(Callback):
         for trial in sorted(finished or [], key=lambda t: t.end_time or 0):
             self._finished(trial.metrics.get(self.metric) if trial.status == "FINISHED" else None)
         stoppers = []
-        if self.time_budget_s:
-            left = max(self.time_budget_s - seconds_before, 1e-3)  # spent: the sweep stops at its first check
-            stoppers.append(_Recorded(TimeoutStopper(left), "time_budget", self))
+        #: what is left of the time budget for this driver (spent: the sweep stops at its first check)
+        self.time_left_s = max(self.time_budget_s - seconds_before, 1e-3) if self.time_budget_s else None
+        if self.time_left_s is not None:
+            stoppers.append(_Recorded(TimeoutStopper(self.time_left_s), "time_budget", self))
         if self.patience:
             stoppers.append(_Recorded(_PlateauStopper(self), "plateau", self))
         self.stopper = None if not stoppers else stoppers[0] if len(stoppers) == 1 else CombinedStopper(*stoppers)

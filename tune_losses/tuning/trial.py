@@ -29,7 +29,6 @@ import os
 import shutil
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import ray
@@ -41,7 +40,7 @@ import torch._dynamo  # noqa: F401
 from ray import tune
 
 from tune_losses.spaces import Space, trial_config
-from tune_losses.tracking import outcome, record
+from tune_losses.tracking import record
 from tune_losses.tracking.callback import flatten, trial_name
 from tune_losses.tracking.ledger import Ledger, TrialRecord, trial_key
 from tune_losses.training import save_checkpoint, train
@@ -121,10 +120,6 @@ def trial_environment() -> None:
     os.environ.setdefault("PL_DISABLE_FORK", "1")
 
 
-class Superseded(RuntimeError):
-    """Another attempt of this trial owns its run now: this one stops before it writes again."""
-
-
 def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
     """One trial. ``sweep`` names the ledger (tracking_uri, experiment_id, parent_run_id) and the checkpoint
     root; ``data`` is the sweep's Splits from Ray's object store (None: the trial builds its own)."""
@@ -167,7 +162,7 @@ class TrialAttempt:
         self.run_id = self.record.run_id
         self.checkpoints = CheckpointStore(sweep["checkpoints"], self.key)
         self.checkpoint_path = f"{sweep['checkpoints'].rstrip('/')}/{self.key}/{FILENAME}"
-        self.token = uuid.uuid4().hex
+        self.token = ""  # this attempt's hold on the run (begin)
         self.clock = TrialClock(started, self.ledger)
         self.last: dict = {}
         self.confusion_logged = False
@@ -191,10 +186,9 @@ class TrialAttempt:
         """Take the run (this attempt's token), say where it runs, and record its params once."""
         tags = self.record.tags
         nodes = [n for n in tags.get(record.RAY_NODES, "").split(",") if n]
-        self.ledger.set_tags(
+        self.token = self.ledger.take_run(
             self.run_id,
             {
-                record.ATTEMPT_TOKEN: self.token,
                 record.STATUS: "running",
                 record.RAY_TRIAL_ID: tune.get_context().get_trial_id(),
                 record.ATTEMPTS: int(tags.get(record.ATTEMPTS, "0")) + 1,
@@ -218,21 +212,12 @@ class TrialAttempt:
             self.ledger.log_dict(self.run_id, self.cfg, record.CONFIG_ARTIFACT)
             self.ledger.set_tags(self.run_id, {record.PARAMS_LOGGED: "true"})
 
-    def owns_run(self) -> None:
-        """Raise :class:`Superseded` when a later attempt has taken the run (its token replaced this one's)."""
-        held = self.ledger.call("get_run", self.run_id).data.tags.get(record.ATTEMPT_TOKEN)
-        if held != self.token:
-            raise Superseded(
-                f"trial {self.key} (run {self.run_id}): {outcome.SUPERSEDED} (token {held}); this attempt stops "
-                "without writing"
-            )
-
     def report(self, metrics: dict, state) -> None:
         """After each epoch, in this order: the metrics to MLflow, the checkpoint, the result to Ray Tune (module
         docstring); nothing at all once another attempt owns the run."""
         entered = self.clock.enter()
         epoch = int(metrics["epoch"])
-        self.owns_run()
+        self.ledger.check_owner(self.run_id, self.token)
         if not self.last and metrics.get("device"):  # the device this attempt trains on (loop.py pick_device)
             self.ledger.set_tags(self.run_id, {record.DEVICE: metrics["device"]})
         if epoch > self.record.last_step:  # an epoch re-run from an older checkpoint is already in the ledger
@@ -270,7 +255,7 @@ class TrialAttempt:
             final = {k: v for k, v in self.record.metrics.items() if k != "epoch"}
             tune.report({**final, "epoch": self.record.last_step, "node_id": self.node, "mlflow_run_id": self.run_id})
         if self.last:
-            self.owns_run()
+            self.ledger.check_owner(self.run_id, self.token)
         if self.last.get("test_confusion") is not None and not self.confusion_logged:  # ended before its last epoch
             self.ledger.log_dict(self.run_id, self.last["test_confusion"], record.CONFUSION_ARTIFACT)
         if result.get("status") == "diverged":
