@@ -22,8 +22,8 @@ data:
 	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) || \
 	  echo "note: could not install dataset-fashion-mnist; its test will be skipped"; fi
 
-# What the tests use besides Ray and MLflow: a PostgreSQL server (tests/test_postgres.py), headless Chromium
-# (tests/test_browser.py) and Compose's config check (tests/test_docker.py), from Debian's packages when apt is
+# What the tests use besides Ray and MLflow: a PostgreSQL server (tests/e2e/test_postgres.py), headless Chromium
+# (tests/e2e/test_browser.py) and Compose's config check (tests/e2e/test_docker.py), from Debian's packages when apt is
 # there and we are root; otherwise those tests are skipped (failed under CI).
 services:
 	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \

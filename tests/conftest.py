@@ -1,6 +1,17 @@
 import os
+from pathlib import Path
 
 import pytest
+
+E2E = Path(__file__).resolve().parent / "e2e"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test under tests/e2e/ (real sweeps through the CLI or Ray, servers, clusters) is `slow`: `make check`
+    runs the rest, the fast tier."""
+    for item in items:
+        if E2E in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.slow)
 
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 

@@ -159,3 +159,36 @@ def stop_postgres(directory) -> None:
         [*as_user, postgres_bin("pg_ctl"), "-D", str(Path(directory) / "data"), "-m", "immediate", "stop"],
         capture_output=True,
     )
+
+
+def cut_after_creation(tmp_path, searcher="grid", num_samples=1):
+    """A sweep's claim killed right after its parent run was created (before its params and space file)."""
+    import pytest
+    from mlflow import MlflowClient
+
+    grid = {"grid": [5.0, 10.0, 15.0]} if searcher == "grid" else {"uniform": [5.0, 20.0]}
+    search = {"searcher": searcher, "num_samples": num_samples}
+    path = write_space(tmp_path / "s.yaml", name="cut", params={"loss.a": grid}, search=search)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    sweep = sweep_phases(path, uri, tmp_path / "ray")
+
+    def cut(self, *args, **kwargs):
+        raise KeyboardInterrupt  # the kill, right after the run was created
+
+    try:
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(MlflowClient, "log_batch", cut)
+            with pytest.raises(KeyboardInterrupt):
+                sweep.claim()
+    finally:
+        sweep.lock.release()
+    return path, uri, sweep.client
+
+
+def driver_of(pid: int, **over) -> str:
+    """A driver tag for process ``pid`` of this machine (as that process would write it)."""
+    import json
+
+    from tune_losses.tracking.driver import _stat, driver_tag
+
+    return json.dumps({**json.loads(driver_tag()), "pid": pid, "start": _stat(pid)[1], **over})

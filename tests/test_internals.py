@@ -77,7 +77,7 @@ def test_ray_init_outside_the_main_thread_logs_the_warning_workers_py_drops():
 
 def test_ray_init_takes_a_system_config_with_the_preload_key():
     """That the key has its effect (prestarted workers import the trial code) is checked end to end, slowly, by
-    tests/test_sweep.py::test_trials_run_in_prestarted_workers_that_have_the_trial_code_imported."""
+    tests/e2e/test_sweep.py::test_trials_run_in_prestarted_workers_that_have_the_trial_code_imported."""
     import ray
 
     assert "_system_config" in inspect.getsource(ray.init), changed("ray.init: it takes no _system_config")

@@ -40,7 +40,7 @@ KNOWN_SCHEMES = ["databricks", "file", "http", "https", "mssql", "mysql", "postg
 
 def _store_registry():
     """MLflow's registry of tracking store schemes. MLflow has no public way to ask which schemes it serves;
-    this is the one place that reads its private registry (tests/test_bad_input.py fails if it moves)."""
+    this is the one place that reads its private registry (tests/tuning/test_bad_input.py fails if it moves)."""
     from mlflow.tracking._tracking_service.utils import _tracking_store_registry
 
     return _tracking_store_registry

@@ -7,7 +7,7 @@
 // computes the softmax once and returns the loss together with its gradient, which the autograd kernel saves;
 // the backward is one multiplication. Logits (..., B, C): leading dimensions are independent replicas, each with
 // its own mean over its B rows (fused.py's vmap rule passes vmap's replicas that way). The formulas are those of
-// dal.py, beta_gamma.py and cc.py; tests/test_losses.py checks both paths against float64 references and with
+// dal.py, beta_gamma.py and cc.py; tests/losses/test_losses.py checks both paths against float64 references and with
 // gradcheck, and against each other.
 
 #include <torch/extension.h>

@@ -21,7 +21,7 @@ from tune_losses.tuning.runner import run_sweep
 
 from helpers import write_space
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NOISE = (
     "run_trial_",
     "TensorBoard",

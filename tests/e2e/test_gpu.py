@@ -1,5 +1,5 @@
 """The CUDA paths: losses, models, vectorised repeats, checkpoints and `train` on a GPU. Skipped without one
-(CI has none); run on a lent GPU with `pytest tests/test_gpu.py`."""
+(CI has none); run on a lent GPU with `pytest tests/e2e/test_gpu.py`."""
 
 import pytest
 import torch

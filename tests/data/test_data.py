@@ -136,6 +136,7 @@ def test_feature_cache_refuses_random_init_unless_asked(tmp_path):
     assert result["status"] == "completed"
 
 
+@pytest.mark.slow  # trains on the real data (pytest --durations: ~5 s on an idle 2-CPU machine)
 @pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_fashion_mnist_end_to_end_from_debian_package(tmp_path):
     cfg = {
