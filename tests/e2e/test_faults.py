@@ -93,8 +93,8 @@ def test_a_trial_that_raises_once_is_retried_from_its_checkpoint(tmp_path):
 
 
 def trials_checkpointed(storage) -> int:
-    """Trials that have finished an epoch: each keeps its checkpoint at <storage>/<sweep>/checkpoints/<key>/."""
-    return len(list(storage.glob("*/checkpoints/*/state.pt")))
+    """Trials that have finished an epoch: each keeps <storage>/<sweep>/<parent run id>/checkpoints/<key>/."""
+    return len(list(storage.glob("*/*/checkpoints/*/state.pt")))
 
 
 EPOCHS = 8  # the server goes down after a trial's first epoch: its 7 others are logged through the outage

@@ -38,7 +38,7 @@ class FlakySparseCE(CrossEntropyLoss):
         self.epochs += 1  # counted from the start of this process
         marker = Path({marker!r})
         if self.epochs == self.fail_at and not marker.exists():
-            found = list(Path({storage!r}).glob("*/checkpoints/*/state.pt"))
+            found = list(Path({storage!r}).glob("*/*/checkpoints/*/state.pt"))
             epochs = [torch.load(p, weights_only=True)["epoch"] for p in found]
             marker.write_text(",".join(map(str, sorted(epochs))))
             raise RuntimeError("injected fault: flaky_sparse_ce raises once")
