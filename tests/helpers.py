@@ -36,7 +36,7 @@ def sweep_phases(path, uri, storage, **options):
         SweepOptions.resolve(path, tracking_uri=uri, storage=str(storage), verbose=0, **options), DriverLock()
     )
     sweep.client = tracking.client(uri)
-    sweep.found = tracking.find_sweep(sweep.client, sweep.o.name)
+    sweep.found = tracking.find_sweep(sweep.client, sweep.options.name)
     return sweep
 
 

@@ -165,7 +165,8 @@ def test_resuming_through_another_spelling_of_the_store_does_not_rewrite_the_par
     (tmp_path / "sub").mkdir()
     uri, other = f"sqlite:///{tmp_path}/mlflow.db", f"sqlite:///{tmp_path}/sub/../mlflow.db"
     c = tracking.client(uri)
-    parent = ParentRun.create(c, tracking.experiment_id(c), "spelled", {}, str(tmp_path / "ray"))
+    tags = ParentRun.creation_tags("spelled", {})
+    parent = ParentRun(c, ParentRun.new_run(c, tracking.experiment_id(c), "spelled", tags, "n"), "spelled")
     parent.complete(parent_params(space, uri), {path.name: text})
     again = ParentRun(tracking.client(other), parent.run_id, "spelled")
     again.complete(parent_params(space, other), {path.name: text})

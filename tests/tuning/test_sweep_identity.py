@@ -8,6 +8,7 @@ import time
 import pytest
 from mlflow import MlflowClient
 
+from tune_losses import tracking
 from tune_losses.cli import main
 from tune_losses.spaces import SpaceError, load_space
 from tune_losses.tracking import record
@@ -83,6 +84,7 @@ def test_an_older_sweeps_checkpoints_move_under_its_parent_run_on_resume(tmp_pat
     path, uri, sweep = _claimed(tmp_path)
     c = sweep.client
     c.delete_tag(sweep.parent.run_id, record.CHECKPOINTS)  # as an older version left it
+    c.delete_tag(sweep.parent.run_id, record.LAYOUT)
     legacy = tmp_path / "ray" / "s" / "checkpoints" / "abc"
     legacy.mkdir(parents=True)
     (legacy / "state.pt").write_bytes(b"x")
@@ -163,7 +165,7 @@ def test_ctrl_c_at_any_moment_ends_the_parent_interrupted(tmp_path, monkeypatch,
         sweep.lock.release()
     parent = sweep.client.get_run(sweep.parent.run_id)
     assert parent.info.status == "KILLED" and parent.data.tags[record.ENDED_BY] == "interrupted"
-    assert float(parent.data.tags[record.SECONDS_BEFORE]) >= 0
+    assert float(parent.data.tags[record.SECONDS_RUN]) >= 0
 
 
 def test_the_time_budget_and_the_plateau_count_the_sweeps_whole_life(tmp_path):
@@ -174,8 +176,9 @@ def test_the_time_budget_and_the_plateau_count_the_sweeps_whole_life(tmp_path):
 
     path, uri, sweep = _claimed(tmp_path, search={"time_budget_s": 100, "plateau": {"patience": 2}})
     c = sweep.client
-    c.set_tag(sweep.parent.run_id, record.SECONDS_BEFORE, "70.0")
-    resumed = ParentRun.resume(c, c.get_run(sweep.parent.run_id), "")
+    c.set_tag(sweep.parent.run_id, record.SECONDS_RUN, "70.0")
+    resumed = ParentRun(c, sweep.parent.run_id, "s")
+    resumed.resume(c.get_run(sweep.parent.run_id), "")
     assert 70.0 <= resumed.seconds_run() < 75.0
     space = load_space(path)[0]
     finished = [
@@ -188,7 +191,7 @@ def test_the_time_budget_and_the_plateau_count_the_sweeps_whole_life(tmp_path):
     assert 25.0 <= budget.time_left_s <= 30.0
     resumed.end("completed")
     beat = resumed.beat_tags()
-    assert float(beat[record.SECONDS_BEFORE]) >= 70.0 and abs(float(beat[record.HEARTBEAT]) - time.time()) < 5
+    assert float(beat[record.SECONDS_RUN]) >= 70.0 and abs(float(beat[record.HEARTBEAT]) - time.time()) < 5
 
 
 def test_the_space_recorded_on_the_parent_is_json(tmp_path):
@@ -211,3 +214,69 @@ def test_status_of_a_stopped_halving_sweep_says_it_cannot_be_resumed(tmp_path):
     text = format_status(sweep_status("h", uri))
     assert "cannot be resumed" in text and "another --name" in text and "--resume`" not in text, text
     assert sweep.client.get_run(sweep.parent.run_id).data.tags[record.RESUME_COMMAND] == ""
+
+
+def test_a_sweep_killed_before_its_checkpoints_tag_never_takes_an_older_sweeps(tmp_path):
+    """Killed between its parent's creation and the tag that says where its checkpoints live: its layout tag,
+    written with the run, tells the resume that they live under its own id, so an older sweep's
+    <storage>/<name>/checkpoints is left alone."""
+    from helpers import cut_after_creation
+
+    path, uri, c = cut_after_creation(tmp_path)
+    parent = tracking.find_sweep(c, "cut")
+    assert record.CHECKPOINTS not in parent.data.tags and parent.data.tags[record.LAYOUT] == record.LAYOUT_VERSION
+    older = tmp_path / "ray" / "cut" / "checkpoints" / "k"
+    older.mkdir(parents=True)
+    resumed = sweep_phases(path, uri, tmp_path / "ray", resume=True)
+    resumed.claim()
+    resumed.lock.release()
+    assert older.is_dir() and resumed.checkpoints == f"{tmp_path}/ray/cut/{parent.info.run_id}/checkpoints"
+
+
+def test_an_end_cut_short_is_finished_by_the_next_call(tmp_path, monkeypatch):
+    """A Ctrl-C (or a store down past its bound) in the middle of ending the parent: a later call (the sweep's
+    abandon) finishes it, instead of leaving the run RUNNING."""
+    _, _, sweep = _claimed(tmp_path)
+    real = MlflowClient.set_terminated
+
+    def cut(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(MlflowClient, "set_terminated", cut)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.parent.end("completed")
+    monkeypatch.setattr(MlflowClient, "set_terminated", real)
+    assert sweep.client.get_run(sweep.parent.run_id).info.status == "RUNNING"
+    sweep.abandon(KeyboardInterrupt())
+    parent = sweep.client.get_run(sweep.parent.run_id)
+    assert parent.info.status == "KILLED" and parent.data.tags[record.ENDED_BY] == "interrupted"
+
+
+def test_an_error_ends_the_parent_with_its_reason_and_it_stays_resumable(tmp_path):
+    _, _, sweep = _claimed(tmp_path)
+    sweep.abandon(RuntimeError("the store refused a write"))
+    parent = sweep.client.get_run(sweep.parent.run_id)
+    assert parent.info.status == "KILLED" and parent.data.tags[record.ENDED_BY] == "error"
+    assert "RuntimeError: the store refused a write" in parent.data.tags[record.REASON]
+
+
+def test_a_space_recorded_by_an_older_schema_resumes_when_its_shared_fields_agree(tmp_path):
+    """A sweep of a version before space_sha256 recorded a resolved space without the fields added since: those
+    are not changes; a field both have that differs still is."""
+    from tune_losses.tuning.resume import check_resumable
+
+    path, uri, sweep = _claimed(tmp_path)
+    c = sweep.client
+    run_id = sweep.parent.run_id
+    doc = json.loads(open(c.download_artifacts(run_id, "space/resolved_space.json", str(tmp_path))).read())
+    del doc["search"]["plateau"]  # a field the older schema did not have
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "resolved_space.json").write_text(json.dumps(doc))
+    c.log_artifact(run_id, str(tmp_path / "old" / "resolved_space.json"), "space")
+    c.delete_tag(run_id, record.LAYOUT)
+    old = c.get_run(run_id)
+    old.data.params.pop(record.SPACE_SHA)  # as that version recorded it (MLflow cannot delete a param)
+    check_resumable(c, old, load_space(path)[0], uri, str(path))
+    write_space(path, name="s", train={"epochs": 4})
+    with pytest.raises(SpaceError, match="epochs"):
+        check_resumable(c, old, load_space(path)[0], uri, str(path))

@@ -89,8 +89,8 @@ class LedgerCallback(Callback):
         interrupted = self.interrupted is not None and self.interrupted.is_set()
         fired = getattr(self.budget, "fired", None)
         ended = outcome.decide(last, self.epochs, interrupted=interrupted, budget_fired=fired, scheduler=self.scheduler)
-        if ended.status in ("interrupted", "not_started"):
-            return  # a Ctrl-C stopped it (the runner marks it interrupted), or it never reported: its run stands
+        if not ended.recorded:
+            return  # a Ctrl-C stopped it (the closing pass marks it), it never reported, or it was superseded
 
         def write(run_id):
             self.ledger.set_tags(run_id, {**ended.tags(), record.RAY_STATUS: "TERMINATED"})

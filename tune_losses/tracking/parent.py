@@ -4,19 +4,19 @@ The parent run's id is the sweep's identity: its checkpoints live under ``<stora
 (the tag ``tune_losses.checkpoints`` says where), so a new sweep of the same name never reads what an older one
 wrote, and a resume reads only its own. :class:`ParentRun` is the only writer of the parent's tags:
 
-* ``create``: the run, created once even when a create is retried after it reached the store (found again by a
-  nonce), with what a reader needs at once (planned trials, a first heartbeat, the driver, the checkpoints); a
-  command that then sees a second parent of the name deletes its own and stops (two drivers on two machines);
+* ``new_run`` with ``creation_tags``: the run, created once even when a create is retried after it reached the
+  store (found again by a nonce), with what a reader needs at once (planned trials, a first heartbeat, the
+  driver, the layout of its files); ``check_alone``: a command that then sees a second parent of the name
+  deletes its own and stops (two drivers on two machines);
 * ``resume``: the tags of a resumed sweep (a fresh heartbeat before it is RUNNING again);
-* ``end``: the status, ``ended_by`` and the run's MLflow status, once, whichever way the sweep ends (completed,
-  a budget, Ctrl-C, an error); a second call does nothing.
+* ``end``: the status, ``ended_by`` and the run's MLflow status, whichever way the sweep ends (completed, a
+  budget, Ctrl-C, an error): once it has succeeded, never again.
 """
 
 from __future__ import annotations
 
 import json
 import time
-import uuid
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
@@ -25,7 +25,7 @@ from . import record
 from .driver import driver_tag
 from .ledger import retrying
 
-#: the parent run's MLflow status by how the sweep ended
+#: the parent run's MLflow status for a sweep that ran to an end (anything else: KILLED, resumable)
 END_STATUS = {"completed": "FINISHED", "time_budget": "FINISHED", "plateau": "FINISHED"}
 
 
@@ -53,11 +53,11 @@ class ParentRun:
         self._before = 0.0  # seconds the sweep ran under earlier drivers
 
     # --- creation ---------------------------------------------------------------------------------------------
-    @classmethod
-    def create(cls, client, experiment_id: str, name: str, tags: dict, storage: str) -> ParentRun:
-        """A new parent run carrying ``tags`` plus the sweep's own (role, heartbeat, driver, checkpoints)."""
-        nonce = uuid.uuid4().hex
-        tags = {
+    @staticmethod
+    def creation_tags(name: str, tags: dict) -> dict:
+        """``tags`` plus what every parent run is created with: a reader (``status``, a resume) needs them even
+        if a kill cuts what follows the creation."""
+        return {
             **tags,
             record.SWEEP: name,
             record.ROLE: "sweep",
@@ -65,12 +65,8 @@ class ParentRun:
             record.STATUS: "running",
             record.HEARTBEAT: f"{time.time():.0f}",  # the first beat (driver.Heartbeat beats from here)
             record.DRIVER: driver_tag(),
+            record.LAYOUT: record.LAYOUT_VERSION,  # its checkpoints live under its own id, from the start
         }
-        run_id = cls.new_run(client, experiment_id, name, tags, nonce)
-        parent = cls(client, run_id, name)
-        parent.check_alone(experiment_id)
-        parent.set_tags({record.CHECKPOINTS: checkpoint_root(storage, name, run_id)})
-        return parent
 
     @staticmethod
     def new_run(client, experiment_id: str, name: str, tags: dict, nonce: str) -> str:
@@ -100,6 +96,7 @@ class ParentRun:
         others = [r for r in found if r.info.run_id != self.run_id]
         if others:
             retrying(self.client.delete_run, self.run_id)
+            self.ended = "deleted"  # nothing to end any more
             raise SweepNameTaken(
                 f"a sweep named {self.name!r} was started at the same moment by another command (parent run "
                 f"{others[0].info.run_id}); follow it with `tune-losses status {self.name}`, or give this one "
@@ -122,14 +119,12 @@ class ParentRun:
                 retrying(self.client.log_artifact, self.run_id, str(Path(tmp) / file_name), "space")
 
     # --- resuming ---------------------------------------------------------------------------------------------
-    @classmethod
-    def resume(cls, client, run, resume_command: str) -> ParentRun:
-        """The parent ``run`` (as read just before the claim), marked running again under this driver."""
-        parent = cls(client, run.info.run_id, run.data.tags.get(record.SWEEP, run.info.run_name))
+    def resume(self, run, resume_command: str) -> None:
+        """Mark the parent ``run`` (as read just before the claim) running again under this driver."""
         tags = run.data.tags
-        parent._before = _float(tags.get(record.SECONDS_BEFORE))
+        self._before = _float(tags.get(record.SECONDS_RUN))
         resumes = int(tags.get(record.RESUMES, "0") or 0) + 1
-        parent.set_tags(
+        self.set_tags(
             {
                 record.STATUS: "running",
                 record.RESUMES: str(resumes),
@@ -138,8 +133,7 @@ class ParentRun:
                 record.RESUME_COMMAND: resume_command,
             }
         )
-        retrying(client.update_run, parent.run_id, status="RUNNING")
-        return parent
+        retrying(self.client.update_run, self.run_id, status="RUNNING")
 
     # --- life -------------------------------------------------------------------------------------------------
     def seconds_run(self) -> float:
@@ -148,7 +142,7 @@ class ParentRun:
 
     def beat_tags(self) -> dict[str, str]:
         """What each heartbeat writes: the time, and the sweep's running time so far."""
-        return {record.HEARTBEAT: f"{time.time():.0f}", record.SECONDS_BEFORE: f"{self.seconds_run():.1f}"}
+        return {record.HEARTBEAT: f"{time.time():.0f}", record.SECONDS_RUN: f"{self.seconds_run():.1f}"}
 
     def set_tags(self, tags: dict[str, str]) -> None:
         retrying(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
@@ -164,20 +158,21 @@ class ParentRun:
         )
 
     def end(self, ended_by: str, on_end=None) -> None:
-        """End the parent run, once: tags ``status`` and ``ended_by``, the running time, then the MLflow status
-        (FINISHED when the sweep ran to an end, KILLED when interrupted, FAILED on an error). ``on_end`` runs
-        between the tags and the status (the heartbeat stops there: no beat once the driver is leaving)."""
+        """End the parent run: tags ``status`` and ``ended_by`` and the running time, then the MLflow status
+        (FINISHED when the sweep ran to an end; KILLED when it was interrupted or stopped by an error, so that
+        ``--resume`` continues it). ``on_end`` runs between the tags and the status (the heartbeat stops there).
+        Once it has succeeded a second call does nothing; one cut short (a Ctrl-C, a store down past its bound)
+        can be called again and finishes it."""
         if self.ended is not None:
             return
-        self.ended = ended_by
-        status = "completed" if ended_by in END_STATUS else ended_by
+        status = "completed" if ended_by in END_STATUS else "interrupted"
         self.set_tags(
-            {record.STATUS: status, record.ENDED_BY: ended_by, record.SECONDS_BEFORE: f"{self.seconds_run():.1f}"}
+            {record.STATUS: status, record.ENDED_BY: ended_by, record.SECONDS_RUN: f"{self.seconds_run():.1f}"}
         )
         if on_end is not None:
             on_end()
-        mlflow_status = END_STATUS.get(ended_by, "FAILED" if ended_by == "error" else "KILLED")
-        retrying(self.client.set_terminated, self.run_id, mlflow_status)
+        retrying(self.client.set_terminated, self.run_id, END_STATUS.get(ended_by, "KILLED"))
+        self.ended = ended_by
 
 
 def _float(text) -> float:

@@ -32,7 +32,8 @@ PLANNED = "tune_losses.planned"
 DRIVER = "tune_losses.driver"
 RESUME_COMMAND = "tune_losses.resume_command"
 RESUMED_BY = "tune_losses.resumed_by."  # + claim number
-CREATION = "tune_losses.attempt"  # unique to one creating command: a retried create is found again
+CREATION = "tune_losses.creation"  # unique to one creating command: a retried create is found again
+LAYOUT = "tune_losses.layout"  # "2": checkpoints under the parent run id (a run without it is an older sweep)
 CHECKPOINTS = "tune_losses.checkpoints"
 WARM_START = "tune_losses.warm_start"
 HEARTBEAT = "heartbeat"
@@ -43,7 +44,7 @@ REPORT_ERROR = "report_error"
 GIT_COMMIT = "git_commit"
 SPACE_FILE = "space_file"
 STUDY = "study"
-SECONDS_BEFORE = "tune_losses.seconds_before"  # the sweep's running time before this driver started it
+SECONDS_RUN = "tune_losses.seconds_run"  # the sweep's running time so far, under every driver it had
 SPACE_SHA = "space_sha256"
 TRAIN_SHA = "train_sha256"
 GRID_ORDER = "grid_order"
@@ -72,12 +73,14 @@ CONFIG_ARTIFACT = "config.json"
 
 #: a trial run's ``status`` tag, by how the trial ended (tracking/outcome.py decides which)
 TRIAL_STATUSES = ("running", "retrying", "completed", "diverged", "error", "interrupted")
+#: the layout of a sweep's files that this version writes (tag ``tune_losses.layout``)
+LAYOUT_VERSION = "2"
 
 FIELDS: list[Field] = [
     Field("parent", "tag", SWEEP, "the sweep's name (also on every trial run)"),
     Field("parent", "tag", ROLE, "`sweep` (a trial run: `trial`)"),
     Field("parent", "tag", STATUS, "running, completed or interrupted"),
-    Field("parent", "tag", ENDED_BY, "what ended the sweep: completed, interrupted, time_budget, plateau, error"),
+    Field("parent", "tag", ENDED_BY, "what ended the sweep: completed, time_budget, plateau, interrupted or error"),
     Field("parent", "tag", PLANNED, "the number of trials planned, written with the run itself"),
     Field("parent", "tag", HEARTBEAT, "unix time of the driver's last beat (a stale one: no live driver)"),
     Field("parent", "tag", DRIVER, "the driving process: host, boot id, pid namespace, pid and start time"),
@@ -85,7 +88,8 @@ FIELDS: list[Field] = [
     Field("parent", "tag", RESUMED_BY + "<n>", "the n-th resume's claim (driver, time, nonce); the first kept wins"),
     Field("parent", "tag", CREATION, "a nonce of the creating command, so that a retried create is found again"),
     Field("parent", "tag", CHECKPOINTS, "where this sweep's checkpoints live (under its parent run id)"),
-    Field("parent", "tag", SECONDS_BEFORE, "seconds the sweep ran under earlier drivers (budgets count them)"),
+    Field("parent", "tag", LAYOUT, "2: the checkpoints live under the parent run id (written with the run itself)"),
+    Field("parent", "tag", SECONDS_RUN, "seconds the sweep has run, under every driver it had (budgets count them)"),
     Field("parent", "tag", RESUMES, "how many times the sweep was resumed"),
     Field("parent", "tag", WARM_START, "the earlier sweep an Optuna search was warm-started from"),
     Field("parent", "tag", BEST_CONFIG, "the best config, as JSON (chosen on the selection data)"),

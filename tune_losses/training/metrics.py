@@ -2,9 +2,10 @@
 
 The metrics of K replicas come from their K confusion matrices at once (:func:`confusion_metrics`), in float64:
 the values of scikit-learn's ``accuracy_score``, ``f1_score(average="macro", zero_division=0)`` and
-``normalized_mutual_info_score`` (arithmetic mean) on the labels behind each matrix, which tests/training/test_metrics.py
-checks against scikit-learn itself: one scikit-learn call per replica, metric and split (each checking its
-inputs anew) was the largest cost of an epoch of the paper protocol's 60 replicas (benchmarks/paper_protocol.py)."""
+``normalized_mutual_info_score`` (arithmetic mean) on the labels behind each matrix, which
+tests/training/test_metrics.py checks against scikit-learn itself: one scikit-learn call per replica, metric and
+split (each checking its inputs anew) was the largest cost of an epoch of the paper protocol's 60 replicas
+(benchmarks/paper_protocol.py)."""
 
 import numpy as np
 import torch

@@ -22,6 +22,8 @@ import math
 from ray.tune import Callback
 from ray.tune.stopper import CombinedStopper, Stopper, TimeoutStopper
 
+from tune_losses.tracking import outcome
+
 ENDED_BY = ("completed", "time_budget", "plateau", "interrupted")
 
 
@@ -91,11 +93,17 @@ class Budget(Callback):
             self.since_best += 1
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        if trial.last_result:  # a pending trial stopped by the budget never ran: it does not count
-            self._finished(trial.last_result.get(self.metric))
+        last = trial.last_result or {}
+        # a pending trial stopped by the budget never ran; a replayed one was counted when the Budget was made;
+        # a superseded attempt is another attempt's trial
+        if last and not last.get("replayed") and last.get("trial_status") != outcome.SUPERSEDED_STATUS:
+            self._finished(last.get(self.metric))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._finished(None)
+        from tune_losses.tracking.callback import error_text
+
+        if outcome.SUPERSEDED not in error_text(trial):
+            self._finished(None)
 
     def on_experiment_end(self, trials, **info):
         # Ctrl-C is told by the runner (tuning/runner.py Interrupt); trials left unfinished say so too

@@ -35,9 +35,12 @@ def close_trial_runs(
         if run_id not in running:
             continue
         ended = result_outcome(result, epochs, budget, scheduler)
-        ledger.set_tags(run_id, ended.tags())
-        ledger.set_status(run_id, ended.run_status)
-        running.discard(run_id)
+        if ended.status == "superseded":
+            continue  # another attempt owns that run
+        if ended.recorded:
+            ledger.set_tags(run_id, ended.tags())
+            ledger.set_status(run_id, ended.run_status)
+            running.discard(run_id)
     for run_id in running:
         ledger.set_tags(run_id, {record.STATUS: "interrupted"})
         ledger.set_status(run_id, "KILLED")
@@ -49,6 +52,7 @@ def summarize(results, space: Space, budget=None) -> dict:
 
     epochs = space.train.epochs
     ends = [result_outcome(r, epochs, budget, space.search.scheduler.name) for r in results]
+    ends = [e for e in ends if e.status != "superseded"]  # another attempt of the same trial counts it
     rows = [(e.status, e.stopped_early) for e in ends]
     epochs_run = sum(int((r.metrics or {}).get("epoch", 0) or 0) for r in results)
     return {**count_trials(rows), "epochs_run": epochs_run, "epochs_full_budget": len(ends) * epochs}

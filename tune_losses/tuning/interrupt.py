@@ -38,6 +38,19 @@ class Interrupt:
     def __init__(self):
         self.event = Flag()
         self.budget: Any = None  # tuning/budgets.py Budget, told of the interrupt
+        self.on_exit: Any = None  # what a second Ctrl-C does before it exits (the sweep ends its parent run)
+
+    def __getstate__(self):
+        return {**self.__dict__, "on_exit": None}  # Ray Tune pickles its callbacks: the sweep stays here
+
+    def _last_words(self, seconds: float = 5.0) -> None:
+        """``on_exit`` in a thread, for at most ``seconds``: a store that does not answer must not keep a second
+        Ctrl-C from exiting."""
+        if self.on_exit is None:
+            return
+        thread = threading.Thread(target=self.on_exit, daemon=True)
+        thread.start()
+        thread.join(seconds)
 
     def stopper(self, other=None):
         """A Stopper that ends the sweep after a Ctrl-C (combined with ``other``, the space's budgets, if any)."""
@@ -77,6 +90,7 @@ class Interrupt:
                 file=sys.stderr,
                 flush=True,
             )
+            self._last_words()
             os._exit(130)
         self.event.set()
         print(

@@ -64,7 +64,8 @@ class SweepProgress(Callback):
         self.running: set[str] = set()
         self.pending = 0  # trials waiting for resources, or for their process to start
         # who stops trials early: ASHA, or synchronous halving (fifo stops none)
-        self.stopper = "halving" if space.search.scheduler.name == "halving" else "ASHA"
+        self.scheduler = space.search.scheduler.name
+        self.stopper = "halving" if self.scheduler == "halving" else "ASHA"
         self.stopped_key = f"stopped by {self.stopper}"
         self.counts = {"finished": 0, self.stopped_key: 0, "stopped by the budget": 0, "diverged": 0, "failed": 0}
         self.started: set[str] = set()  # trials started once (halving pauses a trial and starts it again)
@@ -223,11 +224,13 @@ class SweepProgress(Callback):
         self.running.discard(tid)
         name, last = self.name(trial), trial.last_result or {}
         fired = self.budget.fired if self.budget is not None else None
-        scheduler = "halving" if self.stopper == "halving" else "asha"
-        ended = outcome.decide(last, self.epochs, budget_fired=fired, scheduler=scheduler)
+        interrupted = bool(self.budget is not None and self.budget.interrupted)
+        ended = outcome.decide(last, self.epochs, budget_fired=fired, scheduler=self.scheduler, interrupted=interrupted)
         epoch = self.epochs_done.get(tid, 0) or ended.epoch
-        if ended.status == "not_started":  # stopped while pending, when a budget ended the sweep
-            self.unused_epochs += self.epochs
+        if ended.status == "superseded":
+            pass  # another attempt of this trial goes on: it is counted there
+        elif ended.status in ("not_started", "interrupted"):  # stopped while pending, or by Ctrl-C
+            self.unused_epochs += self.epochs - epoch
         else:
             self.unused_epochs += self.epochs - epoch
             self.say(self._ended_line(tid, name, ended, epoch))

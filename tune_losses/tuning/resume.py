@@ -161,7 +161,8 @@ def check_resumable(client, parent, space: Space, uri: str, source: str, data=No
     hashes = [k for k in (record.SPACE_SHA, record.TRAIN_SHA) if recorded.get(k) not in (None, now[k])]
     if not changed and (hashes or record.SPACE_SHA not in recorded):
         # which fields differ, from the recorded space; a sweep without the artifact: the hash alone
-        fields = space_changes(client, parent, space)
+        # a sweep of a version before space_sha256: fields added to the schema since are not changes
+        fields = space_changes(client, parent, space, shared_only=record.SPACE_SHA not in recorded)
         changed = fields if fields is not None else [f"the space (its hash {hashes[0]})"] if hashes else []
     if changed:
         raise SpaceError(
@@ -171,9 +172,10 @@ def check_resumable(client, parent, space: Space, uri: str, source: str, data=No
         )
 
 
-def space_changes(client, parent, space: Space) -> list[str] | None:
+def space_changes(client, parent, space: Space, shared_only: bool = False) -> list[str] | None:
     """The fields in which ``space`` differs from the sweep's recorded space (its space/resolved_space.json
-    artifact), or None when the sweep has none (a kill before it was written, or a sweep of an older version)."""
+    artifact), or None when the sweep has none (a kill before it was written, or a sweep of an older version).
+    ``shared_only``: compare only the fields both have (a space recorded by an older schema)."""
     try:
         with tempfile.TemporaryDirectory() as tmp:
             path = client.download_artifacts(parent.info.run_id, "space/resolved_space.json", tmp)
@@ -181,8 +183,9 @@ def space_changes(client, parent, space: Space) -> list[str] | None:
     except Exception:
         return None
     now = flat_space(space)
+    fields = set(before) & set(now) if shared_only else set(before) | set(now)
     return [
         f"{k}: {json.dumps(before.get(k))} in the sweep, {json.dumps(now.get(k))} now"
-        for k in sorted(set(before) | set(now))
+        for k in sorted(fields)
         if before.get(k) != now.get(k)
     ]

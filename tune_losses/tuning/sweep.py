@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import subprocess
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from tune_losses.spaces import Space, SpaceError, load_space
 from tune_losses.tracking import record
 from tune_losses.tracking.driver import DriverLock, claim, running_driver
 from tune_losses.tracking.ledger import Ledger, TrialRecord, retrying
-from tune_losses.tracking.parent import ParentRun, checkpoint_root, legacy_checkpoint_root
+from tune_losses.tracking.parent import ParentRun, SweepNameTaken, checkpoint_root, legacy_checkpoint_root
 
 from . import preflight, search
 from .interrupt import Interrupt, SweepInterrupted
@@ -116,7 +117,7 @@ class Sweep:
     """One sweep's phases (module docstring); ``run_sweep`` calls them in order."""
 
     def __init__(self, options: SweepOptions, lock: DriverLock):
-        self.o, self.lock = options, lock
+        self.options, self.lock = options, lock
         self.ray: Any = None  # ray_runtime.RayStart
         self.data: Any = None  # the data set's Splits, loaded once
         self.warm: Any = None  # warm_start.WarmStart
@@ -141,7 +142,7 @@ class Sweep:
         """Everything that can be wrong is found here, before the store or the storage is written to."""
         from .ray_runtime import RayStart
 
-        o = self.o
+        o = self.options
         preflight.check_sweep_name(o.name)
         if not o.remote_storage:
             preflight.check_writable(Path(o.storage), "--storage")
@@ -168,7 +169,7 @@ class Sweep:
         from . import warm_start
         from .console import header
 
-        o = self.o
+        o = self.options
         self.data = preflight.load_data(o.space, str(o.path))
         self.warm = warm_start.load(o.warm_start, o.space, o.uri) if o.warm_start else None
         # opening a SQLite store creates it: a new sweep opens one only once all else is known fine (below)
@@ -177,17 +178,13 @@ class Sweep:
         self._check_name()
         if o.progress:
             print(header(o.space, o.name, o.resume), flush=True)  # Ray takes seconds to start
-        if o.address:  # a cluster may lack what the trials need: known before the store is opened
-            self.ray.wait()
-            preflight.check_ray_resources(o.space, str(o.path), "cluster")
+        self.ray.wait()  # the cluster (or the local Ray) may lack what the trials need: known before the store opens
+        preflight.check_ray_resources(o.space, str(o.path), "cluster" if o.address else "local Ray")
         self.client = self.client or tracking.client(o.uri)
-        if not o.address:
-            self.ray.wait()
-            preflight.check_ray_resources(o.space, str(o.path), "local Ray")
 
     def _check_name(self) -> None:
         """A new sweep needs a free name; a resume needs the sweep, undriven, with the same space."""
-        o, found = self.o, self.found
+        o, found = self.options, self.found
         where = tracking.redact(o.uri)
         if o.resume and found is None:
             raise SpaceError(f"--resume: no sweep named {o.name!r} in the tracking store {where}")
@@ -208,7 +205,7 @@ class Sweep:
     # --- claim: the first write -----------------------------------------------------------------------------
     def claim(self) -> None:
         """Create the parent run (a new sweep) or claim it (a resume), then record the space on it."""
-        o = self.o
+        o = self.options
         try:
             if o.resume:
                 self._claim_resumed()
@@ -227,7 +224,7 @@ class Sweep:
             raise
 
     def _create(self) -> None:
-        o = self.o
+        o = self.options
         tags = {
             record.GIT_COMMIT: git_commit(),
             record.SPACE_FILE: str(o.path),
@@ -236,61 +233,80 @@ class Sweep:
             record.PLANNED: str(search.max_trials(o.space)),
             record.RESUME_COMMAND: o.resume_command(),
         }
+        tags = ParentRun.creation_tags(o.name, tags)
+        run_id = ParentRun.new_run(self.client, self.experiment_id, o.name, tags, uuid.uuid4().hex)
+        self._parent = ParentRun(self.client, run_id, o.name)  # from here on, whatever stops the sweep ends it
         try:
-            self._parent = ParentRun.create(self.client, tracking.experiment_id(self.client), o.name, tags, o.storage)
-        except ValueError as exc:  # another command created a sweep of this name at the same moment
+            self._parent.check_alone(self.experiment_id)
+        except SweepNameTaken as exc:  # another command created a sweep of this name at the same moment
             raise SpaceError(f"{o.path}: {exc}") from None
-        self.checkpoints = checkpoint_root(o.storage, o.name, self.parent.run_id)
-        self.lock.drives(self.parent.run_id, self.client, 0, self.parent.beat_tags)
+        self.checkpoints = checkpoint_root(o.storage, o.name, run_id)
+        self._parent.set_tags({record.CHECKPOINTS: self.checkpoints})
+        self.lock.drives(run_id, self.client, 0, self._parent.beat_tags)
 
     def _claim_resumed(self) -> None:
-        o = self.o
+        o = self.options
         run = retrying(self.client.get_run, self.found.info.run_id)  # Ray's start took seconds: read it again
         _refuse_if_driven(run, o.name)
         claimed = claim(self.client, run, retrying)  # of two resumes that found it undriven, one goes on
-        self._parent = ParentRun.resume(self.client, run, o.resume_command())
-        self.lock.drives(self.parent.run_id, self.client, claimed, self.parent.beat_tags)
+        self._parent = ParentRun(self.client, run.info.run_id, o.name)  # from here on, a stop ends it again
+        self._parent.resume(run, o.resume_command())
+        self.lock.drives(self._parent.run_id, self.client, claimed, self._parent.beat_tags)
         self.checkpoints = self._own_checkpoints(run)
         self._read_ledger()
 
     def _own_checkpoints(self, run) -> str:
-        """The sweep's checkpoint root, recorded on its parent; a sweep of an older version kept them at
-        ``<storage>/<name>/checkpoints``: moved under its parent run id (a local directory; remote storage keeps
-        the old place, which only that sweep wrote since)."""
-        recorded = run.data.tags.get(record.CHECKPOINTS)
-        if recorded:
-            return recorded
-        o = self.o
-        root = checkpoint_root(o.storage, o.name, self.parent.run_id)
+        """The sweep's checkpoint root: recorded on its parent, or (a kill before the tag) under its parent run
+        id, as its layout tag says. A sweep of an older version (no layout tag) kept them at
+        ``<storage>/<name>/checkpoints``: moved under its parent run id (one rename; remote storage keeps the
+        old place, which only that sweep wrote since)."""
+        o, tags = self.options, run.data.tags
+        root = tags.get(record.CHECKPOINTS) or checkpoint_root(o.storage, o.name, self.parent.run_id)
+        if record.CHECKPOINTS not in tags and record.LAYOUT not in tags:
+            root = self._migrate(root)
+        self.parent.set_tags({record.CHECKPOINTS: root})
+        return root
+
+    def _migrate(self, root: str) -> str:
+        o = self.options
         legacy = legacy_checkpoint_root(o.storage, o.name)
         if o.remote_storage:
-            root = legacy
-        elif Path(legacy).is_dir() and not Path(root).exists():
+            return legacy
+        if Path(legacy).is_dir() and not Path(root).exists():
             Path(root).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(legacy, root)  # one rename: a kill leaves it either here or there
-        self.parent.set_tags({record.CHECKPOINTS: root})
+            try:
+                os.replace(legacy, root)  # one rename: a kill leaves it either here or there
+            except OSError as exc:  # another file system, a mount point
+                raise SpaceError(
+                    f"--resume: the sweep {o.name!r} keeps its checkpoints in {legacy} (an older layout), which "
+                    f"cannot be moved to {root}: {exc.strerror or exc}; move that directory there by hand, then "
+                    "resume again"
+                ) from None
         return root
 
     def _read_ledger(self) -> None:
         """What a resume continues: finished trials are kept, the others continue from their checkpoints. A run
         with a key and no params (a kill between its creation and its params) holds no epoch: it is deleted, and
         its trial starts again."""
-        ledger = Ledger(self.client, self._experiment(), self.parent.run_id)
+        ledger = Ledger(self.client, self.experiment_id, self.parent.run_id)
         records = ledger.trials()
         for orphan in [r for r in records.values() if not r.params]:
             ledger.call("delete_run", orphan.run_id)
             del records[orphan.key]
         self.done = [r for r in records.values() if r.finished]
         self.todo = [r for r in records.values() if not r.finished]
-        lost = [r for r in self.todo if not self.o.remote_storage and not _has_checkpoint(self.checkpoints, r.key)]
+        lost = [
+            r for r in self.todo if not self.options.remote_storage and not _has_checkpoint(self.checkpoints, r.key)
+        ]
         print(
-            f"Resuming sweep {self.o.name!r} from MLflow: {len(self.done)} finished trials kept (not trained "
+            f"Resuming sweep {self.options.name!r} from MLflow: {len(self.done)} finished trials kept (not trained "
             f"again), {len(self.todo) - len(lost)} continue from their checkpoints"
             + (f", {len(lost)} start again from epoch 1 (no checkpoint under {self.checkpoints})" if lost else ""),
             flush=True,
         )
 
-    def _experiment(self) -> str:
+    @property
+    def experiment_id(self) -> str:
         return tracking.experiment_id(self.client)
 
     # --- run ------------------------------------------------------------------------------------------------
@@ -299,6 +315,7 @@ class Sweep:
         from .tuner import build_tuner
 
         tuner, self.budget = build_tuner(self)
+        self.interrupt.on_exit = lambda: self.abandon(KeyboardInterrupt())
         with self.interrupt.catching():
             return tuner.fit()
 
@@ -306,8 +323,8 @@ class Sweep:
     def close(self, results) -> SweepResult:
         from .closing import best_config, close_trial_runs, summarize
 
-        o, parent = self.o, self.parent
-        ledger = Ledger(self.client, self._experiment(), parent.run_id)
+        o, parent = self.options, self.parent
+        ledger = Ledger(self.client, self.experiment_id, parent.run_id)
         if self.interrupt.event.is_set():  # Ctrl-C: each trial keeps its run and its last checkpoint
             close_trial_runs(ledger, [], o.space.train.epochs, interrupted=True)
             parent.end("interrupted", self.lock.ended)
@@ -330,31 +347,33 @@ class Sweep:
         return SweepResult(o.name, parent.run_id, o.uri, config, value, summary, results)
 
     def abandon(self, exc: BaseException) -> None:
-        """End the parent run of a sweep that an error or a Ctrl-C stopped (once; never hides ``exc``): it stays
-        resumable."""
+        """End the parent run of a sweep that a Ctrl-C (``ended_by: interrupted``) or an error (``ended_by:
+        error``, with its reason) stopped; never hides ``exc``. Either way it stays resumable (KILLED)."""
         if self._parent is None:
             return
         with contextlib.suppress(Exception):
-            if not isinstance(exc, KeyboardInterrupt):
-                self.parent.set_tags({record.REASON: f"{type(exc).__name__}: {exc}"[:5000]})
-            self.parent.end("interrupted", self.lock.ended)
+            if isinstance(exc, KeyboardInterrupt):
+                self.parent.end("interrupted", self.lock.ended)
+                return
+            self.parent.set_tags({record.REASON: f"{type(exc).__name__}: {exc}"[:5000]})
+            self.parent.end("error", self.lock.ended)
 
     # --- report ---------------------------------------------------------------------------------------------
     def report(self, result: SweepResult) -> SweepResult:
-        if not self.o.make_report:
+        if not self.options.make_report:
             return result
         from tune_losses.reports.build import build_report
 
         try:
-            out_dir = tracking.run_dir() / "reports" / self.o.name
-            result.report = build_report(result.parent_run_id, tracking_uri=self.o.uri, out_dir=out_dir)
+            out_dir = tracking.run_dir() / "reports" / self.options.name
+            result.report = build_report(result.parent_run_id, tracking_uri=self.options.uri, out_dir=out_dir)
         except Exception as exc:  # a report must never cost the sweep's results
             with contextlib.suppress(Exception):
                 self.parent.set_tags({record.REPORT_ERROR: str(exc)[:1000]})
         except KeyboardInterrupt:  # Ctrl-C after the sweep ended: its record is whole, only the report is not
             print(
                 f"\nCtrl-C: no report built (the sweep has finished and is recorded; `tune-losses report "
-                f"{self.o.name}` builds it)",
+                f"{self.options.name}` builds it)",
                 flush=True,
             )
         return result

@@ -40,9 +40,9 @@ import torch._dynamo  # noqa: F401
 from ray import tune
 
 from tune_losses.spaces import Space, trial_config
-from tune_losses.tracking import record
+from tune_losses.tracking import outcome, record
 from tune_losses.tracking.callback import flatten, trial_name
-from tune_losses.tracking.ledger import Ledger, TrialRecord, trial_key
+from tune_losses.tracking.ledger import Ledger, Superseded, TrialRecord, trial_key
 from tune_losses.training import save_checkpoint, train
 from tune_losses.training.checkpoint import FILENAME, load_checkpoint
 from tune_losses.training.config import weights_used
@@ -133,9 +133,14 @@ def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
     if attempt.record.finished:
         attempt.replay()
         return
-    attempt.begin()
-    result = attempt.train(data)
-    attempt.finish(result)
+    try:
+        attempt.begin()
+        attempt.finish(attempt.train(data))
+    except Superseded as exc:
+        # another attempt owns the run and records the trial: end without a write, and without an error that
+        # Ray would retry (a retry would take the run back from the attempt that owns it)
+        log.warning("%s", exc)
+        attempt.superseded()
 
 
 class TrialAttempt:
@@ -197,6 +202,9 @@ class TrialAttempt:
                 record.CHECKPOINT: self.checkpoint_path,
             },
         )
+        # what the run holds now: an attempt this one replaced may have logged an epoch since it was first read
+        fresh = self.ledger.call("get_run", self.run_id)
+        self.record.last_step = int(fresh.data.metrics.get("epoch", 0) or 0)
         if self.record.status != "RUNNING":
             self.ledger.set_status(self.run_id, "RUNNING")
         for stale in (record.STOPPED_AT, record.REASON):  # an end recorded in part before a kill: it goes on
@@ -254,8 +262,7 @@ class TrialAttempt:
             # trained, so the result Ray Tune sees is the one the ledger holds
             final = {k: v for k, v in self.record.metrics.items() if k != "epoch"}
             tune.report({**final, "epoch": self.record.last_step, "node_id": self.node, "mlflow_run_id": self.run_id})
-        if self.last:
-            self.ledger.check_owner(self.run_id, self.token)
+        self.ledger.check_owner(self.run_id, self.token)
         if self.last.get("test_confusion") is not None and not self.confusion_logged:  # ended before its last epoch
             self.ledger.log_dict(self.run_id, self.last["test_confusion"], record.CONFUSION_ARTIFACT)
         if result.get("status") == "diverged":
@@ -265,6 +272,13 @@ class TrialAttempt:
         tags = {record.STATUS: "completed", record.STOPPED_EARLY: "false"}
         self.ledger.set_tags(self.run_id, tags, timings, int(self.last.get("epoch", 0)))
         self.ledger.set_status(self.run_id, "FINISHED")
+
+    def superseded(self) -> None:
+        """The result Ray Tune gets from an attempt that another replaced: the metric at its worst (Ray Tune
+        needs it), marked so that the driver records nothing of it (tracking/outcome.py)."""
+        worst = float("-inf") if self.space.search.mode == "max" else float("inf")
+        epoch = int(self.last.get("epoch", 0) or 0)
+        tune.report({self.space.search.metric: worst, "epoch": epoch, "trial_status": outcome.SUPERSEDED_STATUS})
 
     def _diverged(self, result: dict) -> None:
         """Stop with a status and a reason, not NaN metrics: the metric keeps its last finite value (or the worst

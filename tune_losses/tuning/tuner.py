@@ -17,10 +17,10 @@ def build_tuner(sweep) -> tuple[Any, Budget]:
 
     from .ray_runtime import run_trial
 
-    o, parent = sweep.o, sweep.parent
+    o, parent = sweep.options, sweep.parent
     space, s = o.space, o.space.search
     budget = Budget(s, seconds_before=parent.seconds_run(), finished=sweep.done)
-    experiment = sweep._experiment()
+    experiment = sweep.experiment_id
     trial_sweep = {
         "tracking_uri": o.uri,
         "experiment_id": experiment,
@@ -62,7 +62,7 @@ def build_tuner(sweep) -> tuple[Any, Budget]:
 def _callbacks(sweep, ledger: Ledger, budget: Budget) -> list:
     from .progress import SweepProgress
 
-    o = sweep.o
+    o = sweep.options
     callback = LedgerCallback(ledger, o.space.train.epochs, sweep.interrupt.event)
     callback.budget, callback.scheduler = budget, o.space.search.scheduler.name
     sweep.interrupt.budget = budget
