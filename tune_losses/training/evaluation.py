@@ -28,7 +28,7 @@ def replica_metrics(replicas, splits, num_classes: int) -> tuple[dict[str, np.nd
     return per, test_confusions
 
 
-def member_metrics(per: dict[str, np.ndarray], test_confusions, replicas: range) -> tuple[dict, np.ndarray]:
+def member_metrics(per: dict[str, np.ndarray], test_confusions, replicas: range) -> tuple[dict, np.ndarray | None]:
     """One config's metrics from its ``replicas`` (indices into ``per``): the mean (the trial's metric) and, with
     more than one replica, std / min / max and each replica's value; and its first replica's test confusion."""
     out = {}
@@ -45,7 +45,7 @@ def member_metrics(per: dict[str, np.ndarray], test_confusions, replicas: range)
     return out, confusion
 
 
-def evaluate(replicas, splits, num_classes: int) -> tuple[dict, np.ndarray]:
+def evaluate(replicas, splits, num_classes: int) -> tuple[dict, np.ndarray | None]:
     """All replicas as one config: their val/test metrics (mean, spread, own values) and replica 0's test
     confusion."""
     per, confusions = replica_metrics(replicas, splits, num_classes)

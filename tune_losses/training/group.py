@@ -85,7 +85,8 @@ class GroupTraining:
         self.num_classes = c = splits.num_classes
         mparams = model_params(cfg, splits.input_shape)
         self.full_model = partial(build_model, cfg.model.name, num_classes=c, **mparams)
-        make_model, self.rowspace = self.full_model, None
+        make_model: Callable[[], torch.nn.Module] = self.full_model
+        self.rowspace: RowSpace | None = None
         together = cfg.model_copy(update={"repeats": len(cfgs) * cfg.repeats})  # the cost rule counts replicas
         if cfg.rowspace and rowspace_applies(together, splits):  # exact: see training/rowspace.py
             rowspace = self.rowspace = RowSpace(splits)
@@ -140,17 +141,19 @@ class GroupTraining:
     def run_epoch(self, epoch: int) -> list[dict | None]:
         """Train one epoch; each member's metrics, its result if it diverged now, or None if it stopped before."""
         losses, train_confusion = self.replicas.train_epoch(self.splits.train, self.cfgs[0].batch_size)
-        values, out = losses.tolist(), [None] * len(self.members)
+        values = losses.tolist()
+        out: list[dict | None] = [None] * len(self.members)
         live = [m for m in range(len(self.members)) if m not in self.stopped]
         for m in live:
             bad = [i for i in self.members[m] if not math.isfinite(values[i])]
             if bad:
-                self.stopped[m] = out[m] = {
+                result: dict = {
                     "status": "diverged",
                     "epoch": epoch,
                     "reason": f"training loss became {values[bad[0]]} at epoch {epoch} "
                     f"(replica seeds {[self.replicas.seeds[i] for i in bad]})",
                 }
+                self.stopped[m] = out[m] = result
         self.epoch = epoch
         live = [m for m in live if m not in self.stopped]
         if not live:
@@ -160,7 +163,7 @@ class GroupTraining:
         for m in live:
             idx = self.members[m]
             metrics, confusion = member_metrics(per, test_confusions, idx)
-            out[m] = {
+            record: dict = {
                 "epoch": epoch,
                 "device": str(self.device),
                 "train_loss": float(losses[idx.start : idx.stop].mean()),
@@ -168,7 +171,8 @@ class GroupTraining:
                 "test_confusion": confusion.tolist() if confusion is not None else None,
             }
             if len(idx) > 1:
-                out[m].update({f"train_loss_r{i}": values[j] for i, j in enumerate(idx)})
+                record.update({f"train_loss_r{i}": values[j] for i, j in enumerate(idx)})
+            out[m] = record
         return out
 
     def fit(self, report: GroupReport | None = None) -> list[dict]:
