@@ -8,7 +8,8 @@ import torch
 from tune_losses.losses import build_loss
 from tune_losses.losses.base import param_value
 from tune_losses.training import save_checkpoint, train
-from tune_losses.training.group import fusible_params, group_configs, train_group
+from tune_losses.training.config import fusible_params
+from tune_losses.training.group import group_configs, train_group
 
 BASE = {
     "dataset": {"name": "digits"},
@@ -90,10 +91,11 @@ def test_param_value_tells_a_per_replica_parameter_from_a_shared_one():
 
 def test_dal_group_equals_each_a_alone_per_seed_with_its_own_soft_labels():
     """DAL's `a` on the MLP head: each member's per-epoch records, weights and soft labels (rebuilt from each
-    replica's own training confusion) are those of its `a` trained alone with the same seeds."""
-    cfgs = [config("dal", {"a": a}, epochs=3) for a in (3.0, 10.0, 20.0)]
+    replica's own training confusion) are those of its `a` trained alone with the same seeds (the third member
+    trains seeds 12 and 13, as the second sample of a repeated grid point would)."""
+    cfgs = [config("dal", {"a": a}, epochs=3, seed=seed) for a, seed in ((3.0, 10), (10.0, 10), (20.0, 12))]
     finals, reports, state = check_group_equals_alone(cfgs, rel=1e-5, weight_tol=1e-5)
-    soft = [state["replicas"]["losses"][i]["soft_labels"] for i in (0, 2, 4)]  # seed 10 of each a
+    soft = [state["replicas"]["losses"][i]["soft_labels"] for i in (0, 2, 4)]  # the first seed of each a
     for s, a in zip(soft, (3.0, 10.0, 20.0)):  # S = -R / a off the diagonal: rows of R are rates (sum <= 1)
         rates = -(s - torch.diag(s.diagonal())) * a
         assert (rates >= 0).all() and (rates.sum(dim=1) <= 1 + 1e-6).all() and rates.sum() > 0
@@ -166,6 +168,7 @@ def test_a_group_is_configs_that_differ_only_in_their_losss_replica_params():
     assert set(fusible_params("beta_gamma")) == {"beta", "gamma"} and "lambda" in fusible_params("cc")
     dal = config("dal", {"a": 5.0})
     assert len(group_configs([dal, config("dal", {"a": 8.0})])) == 2
+    assert len(group_configs([dal, config("dal", {"a": 8.0}, seed=14)])) == 2  # a repeated grid point's sample
     with pytest.raises(ValueError, match=r"configs\[1\]\.optimizer\.lr is not allowed to differ .* \['a'\]"):
         group_configs([dal, config("dal", {"a": 8.0}, optimizer={"name": "sgd", "lr": 0.1})])
     with pytest.raises(ValueError, match=r"configs\[1\]\.loss\.name is not allowed"):

@@ -2,12 +2,13 @@
 one config) and of fused trials, where a sweep's grid points that differ only in the loss's parameters (DAL's
 ``a``, beta/gamma, CC-Loss's ``lambda``) train as one ``torch.func.vmap``-ed model.
 
-Member m of a group of M configs, each with ``repeats`` R, owns replicas m R .. m R + R - 1, seeded ``seed`` ..
-``seed + R - 1`` as that config trained alone: the same initialisation, shuffling and random stream per seed
-(training/replicas.py), its own loss built from its config (the parameters that differ are per-replica buffers,
-losses/base.py ``param_buffer``), and DAL's soft labels rebuilt from its own confusion matrix. So each member's
-per-seed results are those of its config alone, to the rounding of batched kernels (tests/test_fused_training.py).
-What may differ between members is what the loss class lists in ``replica_params``; everything else is one
+Member m of a group of M configs, each with ``repeats`` R, owns replicas m R .. m R + R - 1, seeded with its
+config's ``seed`` .. ``seed + R - 1`` as that config trained alone: the same initialisation, shuffling and random
+stream per seed (training/replicas.py), its own loss built from its config (the parameters that differ are
+per-replica buffers, losses/base.py ``param_buffer``), and DAL's soft labels rebuilt from its own confusion matrix.
+So each member's per-seed results are those of its config alone, to the rounding of batched kernels
+(tests/test_fused_training.py). What may differ between members is what the loss class lists in
+``replica_params``, and the seed (the samples of a repeated grid point train other seeds); everything else is one
 training setup. A member whose training loss becomes NaN or inf stops being reported (its result says why); the
 others go on.
 """
@@ -22,11 +23,10 @@ import torch
 
 from tune_losses.data import Splits
 from tune_losses.losses import build_loss
-from tune_losses.losses import get as loss_class
 from tune_losses.models import build_model
 
 from .checkpoint import load_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, fusible_params
 from .evaluation import member_metrics, replica_metrics
 from .replicas import make_replicas
 from .rowspace import RowSpace
@@ -39,11 +39,6 @@ from .setup import load_splits, model_params, pick_device
 GroupReport = Callable[[list[dict | None], Callable[[], dict]], None]
 
 
-def fusible_params(loss_name: str) -> tuple[str, ...]:
-    """The parameters of loss ``loss_name`` in which the configs of one group may differ."""
-    return tuple(getattr(loss_class(loss_name), "replica_params", ()))
-
-
 def _differences(a, b, path: str = ""):
     """The dotted paths at which two dumped configs differ."""
     if isinstance(a, dict) and isinstance(b, dict):
@@ -54,17 +49,19 @@ def _differences(a, b, path: str = ""):
 
 
 def group_configs(configs: Sequence[dict | TrainConfig]) -> list[TrainConfig]:
-    """The configs validated, and checked to be one group: equal but for the loss's ``replica_params``."""
+    """The configs validated, and checked to be one group: equal but for the seed and the loss's
+    ``replica_params``."""
     cfgs = [c if isinstance(c, TrainConfig) else TrainConfig.model_validate(c) for c in configs]
     if not cfgs:
         raise ValueError("configs=[] is not allowed: a group needs at least one config")
     first, allowed = cfgs[0].model_dump(), fusible_params(cfgs[0].loss.name)
     for i, cfg in enumerate(cfgs[1:], start=1):
         for path in _differences(first, cfg.model_dump()):
-            if path.removeprefix("loss.params.") not in allowed or not path.startswith("loss.params."):
+            if path != "seed" and not (path.startswith("loss.params.") and path[12:] in allowed):
                 raise ValueError(
                     f"configs[{i}].{path} is not allowed to differ from configs[0].{path} in a group: allowed: "
-                    f"only the parameters {list(allowed)} of loss {cfgs[0].loss.name!r} (its replica_params)"
+                    f"the seed, and the parameters {list(allowed)} of loss {cfgs[0].loss.name!r} (its "
+                    "replica_params)"
                 )
     return cfgs
 
@@ -98,7 +95,7 @@ class GroupTraining:
         self.replicas = make_replicas(
             make_model,
             [partial(build_loss, m.loss.name, num_classes=c, **m.loss.params) for m in cfgs for _ in range(r)],
-            [cfg.seed + i for _ in cfgs for i in range(r)],
+            [m.seed + i for m in cfgs for i in range(r)],
             cfg.optimizer,
             c,
             self.device,
