@@ -177,3 +177,14 @@ def test_a_group_is_configs_that_differ_only_in_their_losss_replica_params():
         group_configs([config("focal", {"gamma": 1.0}), config("focal", {"gamma": 2.0, "alpha": [1.0] * 10})])
     with pytest.raises(ValueError, match=r"configs=\[\] is not allowed"):
         group_configs([])
+
+
+def test_a_group_of_looped_replicas_equals_each_config_alone_bit_for_bit():
+    """vectorize: false trains the group's replicas one after the other, each with its own loss: exactly alone."""
+    cfgs = [config("beta_gamma", {"beta": b, "gamma": 2.0}, epochs=2, vectorize=False) for b in (0.5, 4.0)]
+    finals, reports = fused(cfgs)
+    assert [f["replicas"] for f in finals] == ["LoopReplicas"] * 2
+    for m, cfg in enumerate(cfgs):
+        solo_final, solo_reports = alone(cfg)
+        assert [per[m] for per, _ in reports] == [solo for solo, _ in solo_reports]
+        assert finals[m] == solo_final
