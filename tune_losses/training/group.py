@@ -10,7 +10,9 @@ So each member's per-seed results are those of its config alone, to the rounding
 (tests/test_fused_training.py). What may differ between members is what the loss class lists in
 ``replica_params``, and the seed (the samples of a repeated grid point train other seeds); everything else is one
 training setup. A member whose training loss becomes NaN or inf stops being reported (its result says why); the
-others go on.
+others go on (its replicas still train: they share nothing with the others). The row-space reduction's cost rule
+counts the group's replicas, so a group may take it where one of its configs alone would not: the same training
+in exact arithmetic (rowspace.py), rounded differently.
 """
 
 from __future__ import annotations

@@ -150,11 +150,18 @@ class Replicas:
         builders = list(build_loss) if isinstance(build_loss, (list, tuple)) else [build_loss] * len(self.seeds)
         if len(builders) != len(self.seeds):
             raise ValueError(f"build_loss: {len(builders)} builders is not allowed for {len(self.seeds)} seeds")
+        built: dict[int, tuple[nn.Module, dict]] = {}  # seed -> its initial model and stream
         for seed, make_loss in zip(self.seeds, builders):
-            torch.manual_seed(seed)
-            self.models.append(build_model().to(device))
+            if seed in built:  # a fused group's configs share seeds: the same initialisation, built once
+                model, stream = built[seed]
+                self.models.append(copy.deepcopy(model))
+                self.streams.states.append(dict(stream))
+            else:
+                torch.manual_seed(seed)
+                self.models.append(build_model().to(device))
+                self.streams.capture()
+                built[seed] = (self.models[-1], self.streams.states[-1])
             self.losses.append(make_loss().to(device))
-            self.streams.capture()
         self.generators = [torch.Generator().manual_seed(seed) for seed in self.seeds]
         self.optimizer_cfg, self.build_model = optimizer_cfg, build_model
 
