@@ -175,6 +175,10 @@ class Search(Strict):
     plateau: Plateau | None = None  # end the sweep when its best stalls (tuning/budgets.py)
     select_on_test: bool = False
     select_on_test_reason: str = ""
+    # auto: grid points that differ only in loss parameters (and their samples) train as fused groups, one
+    # vectorised model per group, where the sweep allows it (tuning/fusion.py says when, and why not); off: one
+    # trial per grid point, as always.
+    fuse: Literal["auto", "off"] = "auto"
 
     @model_validator(mode="after")
     def opt_in_is_explained(self):

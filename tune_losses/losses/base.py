@@ -12,7 +12,24 @@ def require(ok: bool, param: str, value, allowed: str) -> None:
         raise ValueError(f"{param}={value!r} is not allowed: {param} must be {allowed}")
 
 
-def modulating_pow(base: torch.Tensor, gamma: float) -> torch.Tensor:
+def param_buffer(value: float) -> torch.Tensor:
+    """A float parameter of a loss as what it registers as a non-persistent buffer (float64, so its value is the
+    float given): one number per loss, stacked into one per replica by the vectorised replicas, so that the configs
+    of a fused group (training/group.py), differing only in such parameters, train as one vmap-ed model. Not in
+    ``state_dict`` (the config gives it), so checkpoints keep their form."""
+    return torch.tensor(float(value), dtype=torch.float64)
+
+
+def param_value(param: torch.Tensor) -> float | torch.Tensor:
+    """A loss parameter as a Python float where one value holds for the whole call, so that shortcuts (gamma = 0:
+    exactly cross-entropy) and scalar arithmetic stay those of a single config; the tensor itself where it differs
+    by replica (batched under vmap: a fused group of configs), which the fused kernels and the tensor expressions
+    take per replica. ``is_batchedtensor`` is functorch's (private) test of that; tests/test_fused_training.py
+    checks it."""
+    return param if torch._C._functorch.is_batchedtensor(param) else param.item()
+
+
+def modulating_pow(base: torch.Tensor, gamma: float | torch.Tensor) -> torch.Tensor:
     """``base ** gamma`` for a base in [0, 1] (focal's 1 - p_t, beta/gamma's 1 - p_t^beta), with finite gradients.
 
     Where p_t rounds to 1 the base is 0, and for 0 < gamma < 1 the derivative gamma * base^(gamma - 1) is
@@ -33,6 +50,10 @@ class ClassificationLoss(nn.Module):
     """
 
     needs_attention = False
+    # Constructor parameters that may differ between the replicas of one vectorised model (a fused group of
+    # configs, training/group.py): those held as ``param_buffer``s, or used only by ``update`` (which runs on each
+    # replica's own loss). A plugin lists its own; a parameter not listed keeps its configs apart.
+    replica_params: tuple[str, ...] = ()
 
     def __init__(self, num_classes: int):
         super().__init__()

@@ -20,26 +20,32 @@ import torch
 import torch.nn.functional as F
 
 from . import fused
-from .base import ClassificationLoss, modulating_pow, require
+from .base import ClassificationLoss, modulating_pow, param_buffer, param_value, require
 from .registry import register
 
 
 @register("beta_gamma")
 class BetaGammaLoss(ClassificationLoss):
     invalid_params = [{"beta": 0.0}, {"gamma": -1.0}]  # refused: tests/test_contracts.py checks each
+    replica_params = ("beta", "gamma")
+
+    beta: torch.Tensor  # parameter buffers (base.py: param_buffer), one value per replica under vmap
+    gamma: torch.Tensor
 
     def __init__(self, num_classes: int, beta: float = 4.0, gamma: float = 5.0):
         super().__init__(num_classes)
         require(float(beta) > 0, "beta", beta, "> 0 (the paper sweeps 2..16)")
         require(float(gamma) >= 0, "gamma", gamma, ">= 0 (the paper sweeps 2..21)")
-        self.beta, self.gamma = float(beta), float(gamma)
+        self.register_buffer("beta", param_buffer(beta), persistent=False)
+        self.register_buffer("gamma", param_buffer(gamma), persistent=False)
 
     def compute(self, logits, target, attention=None):
-        if self.gamma == 0:
+        beta, gamma = param_value(self.beta), param_value(self.gamma)
+        if isinstance(gamma, float) and gamma == 0:
             return F.cross_entropy(logits, target)
         if fused.usable(logits):  # the same loss and gradient in one CPU kernel (fused.py)
             return fused.kernels().beta_gamma_loss(logits, target, self.beta, self.gamma)
         logpt = F.log_softmax(logits, dim=1).gather(1, target[:, None])[:, 0]
         # (1 - p_t^beta)^gamma, stable near 1; finite gradients where p_t rounds to 1 (base.py: modulating_pow)
-        factor = modulating_pow(-torch.expm1(self.beta * logpt), self.gamma)
+        factor = modulating_pow(-torch.expm1(beta * logpt), gamma)
         return -(factor * logpt).mean()

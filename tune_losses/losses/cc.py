@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from . import fused
-from .base import ClassificationLoss, require
+from .base import ClassificationLoss, param_buffer, param_value, require
 from .registry import register
 
 EPS = 1e-6
@@ -31,6 +31,9 @@ EPS = 1e-6
 class ChannelCorrelationLoss(ClassificationLoss):
     needs_attention = True
     invalid_params = [{"lam": -0.5}, {"lambda": -0.5}]  # refused: tests/test_contracts.py checks each
+    replica_params = ("lam", "lambda")
+
+    lam: torch.Tensor  # a parameter buffer (base.py: param_buffer), one value per replica under vmap
 
     def __init__(self, num_classes: int, lam: float = 1.0, **kwargs):
         name = "lam"
@@ -40,15 +43,16 @@ class ChannelCorrelationLoss(ClassificationLoss):
             raise TypeError(f"unexpected keyword arguments {sorted(kwargs)}")
         super().__init__(num_classes)
         require(float(lam) >= 0, name, lam, ">= 0 (the CC-Loss paper sweeps 0..2)")
-        self.lam = float(lam)
+        self.register_buffer("lam", param_buffer(lam), persistent=False)
 
     def compute(self, logits, target, attention=None):
-        if self.lam == 0:
+        lam = param_value(self.lam)
+        if isinstance(lam, float) and lam == 0:
             return F.cross_entropy(logits, target)
         if fused.usable(logits) and attention.is_cpu:  # the same loss and gradients in one CPU kernel
             return fused.kernels().cc_loss(logits, target, attention, self.lam, EPS)
         ce = F.cross_entropy(logits, target)
-        return ce + self.lam * channel_correlation(attention.to(logits.dtype), target)
+        return ce + lam * channel_correlation(attention.to(logits.dtype), target)
 
 
 def channel_correlation(attention: torch.Tensor, target: torch.Tensor, eps: float = EPS) -> torch.Tensor:

@@ -15,6 +15,8 @@ so a sample of class c trains with the label row S[c]:
 ``a > 1`` is the inhibiting factor (the paper sweeps 5..20 and reports instability below 3). Before the first
 :meth:`update` S is the identity, i.e. plain cross-entropy; a class with no samples in the epoch keeps an
 identity row. S is a buffer, so it travels with ``state_dict`` and a resumed trial keeps its soft labels.
+``a`` enters only :meth:`update`, which every replica runs on its own loss object: replicas with different
+``a`` (a fused group of configs) need nothing more.
 On CPU the loss and its gradient come from one fused kernel (fused.py); elsewhere from the expression below.
 """
 
@@ -29,6 +31,7 @@ from .registry import register
 @register("dal")
 class DynamicAttentionLoss(ClassificationLoss):
     invalid_params = [{"a": 1.0}, {"a": -3.0}]  # refused: tests/test_contracts.py checks each
+    replica_params = ("a",)
 
     soft_labels: torch.Tensor  # a buffer: saved with state_dict, moved with .to()
 

@@ -2,6 +2,7 @@
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .group import train_group
 from .loop import train
 
-__all__ = ["TrainConfig", "load_checkpoint", "save_checkpoint", "train"]
+__all__ = ["TrainConfig", "load_checkpoint", "save_checkpoint", "train", "train_group"]

@@ -107,6 +107,15 @@ class TrainConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+def fusible_params(loss_name: str) -> tuple[str, ...]:
+    """The parameters of loss ``loss_name`` in which the configs of one fused group may differ (the loss class's
+    ``replica_params``: training/group.py). The registry loads lazily, as for the names above."""
+    import importlib
+
+    cls = importlib.import_module(_REGISTRY_MODULES["loss"]).get(loss_name)
+    return tuple(getattr(cls, "replica_params", ()))
+
+
 BACKBONES = ("vgg16", "resnet18", "googlenet")
 
 

@@ -140,16 +140,28 @@ class ReplicaDropout(nn.Dropout):
 
 
 class Replicas:
-    """Common driver: one epoch over shuffled mini-batches, per-replica losses and training confusion."""
+    """Common driver: one epoch over shuffled mini-batches, per-replica losses and training confusion.
+    ``build_loss``: one builder for every replica, or a list of one per replica (a fused group of configs gives
+    each replica its config's loss parameters: training/group.py)."""
 
     def __init__(self, build_model, build_loss, seeds, optimizer_cfg, num_classes, device):
         self.seeds, self.num_classes, self.device = list(seeds), num_classes, device
         self.models, self.losses, self.streams = [], [], Streams(device)
-        for seed in self.seeds:
-            torch.manual_seed(seed)
-            self.models.append(build_model().to(device))
-            self.losses.append(build_loss().to(device))
-            self.streams.capture()
+        builders = list(build_loss) if isinstance(build_loss, (list, tuple)) else [build_loss] * len(self.seeds)
+        if len(builders) != len(self.seeds):
+            raise ValueError(f"build_loss: {len(builders)} builders is not allowed for {len(self.seeds)} seeds")
+        built: dict[int, tuple[nn.Module, dict]] = {}  # seed -> its initial model and stream
+        for seed, make_loss in zip(self.seeds, builders):
+            if seed in built:  # a fused group's configs share seeds: the same initialisation, built once
+                model, stream = built[seed]
+                self.models.append(copy.deepcopy(model))
+                self.streams.states.append(dict(stream))
+            else:
+                torch.manual_seed(seed)
+                self.models.append(build_model().to(device))
+                self.streams.capture()
+                built[seed] = (self.models[-1], self.streams.states[-1])
+            self.losses.append(make_loss().to(device))
         self.generators = [torch.Generator().manual_seed(seed) for seed in self.seeds]
         self.optimizer_cfg, self.build_model = optimizer_cfg, build_model
 
@@ -289,8 +301,16 @@ class VectorReplicas(Replicas):
         self.models = None  # type: ignore[assignment]  # the stacked tensors are the state from here on
 
     def _stack_loss_buffers(self):
-        names = [n for n, _ in self.loss_base.named_buffers()]
-        self.loss_buffers = {n: torch.stack([dict(lo.named_buffers())[n] for lo in self.losses]) for n in names}
+        """The losses' buffers for the vmap-ed call: stacked (one per replica, ``loss_dims`` 0) where they differ
+        between replicas (DAL's soft labels after an update, the loss parameters of a fused group), the one
+        tensor (``loss_dims`` None) where every replica holds the same, so that the loss takes the path of a
+        single config there (losses/base.py: ``param_value``)."""
+        self.loss_buffers, self.loss_dims = {}, {}
+        for name, first in self.loss_base.named_buffers():
+            values = [dict(lo.named_buffers())[name] for lo in self.losses]
+            same = all(torch.equal(v, first) for v in values[1:])
+            self.loss_buffers[name] = first if same else torch.stack(values)
+            self.loss_dims[name] = None if same else 0
 
     def _forward(self, x, params=None, buffers=None):
         def one(params, buffers, xk):
@@ -316,7 +336,7 @@ class VectorReplicas(Replicas):
         def one(buffers, lg, t, att):
             return functional_call(self.loss_base, buffers, (lg, t), {"attention": att, "validate": False})
 
-        in_dims = (0, 0, 0, 0 if attention is not None else None)
+        in_dims = (self.loss_dims, 0, 0, 0 if attention is not None else None)
         return torch.vmap(one, in_dims=in_dims)(self.loss_buffers, logits, y, attention), logits
 
     def _match_grad_layout(self, x, y) -> None:

@@ -6,7 +6,9 @@
 // (TORCH_LIBRARY: tune_losses::dal_loss, beta_gamma_loss, cc_loss) with one autograd node: the CPU kernel
 // computes the softmax once and returns the loss together with its gradient, which the autograd kernel saves;
 // the backward is one multiplication. Logits (..., B, C): leading dimensions are independent replicas, each with
-// its own mean over its B rows (fused.py's vmap rule passes vmap's replicas that way). The formulas are those of
+// its own mean over its B rows (fused.py's vmap rule passes vmap's replicas that way), and its own loss
+// parameters (beta, gamma, lambda: tensors of the leading shape, or one value for all; a fused group of configs
+// gives each replica its config's). The formulas are those of
 // dal.py, beta_gamma.py and cc.py; tests/losses/test_losses.py checks both paths against float64 references and with
 // gradcheck, and against each other.
 
@@ -30,6 +32,14 @@ int64_t check_inputs(const torch::Tensor& z, const torch::Tensor& y) {
 }
 
 std::vector<int64_t> leading(const torch::Tensor& z) { return z.sizes().slice(0, z.dim() - 2).vec(); }
+
+// A loss parameter, one value per replica (..., as the leading dimensions of z) or one for all (a 0-d tensor):
+// as doubles, one per replica, read at k.
+torch::Tensor per_replica_values(const torch::Tensor& param, const torch::Tensor& z, const char* name) {
+  TORCH_CHECK(param.dim() == 0 || param.sizes() == z.sizes().slice(0, z.dim() - 2), name,
+              ": one value, or one per replica (the leading dimensions of the logits), expected");
+  return param.to(torch::kCPU, torch::kDouble).expand(leading(z)).contiguous();
+}
 
 
 void check_once(const char* name) {
@@ -125,15 +135,17 @@ std::tuple<torch::Tensor, torch::Tensor> dal_forward(const torch::Tensor& z, con
 //              dlog p_t/dz_ij = [j == t] - p_ij
 // u^(gamma - 1) log p_t -> 0 as p_t -> 1 (u ~ -beta log p_t), also for gamma < 1: that limit is taken at u = 0.
 std::tuple<torch::Tensor, torch::Tensor> beta_gamma_forward(const torch::Tensor& z, const torch::Tensor& y,
-                                                            double beta, double gamma) {
+                                                            const torch::Tensor& beta, const torch::Tensor& gamma) {
   const int64_t K = check_inputs(z, y), B = z.size(-2), C = z.size(-1);
+  auto betas = per_replica_values(beta, z, "beta"), gammas = per_replica_values(gamma, z, "gamma");
   auto zc = z.contiguous();
   auto grad = at::softmax(zc, -1);
   auto yc = y.to(torch::kLong).contiguous();
   auto loss = at::empty(leading(z), zc.options());
   AT_DISPATCH_FLOATING_TYPES(zc.scalar_type(), "beta_gamma_loss", [&] {
-    const scalar_t b = scalar_t(beta), gm = scalar_t(gamma), inv_b = scalar_t(1) / scalar_t(B);
+    const scalar_t inv_b = scalar_t(1) / scalar_t(B);
     for (int64_t k = 0; k < K; ++k) {
+      const scalar_t b = scalar_t(betas.data_ptr<double>()[k]), gm = scalar_t(gammas.data_ptr<double>()[k]);
       const scalar_t* z0 = zc.data_ptr<scalar_t>() + k * B * C;
       const int64_t* yp = yc.data_ptr<int64_t>() + k * B;
       scalar_t* gp = grad.data_ptr<scalar_t>() + k * B * C;
@@ -164,9 +176,10 @@ std::tuple<torch::Tensor, torch::Tensor> beta_gamma_forward(const torch::Tensor&
 // dL_CC/dD_ij = W_ij (row i's share), dD_ij/dw_i = 2 (w_i - w_j), so with V = W + W^T:
 //   dL_CC/dw = 2 (diag(V 1) w - V w),   and dCE/dz_ij = (p_ij - [j == y_i]) / B.
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> cc_forward(const torch::Tensor& z, const torch::Tensor& y,
-                                                                   const torch::Tensor& attention, double lam,
-                                                                   double eps) {
+                                                                   const torch::Tensor& attention,
+                                                                   const torch::Tensor& lam, double eps) {
   const int64_t K = check_inputs(z, y), B = z.size(-2), C = z.size(-1);
+  auto lams = per_replica_values(lam, z, "lam");
   TORCH_CHECK(attention.dim() == z.dim() && attention.sizes().slice(0, z.dim() - 1) == y.sizes(),
               "attention (..., B, channels) expected");
   auto zc = z.contiguous();
@@ -219,11 +232,12 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> cc_forward(const torch::
           wt[i * B + j] = yp[j] == yp[i] ? w_intra : w_inter;
         }
       }
-      loss.data_ptr<scalar_t>()[k] = static_cast<scalar_t>(ce / B + lam * cc * inv_valid);
+      loss.data_ptr<scalar_t>()[k] = static_cast<scalar_t>(ce / B + lams.data_ptr<double>()[k] * cc * inv_valid);
     }
   });
   auto v = weights + weights.transpose(-1, -2);
-  auto grad_w = (2 * lam) * (v.sum(-1, true) * w - at::matmul(v, w));
+  auto twice_lam = (2 * lams).to(w.scalar_type()).unsqueeze(-1).unsqueeze(-1);  // (..., 1, 1)
+  auto grad_w = twice_lam * (v.sum(-1, true) * w - at::matmul(v, w));
   return {loss, grad_z, grad_w.to(attention.scalar_type())};
 }
 
@@ -256,8 +270,8 @@ struct DalFn : public torch::autograd::Function<DalFn> {
 };
 
 struct BetaGammaFn : public torch::autograd::Function<BetaGammaFn> {
-  static variable_list forward(AutogradContext* ctx, const torch::Tensor& z, const torch::Tensor& y, double beta,
-                               double gamma) {
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& z, const torch::Tensor& y,
+                               const torch::Tensor& beta, const torch::Tensor& gamma) {
     static auto op = operator_named<decltype(beta_gamma_forward)>("tune_losses::beta_gamma_loss");
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [loss, grad] = op.call(z, y, beta, gamma);
@@ -277,7 +291,7 @@ struct BetaGammaFn : public torch::autograd::Function<BetaGammaFn> {
 
 struct CcFn : public torch::autograd::Function<CcFn> {
   static variable_list forward(AutogradContext* ctx, const torch::Tensor& z, const torch::Tensor& y,
-                               const torch::Tensor& attention, double lam, double eps) {
+                               const torch::Tensor& attention, const torch::Tensor& lam, double eps) {
     static auto op = operator_named<decltype(cc_forward)>("tune_losses::cc_loss");
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [loss, grad_z, grad_w] = op.call(z, y, attention, lam, eps);
@@ -303,14 +317,14 @@ std::tuple<torch::Tensor, torch::Tensor> dal_autograd(const torch::Tensor& z, co
 }
 
 std::tuple<torch::Tensor, torch::Tensor> beta_gamma_autograd(const torch::Tensor& z, const torch::Tensor& y,
-                                                             double beta, double gamma) {
+                                                             const torch::Tensor& beta, const torch::Tensor& gamma) {
   auto out = BetaGammaFn::apply(z, y, beta, gamma);
   return {out[0], out[1]};
 }
 
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> cc_autograd(const torch::Tensor& z, const torch::Tensor& y,
-                                                                    const torch::Tensor& attention, double lam,
-                                                                    double eps) {
+                                                                    const torch::Tensor& attention,
+                                                                    const torch::Tensor& lam, double eps) {
   auto out = CcFn::apply(z, y, attention, lam, eps);
   return {out[0], out[1], out[2]};
 }
@@ -320,8 +334,8 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> cc_autograd(const torch:
 // Each returns the loss (one per replica: shape (...)) and its gradients (what the autograd kernel saves).
 TORCH_LIBRARY(tune_losses, m) {
   m.def("dal_loss(Tensor logits, Tensor target, Tensor soft_labels) -> (Tensor, Tensor)");
-  m.def("beta_gamma_loss(Tensor logits, Tensor target, float beta, float gamma) -> (Tensor, Tensor)");
-  m.def("cc_loss(Tensor logits, Tensor target, Tensor attention, float lam, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def("beta_gamma_loss(Tensor logits, Tensor target, Tensor beta, Tensor gamma) -> (Tensor, Tensor)");
+  m.def("cc_loss(Tensor logits, Tensor target, Tensor attention, Tensor lam, float eps) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(tune_losses, CPU, m) {
@@ -343,12 +357,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     static auto op = operator_named<decltype(dal_forward)>("tune_losses::dal_loss");
     return std::get<0>(op.call(z, y, soft_labels));
   }, "DAL, mean over B per replica (CPU, float32/float64)");
-  m.def("beta_gamma_loss", [](const torch::Tensor& z, const torch::Tensor& y, double beta, double gamma) {
+  m.def("beta_gamma_loss", [](const torch::Tensor& z, const torch::Tensor& y, const torch::Tensor& beta,
+                              const torch::Tensor& gamma) {
     static auto op = operator_named<decltype(beta_gamma_forward)>("tune_losses::beta_gamma_loss");
     return std::get<0>(op.call(z, y, beta, gamma));
   }, "beta/gamma loss, mean over B per replica (CPU, float32/float64)");
-  m.def("cc_loss", [](const torch::Tensor& z, const torch::Tensor& y, const torch::Tensor& attention, double lam,
-                      double eps) {
+  m.def("cc_loss", [](const torch::Tensor& z, const torch::Tensor& y, const torch::Tensor& attention,
+                      const torch::Tensor& lam, double eps) {
     static auto op = operator_named<decltype(cc_forward)>("tune_losses::cc_loss");
     return std::get<0>(op.call(z, y, attention, lam, eps));
   }, "CE + lam * L_CC, mean over B per replica (CPU, float32/float64)");
