@@ -376,7 +376,7 @@ ALLOWED = {
     "registry": set(),
     "_internals": set(),
     "yaml_io": set(),
-    "losses": {"registry"},
+    "losses": {"registry", "_internals"},
     "models": {"registry"},
     "data": {"registry", "models"},
     "training": {"data", "losses", "models", "tracking"},

@@ -127,3 +127,16 @@ def test_fused_losses_under_vmap_equal_a_loop_over_replicas_in_value_and_gradien
         )
         want = torch.stack([losses[0](z[i], y[0], attention=att[0]) for i in range(k)])
         assert torch.equal(same(z.transpose(0, 1)), want), name
+
+
+def test_functorch_tells_a_batched_tensor_from_a_plain_one():
+    """_internals.is_batched (torch._C._functorch.is_batchedtensor, private): true for a value vmap stacks per
+    replica, false for one every replica shares. If a new torch drops it, fused groups of loss configs
+    (training/group.py) lose their per-replica parameters: revisit losses/base.py param_value."""
+    import torch
+
+    from tune_losses._internals import is_batched
+
+    seen = []
+    torch.vmap(lambda t: seen.append(is_batched(t)) or t)(torch.zeros(3))
+    assert seen == [True] and not is_batched(torch.zeros(3))

@@ -1,4 +1,4 @@
-"""Every use of a private Ray / Ray Tune interface, in one place. Each is checked against the pinned versions
+"""Every use of a private Ray, Ray Tune or torch interface, in one place. Each is checked against the pinned versions
 (constraints.txt) by tests/test_internals.py, which fails with a message naming what changed and what to revisit.
 
 * ``ray.tune.execution.class_cache.DEFAULT_ENV_VARS`` (ray 2.60.0: ``{"PL_DISABLE_FORK": "1"}``): the
@@ -11,6 +11,10 @@
 * The text of the warning ``ray.init`` logs outside the main thread ("SIGTERM handler is not set"):
   tuning/ray_runtime.py starts Ray in a thread and sets that handler itself, and drops the warning
   (:class:`NotMainThreadWarning`).
+
+* ``torch._C._functorch.is_batchedtensor`` (torch 2.14.1): whether a tensor is batched by ``vmap``. A loss
+  parameter stacked per replica (a fused group of configs, training/group.py) is batched; one shared by every
+  replica is not, and stays a Python float so that a single config keeps its exact path (:func:`is_batched`).
 
 The fused loss kernels need no private interface: they are ``torch.library.custom_op`` operators with autograd
 and vmap rules (losses/fused.py).
@@ -69,3 +73,10 @@ def drop_not_main_thread_warning() -> None:
     logger = logging.getLogger("ray._private.worker")
     if not any(isinstance(f, NotMainThreadWarning) for f in logger.filters):
         logger.addFilter(NotMainThreadWarning())
+
+
+def is_batched(tensor) -> bool:
+    """Whether ``tensor`` is batched by ``torch.func.vmap`` here (a value per replica) (module docstring)."""
+    import torch
+
+    return bool(torch._C._functorch.is_batchedtensor(tensor))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tune_losses._internals import is_batched
+
 
 def require(ok: bool, param: str, value, allowed: str) -> None:
     """Raise a ValueError naming the parameter, the value given and what is allowed."""
@@ -24,9 +26,8 @@ def param_value(param: torch.Tensor) -> float | torch.Tensor:
     """A loss parameter as a Python float where one value holds for the whole call, so that shortcuts (gamma = 0:
     exactly cross-entropy) and scalar arithmetic stay those of a single config; the tensor itself where it differs
     by replica (batched under vmap: a fused group of configs), which the fused kernels and the tensor expressions
-    take per replica. ``is_batchedtensor`` is functorch's (private) test of that; tests/test_fused_training.py
-    checks it."""
-    return param if torch._C._functorch.is_batchedtensor(param) else param.item()
+    take per replica (_internals.is_batched: functorch's private test of that, checked by tests/test_internals.py)."""
+    return param if is_batched(param) else param.item()
 
 
 def modulating_pow(base: torch.Tensor, gamma: float | torch.Tensor) -> torch.Tensor:

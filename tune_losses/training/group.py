@@ -7,7 +7,7 @@ config's ``seed`` .. ``seed + R - 1`` as that config trained alone: the same ini
 stream per seed (training/replicas.py), its own loss built from its config (the parameters that differ are
 per-replica buffers, losses/base.py ``param_buffer``), and DAL's soft labels rebuilt from its own confusion matrix.
 So each member's per-seed results are those of its config alone, to the rounding of batched kernels
-(tests/test_fused_training.py). What may differ between members is what the loss class lists in
+(tests/training/test_fused_training.py). What may differ between members is what the loss class lists in
 ``replica_params``, and the seed (the samples of a repeated grid point train other seeds); everything else is one
 training setup. A member whose training loss becomes NaN or inf stops being reported (its result says why); the
 others go on (its replicas still train: they share nothing with the others). The row-space reduction's cost rule

@@ -113,7 +113,7 @@ def test_beta_gamma_group_equals_each_pair_alone_including_gamma_zero():
 
 
 def test_cc_group_equals_each_lambda_alone():
-    """CC-Loss's lambda on the small CNN with CAM, one epoch at lr 0.002 (tests/test_training.py: CC-Loss's
+    """CC-Loss's lambda on the small CNN with CAM, one epoch at lr 0.002 (tests/training/test_training.py: CC-Loss's
     rounding differences grow fastest)."""
     opt = {"name": "sgd", "lr": 0.002}
     cfgs = [config("cc", {"lambda": lam}, model="small_cnn", epochs=1, optimizer=opt) for lam in (0.0, 0.5, 2.0)]
