@@ -6,7 +6,6 @@ MLflow (the one check that needs a joined cluster, check_ray_resources, runs bef
 from __future__ import annotations
 
 import os
-import socket
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -14,7 +13,7 @@ from urllib.parse import urlparse
 from tune_losses import tracking
 from tune_losses.spaces import Space, SpaceError, check_name
 
-CONNECT_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 5.0  # a Ray head's port (the tracking store's bound is tracking.store.store_timeout())
 #: Seconds to wait, on a cluster an autoscaler may grow, for a node that can hold one trial (default 0: fail at once).
 RESOURCE_WAIT_ENV = "TUNE_LOSSES_RESOURCE_WAIT_S"
 
@@ -37,36 +36,36 @@ def check_writable(path: Path, what: str) -> None:
         raise SpaceError(f"{what}={str(path)!r} is not writable ({probe} {why}); choose a directory you can write to")
 
 
-def _reachable(host: str, port: int) -> str | None:
+def _reachable(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> str | None:
     """None when a TCP connection opens, else why not."""
-    try:
-        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT):
-            return None
-    except OSError as exc:
-        return str(exc) or type(exc).__name__
+    return tracking.store.reachable(host, port, timeout)
 
 
 def check_tracking(uri: str, resume: bool, name: str) -> None:
-    """MLflow must serve the URI's scheme, an MLflow server must answer; a sweep to resume needs a store that exists
-    (without creating one)."""
+    """MLflow must serve the URI's scheme, an MLflow server must answer a first read, a database server take a
+    connection, each within TUNE_LOSSES_STORE_TIMEOUT s (not MLflow's minutes of retries); a sweep to resume needs
+    a store that exists (without creating one). A database is not read here: a first read builds its schema."""
     shown, option = tracking.redact(uri), tracking.store.option_for(uri)
     try:
         tracking.store.check_uri(uri, option)
+        timeout = tracking.store.store_timeout()
     except ValueError as exc:
         raise SpaceError(str(exc)) from None
-    parsed = urlparse(uri)
-    if parsed.scheme in ("http", "https"):
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
-        why = _reachable(parsed.hostname or "", port)
-        if why:
+    parsed, address = urlparse(uri), tracking.store.server_address(uri)
+    if address is not None:
+        why = _reachable(*address, timeout=timeout)
+        if why and parsed.scheme in ("http", "https"):
             raise SpaceError(
-                f"{option}={shown!r}: no MLflow server answers at {parsed.hostname}:{port} "
+                f"{option}={shown!r}: no MLflow server answers at {address[0]}:{address[1]} "
                 f"({why}); allowed: the URI of a running MLflow server, or a sqlite:/// path"
             )
-    elif parsed.scheme.startswith(("postgresql", "mysql")) and parsed.hostname:
-        why = _reachable(parsed.hostname, parsed.port or (5432 if parsed.scheme.startswith("postgresql") else 3306))
         if why:
             raise SpaceError(f"{option}={shown!r}: the database server does not answer ({why})")
+        if parsed.scheme in ("http", "https"):
+            try:
+                tracking.store.probe(uri, timeout)
+            except tracking.store.StoreUnavailable as exc:
+                raise SpaceError(str(exc)) from None
     elif uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
         check_writable(db.parent, option)
