@@ -92,6 +92,76 @@ def check_ray_address(address: str | None, option: str = "--address") -> None:
             f"{option}={address!r}: no Ray cluster answers there ({why}); allowed: the address of a "
             f"running Ray head (`ray start --head` prints it), or no {option} for a local Ray"
         )
+    if "://" not in address:  # a GCS address (ray:// is Ray Client's own protocol)
+        check_ray_auth(address, option)
+
+
+# Run in a process of its own: Ray's C++ client aborts the process when token mode is on and no token is found,
+# and retries a silent port for many seconds. It reads RAY_AUTH_MODE / RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH /
+# ~/.ray/auth_token exactly as the driver's ray.init will (an explicit address never turns token mode on).
+_AUTH_PROBE = """
+import sys
+from ray._raylet import AuthenticationMode, AuthenticationTokenLoader, InnerGcsClient, get_authentication_mode
+from ray.exceptions import AuthenticationError
+token_mode = get_authentication_mode() == AuthenticationMode.TOKEN
+if token_mode and not AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
+    print("no-token")
+    sys.exit()
+try:
+    InnerGcsClient.standalone(sys.argv[1], None, 3000)
+    print("ok")
+except AuthenticationError:
+    print("refused-token" if token_mode else "refused-no-mode")
+except Exception as exc:
+    print("other", type(exc).__name__)
+"""
+AUTH_PROBE_TIMEOUT = 10.0
+_AUTH_HELP = (
+    "allowed: the cluster's token in the driver's environment: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN=<the token "
+    "the head was started with> (or RAY_AUTH_TOKEN_PATH=<a file holding it>)"
+)
+
+
+def check_ray_auth(address: str, option: str = "--address") -> None:
+    """Before Ray's client starts (which otherwise retries ~20 s, then prints two tracebacks): one call to the
+    cluster's GCS tells whether it takes this driver's token. A missing or wrong token is one SpaceError naming
+    RAY_AUTH_TOKEN and RAY_AUTH_MODE; a probe that cannot tell (a timeout, another error) leaves it to Ray."""
+    import subprocess
+    import sys
+
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", _AUTH_PROBE, address], capture_output=True, text=True, timeout=AUTH_PROBE_TIMEOUT
+        ).stdout.split()
+    except subprocess.TimeoutExpired:
+        return
+    verdict = out[0] if out else "other"
+    why = {
+        "no-token": "RAY_AUTH_MODE=token is set here but no token is: RAY_AUTH_TOKEN is unset and no token file "
+        "exists (RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)",
+        "refused-no-mode": "the cluster requires token authentication and this driver sends no token "
+        "(RAY_AUTH_MODE is not 'token' here)",
+        "refused-token": "the cluster refused this driver's token (RAY_AUTH_TOKEN, or the token file, is not "
+        "the one the cluster was started with)",
+    }.get(verdict)
+    if why:
+        raise SpaceError(f"{option}={address!r}: {why}; {_AUTH_HELP}")
+
+
+def check_cluster_store(address: str | None, uri: str, option: str = "--address") -> None:
+    """A sweep on a cluster records from every node: a local store (a sqlite: file, a file: directory, a path)
+    would be a separate, empty store on each node, and the driver would never see the trials' records."""
+    if not address or address == "local":
+        return
+    scheme = uri.split("://")[0].lower() if "://" in uri else ""
+    if scheme in ("sqlite", "file", ""):
+        raise SpaceError(
+            f"{option}={address!r} with the local tracking store {tracking.redact(uri)!r} "
+            f"({tracking.store.option_for(uri)}): each node of the cluster would write a store of its own and the "
+            "driver would see none of the trials; allowed: an MLflow server every node reaches "
+            "(--tracking-uri http://HOST:5000, `mlflow server --backend-store-uri postgresql://...`), or a "
+            "database URI every node reaches (postgresql+psycopg2://USER@HOST/DB)"
+        )
 
 
 def check_resources(space: Space, source: str, nodes: list[dict], where: str, waited: float = 0) -> None:
