@@ -52,3 +52,15 @@ def test_the_dockerfiles_build_line_builds_once_and_says_so(tmp_path):
     assert len(built) == 1 and str(built[0]) in first.stdout
     again = subprocess.run(command, shell=True, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "building" not in again.stderr, again.stderr
+
+
+def test_the_build_notice_is_given_only_while_a_build_is_due(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
+    assert fused.build_notice().startswith("building the fused loss kernels, once, ~1 min")
+    fake_build = fused.build_dir() / f"{fused.build_name()}.so"
+    fake_build.parent.mkdir(parents=True)
+    fake_build.touch()  # what a finished build leaves
+    assert fused.build_notice() is None
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "other"))
+    monkeypatch.setenv("TUNE_LOSSES_FUSED", "0")
+    assert fused.build_notice() is None  # disabled: nothing is built

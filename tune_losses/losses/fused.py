@@ -69,10 +69,19 @@ def is_built(source: Path = SOURCE) -> bool:
     return (build_dir(source) / f"{build_name(source)}.so").is_file()
 
 
+def build_notice() -> str | None:
+    """The line to show while the kernels build on this machine, or None when they are built (or disabled): a
+    first trial otherwise waits that long with nothing on screen (a driver may print it, as its trials' output
+    does not reach the console at the default verbosity)."""
+    if not enabled() or is_built():
+        return None
+    return f"building the fused loss kernels, once, {BUILD_SECONDS} (into {build_dir()})"
+
+
 def _build():
     directory = build_dir()
-    if not is_built():  # a first trial otherwise waits this long with nothing on screen
-        print(f"building the fused loss kernels, once, {BUILD_SECONDS} (into {directory})", file=sys.stderr, flush=True)
+    if notice := build_notice():
+        print(notice, file=sys.stderr, flush=True)
     directory.mkdir(parents=True, exist_ok=True)
     log = logging.getLogger("torch.utils.cpp_extension")
     level, path = log.level, os.environ.get("PATH", "")
