@@ -220,6 +220,12 @@ def cmd_ui(args) -> int:
     os.execve(sys.executable, cmd, env)  # become the MLflow server: stopping this process stops it
 
 
+READ_URI_HELP = (
+    "MLflow tracking URI (default: MLFLOW_TRACKING_URI, else runs/mlflow.db); a store that does not answer within "
+    "TUNE_LOSSES_STORE_TIMEOUT seconds (default 10) is an error"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tune-losses", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -251,12 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sweep)
 
     s = sub.add_parser("sweeps", help="the sweeps in the tracking store: status, trials, best, times")
-    s.add_argument("--tracking-uri")
+    s.add_argument("--tracking-uri", help=READ_URI_HELP)
     s.set_defaults(func=cmd_sweeps)
 
     s = sub.add_parser("status", help="the state of one sweep (running, interrupted, finished), from MLflow alone")
     s.add_argument("sweep", help="the sweep's name or its parent run id")
-    s.add_argument("--tracking-uri")
+    s.add_argument("--tracking-uri", help=READ_URI_HELP)
     s.set_defaults(func=cmd_status)
 
     s = sub.add_parser("train", help="one training run from a config (e.g. exported by `best`)")
@@ -269,13 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("report", help="rebuild the papers' tables of a sweep from MLflow (also after each sweep)")
     s.add_argument("sweep", help="the sweep's name or its parent run id")
-    s.add_argument("--tracking-uri")
+    s.add_argument("--tracking-uri", help=READ_URI_HELP)
     s.add_argument("--out", help="directory for the Markdown / CSV / Parquet / PNG files")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("best", help="the best config of a sweep, optionally exported for `train`")
     s.add_argument("sweep")
-    s.add_argument("--tracking-uri")
+    s.add_argument("--tracking-uri", help=READ_URI_HELP)
     s.add_argument("--export", metavar="PATH", help="write a config that `tune-losses train PATH` runs")
     s.set_defaults(func=cmd_best)
 
@@ -291,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("ui", help="start the MLflow UI for the project's store on 127.0.0.1")
     s.add_argument("sweep", nargs="?", help="print this sweep's parent run page (default: the runs table)")
-    s.add_argument("--tracking-uri")
+    s.add_argument("--tracking-uri", help=READ_URI_HELP)
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=5000)
     s.set_defaults(func=cmd_ui)
