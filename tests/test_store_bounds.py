@@ -156,3 +156,16 @@ def _pgid(pid: int) -> int | None:
         return os.getpgid(pid)
     except OSError:
         return None
+
+
+@pytest.mark.parametrize("argv", [["sweeps"], ["ui", "s"], ["status", "s"]], ids=lambda a: "-".join(a))
+def test_read_only_commands_never_make_a_local_store(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TUNE_LOSSES_HOME", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    rc = cli.main(argv)
+    out, err = capsys.readouterr()
+    if argv == ["sweeps"]:
+        assert rc == 0 and "no sweeps in this store" in out
+    else:
+        assert rc == 2 and "no MLflow store exists there" in err, err
+    assert list(tmp_path.iterdir()) == []
