@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import sys
@@ -32,6 +33,20 @@ def _output_path(path: str, option: str, directory: bool = False) -> None:
     elif p.is_dir() or not p.parent.is_dir():
         why = f"{p} is a directory" if p.is_dir() else f"the directory {p.parent} does not exist"
         raise ValueError(f"{option}={path!r}: {why}; allowed: a file path in an existing directory")
+
+
+@contextlib.contextmanager
+def _reading(tracking_uri: str | None):
+    """A read-only command's store: its server must take a connection, and every call is bounded, within
+    TUNE_LOSSES_STORE_TIMEOUT s (default 10); a store that is down or failing is one line, exit 2, not minutes of
+    MLflow's retries and a traceback."""
+    from tune_losses import tracking
+
+    uri = tracking_uri or tracking.default_tracking_uri()
+    tracking.store.check_uri(uri)
+    with tracking.store.bounded(uri) as timeout:
+        tracking.store.probe(uri, timeout, call=False)  # a database's client would retry its connection ~100 s
+        yield uri
 
 
 def cmd_spaces(args) -> int:
@@ -130,7 +145,8 @@ def cmd_report(args) -> int:
     from tune_losses import tracking
 
     out = args.out or tracking.run_dir() / "reports" / args.sweep  # where the sweep itself writes its report
-    report = build_report(args.sweep, tracking_uri=args.tracking_uri, out_dir=out)
+    with _reading(args.tracking_uri):
+        report = build_report(args.sweep, tracking_uri=args.tracking_uri, out_dir=out)
     print(report.markdown)
     print(f"\nWritten to {report.directory} and logged to the sweep's parent run under report/")
     return 0
@@ -141,7 +157,8 @@ def cmd_best(args) -> int:
 
     if args.export:
         _output_path(args.export, "--export")
-    best = best_trial(args.sweep, tracking_uri=args.tracking_uri)
+    with _reading(args.tracking_uri):
+        best = best_trial(args.sweep, tracking_uri=args.tracking_uri)
     print(
         f"best trial of {best['sweep']}: {best['trial']}  {best['metric']} = {best['value']:.4f} "
         f"(run {best['trial_run_id']})"
@@ -173,14 +190,18 @@ def cmd_features(args) -> int:
 def cmd_sweeps(args) -> int:
     from tune_losses.tracking.sweeps import format_sweeps, list_sweeps
 
-    print(format_sweeps(list_sweeps(args.tracking_uri)))
+    with _reading(args.tracking_uri):
+        rows = list_sweeps(args.tracking_uri)
+    print(format_sweeps(rows))
     return 0
 
 
 def cmd_status(args) -> int:
     from tune_losses.tracking.sweeps import format_status, sweep_status
 
-    print(format_status(sweep_status(args.sweep, args.tracking_uri)))
+    with _reading(args.tracking_uri):
+        status = sweep_status(args.sweep, args.tracking_uri)
+    print(format_status(status))
     return 0
 
 
@@ -190,25 +211,19 @@ def cmd_ui(args) -> int:
     from tune_losses import tracking
     from tune_losses.tracking.sweeps import ui_url
 
-    uri = args.tracking_uri or tracking.default_tracking_uri()
-    tracking.store.check_uri(uri)  # a scheme MLflow cannot serve: an error here, not the server's traceback
-    page = ui_url(f"http://{args.host}:{args.port}", uri, args.sweep)  # an unknown sweep: error before starting
+    with _reading(args.tracking_uri) as uri:  # a scheme MLflow cannot serve, a store that is down: an error here
+        page = ui_url(f"http://{args.host}:{args.port}", uri, args.sweep)  # an unknown sweep: error before starting
     print(f"MLflow UI for {tracking.redact(uri)}: {page}", flush=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        args.host,
-        "--port",
-        str(args.port),
-        "--workers",
-        "1",
-    ]
-    os.execv(sys.executable, cmd)  # become the MLflow server: stopping this process stops it
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--host", args.host, "--port", str(args.port), "--workers", "1"]
+    # the store's URI (and any password in it) through the environment, never on a command line `ps` shows
+    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": uri}
+    os.execve(sys.executable, cmd, env)  # become the MLflow server: stopping this process stops it
+
+
+READ_URI_HELP = (
+    "MLflow tracking URI (default: MLFLOW_TRACKING_URI, else runs/mlflow.db); a store that does not answer within "
+    "TUNE_LOSSES_STORE_TIMEOUT seconds (default 10) is an error"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,12 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sweep)
 
     s = sub.add_parser("sweeps", help="the sweeps in the tracking store: status, trials, best, times")
-    s.add_argument("--tracking-uri")
+    s.add_argument("--tracking-uri", help=READ_URI_HELP)
     s.set_defaults(func=cmd_sweeps)
 
     s = sub.add_parser("status", help="the state of one sweep (running, interrupted, finished), from MLflow alone")
     s.add_argument("sweep", help="the sweep's name or its parent run id")
-    s.add_argument("--tracking-uri")
+    s.add_argument("--tracking-uri", help=READ_URI_HELP)
     s.set_defaults(func=cmd_status)
 
     s = sub.add_parser("train", help="one training run from a config (e.g. exported by `best`)")
@@ -260,13 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("report", help="rebuild the papers' tables of a sweep from MLflow (also after each sweep)")
     s.add_argument("sweep", help="the sweep's name or its parent run id")
-    s.add_argument("--tracking-uri")
+    s.add_argument("--tracking-uri", help=READ_URI_HELP)
     s.add_argument("--out", help="directory for the Markdown / CSV / Parquet / PNG files")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("best", help="the best config of a sweep, optionally exported for `train`")
     s.add_argument("sweep")
-    s.add_argument("--tracking-uri")
+    s.add_argument("--tracking-uri", help=READ_URI_HELP)
     s.add_argument("--export", metavar="PATH", help="write a config that `tune-losses train PATH` runs")
     s.set_defaults(func=cmd_best)
 
@@ -282,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("ui", help="start the MLflow UI for the project's store on 127.0.0.1")
     s.add_argument("sweep", nargs="?", help="print this sweep's parent run page (default: the runs table)")
-    s.add_argument("--tracking-uri")
+    s.add_argument("--tracking-uri", help=READ_URI_HELP)
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=5000)
     s.set_defaults(func=cmd_ui)

@@ -1,11 +1,16 @@
 """A sweep on a real two-node Ray cluster on this machine (`ray start --head` and `ray start --address` as separate
-node processes, token authentication on): trials run on both nodes, the data reaches them through Ray's object
-store (its files are deleted once the driver has loaded them), and when the worker node is killed mid-sweep
-its trials continue from their checkpoints on the head and every trial ends recorded once in MLflow."""
+node processes, token authentication on), started with the commands and the environment that
+docs/how-to/cluster-without-docker.md gives (read from it: addresses, ports, CPUs and the token put in; `--block`
+and a temp dir added so that the test owns the nodes), recording into an MLflow server: trials run on both nodes,
+the data reaches them through Ray's object store (its files are deleted once the driver has loaded them), and when
+the worker node is killed mid-sweep its trials continue from their checkpoints on the head and every trial ends
+recorded once in MLflow."""
 
 import json
 import os
+import re
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -21,21 +26,46 @@ from PIL import Image
 from tune_losses import tracking
 from tune_losses.tuning.ray_runtime import PRELOAD_MODULES
 
-from helpers import free_port, write_space
+from helpers import free_port, start_mlflow_server, stop_server, write_space
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 BIN = Path(sys.executable).parent
 EPOCHS = 60
+HOWTO = Path(__file__).resolve().parents[1] / "docs" / "how-to" / "cluster-without-docker.md"
 
 
-def ray_node(args, env, log):
-    return subprocess.Popen(
-        [str(BIN / "ray"), "start", "--block", "--disable-usage-stats", "--node-ip-address", "127.0.0.1", *args],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+def documented(title: str, **put) -> str:
+    """The how-to's code block of that title, with its example values replaced (``put``: old -> new)."""
+    blocks = dict(re.findall(r'```bash title="([^"]+)"\n(.*?)```', HOWTO.read_text(), re.DOTALL))
+    text = blocks[title]
+    for old, new in put.items():
+        assert old in text, (title, old)
+        text = text.replace(old, new)
+    return text.strip()
+
+
+def documented_env(tracking_uri: str, home: Path) -> dict:
+    """The how-to's cluster.env, for this machine's nodes and driver."""
+    text = documented(
+        "cluster.env",
+        **{"10.0.0.1:5000": tracking_uri.removeprefix("http://"), "change-me": secrets.token_hex(32)},
+        **{"/shared/runs": str(home)},
     )
+    pairs = [shlex.split(ln, comments=True)[1].split("=", 1) for ln in text.splitlines() if ln.startswith("export ")]
+    return dict(pairs)
+
+
+def documented_command(title: str, port: int, extra: list[str]) -> list[str]:
+    put = {"10.0.0.1": "127.0.0.1", "6379": str(port), "--num-cpus 8": "--num-cpus 1"}
+    if title == "worker node":
+        put["10.0.0.2"] = "127.0.0.1"
+    args = shlex.split(documented(title, **put))
+    assert args[:2] == ["ray", "start"], args
+    return [str(BIN / "ray"), *args[1:], *extra]
+
+
+def ray_node(command, env, log):
+    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def node_ids(address, env, procs) -> dict:
@@ -81,25 +111,19 @@ def preloaded(address, env, ids) -> dict:
 
 @pytest.fixture
 def cluster(tmp_path):
-    port = free_port()
-    # Ray >= 2.50 turns token authentication on for `ray start --head`; every node and driver shares the token.
-    env = {
-        **os.environ,
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": secrets.token_hex(32),
-        "RAY_ADDRESS": "",
-        "RAY_preload_python_modules": ",".join(PRELOAD_MODULES),
-    }
+    port, mlflow_port = free_port(), free_port()
+    server = start_mlflow_server(f"sqlite:///{tmp_path / 'mlflow.db'}", mlflow_port, tmp_path / "mlartifacts")
+    # the how-to's environment: token authentication, the preloaded trial code, the MLflow server
+    env = {**os.environ, "RAY_ADDRESS": "", **documented_env(f"http://127.0.0.1:{mlflow_port}", tmp_path)}
+    assert env["RAY_preload_python_modules"] == ",".join(PRELOAD_MODULES)
     log = open(tmp_path / "ray_nodes.log", "w")
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must stay under 108 bytes
-    head = ray_node(
-        ["--head", "--port", str(port), "--num-cpus", "1", "--include-dashboard=False", "--temp-dir", temp], env, log
-    )
+    head = ray_node(documented_command("head node", port, ["--block", "--temp-dir", temp]), env, log)
     worker = None
     try:
         time.sleep(3)
         worker = ray_node(
-            ["--address", f"127.0.0.1:{port}", "--num-cpus", "1", "--resources", '{"node_b": 1}'], env, log
+            documented_command("worker node", port, ["--block", "--resources", '{"node_b": 1}']), env, log
         )
         ids = node_ids(f"127.0.0.1:{port}", env, (head, worker))
         yield {
@@ -115,6 +139,7 @@ def cluster(tmp_path):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         shutil.rmtree(temp, ignore_errors=True)
+        stop_server(server, kill=True)
 
 
 def image_tree(root: Path, classes=4, per_class=30, size=12) -> Path:
@@ -147,23 +172,16 @@ def test_sweep_on_two_nodes_survives_losing_the_worker_node(tmp_path, cluster):
         search={"searcher": "grid", "scheduler": {"name": "fifo"}, "max_concurrent": 2, "max_failures": 2},
         resources={"cpu": 1, "gpu": 0},
     )
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = cluster["env"]["MLFLOW_TRACKING_URI"]
     log = open(tmp_path / "sweep.log", "w")
+    driver = documented(
+        "driver",
+        **{"10.0.0.1:6379": cluster["address"], "cc_search": str(space), "/shared/ray": str(tmp_path / "shared")},
+    )
+    assert driver.startswith("tune-losses sweep ")
     sweep = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tune_losses.cli",
-            "sweep",
-            str(space),
-            "--address",
-            cluster["address"],
-            "--tracking-uri",
-            uri,
-            "--storage",
-            str(tmp_path / "shared"),
-        ],
-        env=cluster["env"],
+        [sys.executable, "-m", "tune_losses.cli", *shlex.split(driver)[1:]],
+        env={**cluster["env"], "PYTHONPATH": os.getcwd()},
         stdout=log,
         stderr=subprocess.STDOUT,
     )

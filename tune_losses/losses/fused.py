@@ -6,10 +6,13 @@ Cross-entropy is two fused kernels; DAL and beta/gamma as tensor expressions are
 as many autograd nodes (benchmarks/losses.py: 1.6-2.8x CE), CC-Loss about twenty. The fused versions are one
 autograd node each.
 
-The extension is compiled on first use (about 40 s, once per machine and torch version: PyTorch caches it under
-``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``); ``make`` builds it at set-up
-(``fused.build()``). It defines the operators ``torch.ops.tune_losses.dal_loss``, ``beta_gamma_loss`` and
-``cc_loss`` (``TORCH_LIBRARY``, with CPU and autograd kernels in C++); this module gives them, with the public
+The extension is compiled on first use (BUILD_SECONDS, once per machine, source and torch version) into
+``<TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions>/tune_losses_fused_<hash>``, the hash of the C++ source, the
+compiler flags, the torch and Python versions: two checkouts or versions never rebuild each other's build, and
+the same source finds its build again. One line on stderr says when a build starts; ``make`` builds it at set-up
+and the Docker image at image build time (``fused.build()``).
+It defines the operators ``torch.ops.tune_losses.dal_loss``, ``beta_gamma_loss`` and ``cc_loss``
+(``TORCH_LIBRARY``, with CPU and autograd kernels in C++); this module gives them, with the public
 ``torch.library`` API, a vmap rule (``register_vmap``: the replicas become leading dimensions, one mean per
 replica, so the vectorised repeats under ``torch.func.vmap`` run the fused kernels too) and a fake kernel
 (``register_fake``). They are used for float32/float64 CPU tensors; everything else (CUDA, half precision)
@@ -23,8 +26,10 @@ dispatch per call cost more than the kernel itself at these batch sizes.)
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -33,6 +38,10 @@ import torch
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("csrc") / "fused.cpp"
+CFLAGS = ["-O3", "-fopenmp-simd"]
+#: measured: `time TORCH_EXTENSIONS_DIR=$(mktemp -d) python -c "from tune_losses.losses import fused; fused.build()"`
+#: on the 2-core development machine: 63 s wall (34 s of CPU, the machine shared with other work)
+BUILD_SECONDS = "~1 min"
 FLOAT_TYPES = (torch.float32, torch.float64)
 _lock = threading.Lock()
 _kernels = None
@@ -43,7 +52,37 @@ def enabled() -> bool:
     return os.environ.get("TUNE_LOSSES_FUSED", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+def build_name(source: Path = SOURCE) -> str:
+    """The extension's name: keyed by what makes its binary (source, flags, torch and Python versions)."""
+    key = hashlib.sha256(source.read_bytes())
+    key.update(repr((CFLAGS, torch.__version__, sys.version_info[:2])).encode())
+    return f"tune_losses_fused_{key.hexdigest()[:16]}"
+
+
+def build_dir(source: Path = SOURCE) -> Path:
+    """Where that extension is built and found again (PyTorch's TORCH_EXTENSIONS_DIR, or its default root)."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions"
+    return Path(root) / build_name(source)
+
+
+def is_built(source: Path = SOURCE) -> bool:
+    return (build_dir(source) / f"{build_name(source)}.so").is_file()
+
+
+def build_notice() -> str | None:
+    """The line to show while the kernels build on this machine, or None when they are built (or disabled): a
+    first trial otherwise waits that long with nothing on screen (a driver may print it, as its trials' output
+    does not reach the console at the default verbosity)."""
+    if not enabled() or is_built():
+        return None
+    return f"building the fused loss kernels, once, {BUILD_SECONDS} (into {build_dir()})"
+
+
 def _build():
+    directory = build_dir()
+    if notice := build_notice():
+        print(notice, file=sys.stderr, flush=True)
+    directory.mkdir(parents=True, exist_ok=True)
     log = logging.getLogger("torch.utils.cpp_extension")
     level, path = log.level, os.environ.get("PATH", "")
     log.setLevel(logging.ERROR)  # its "No CUDA runtime is found" on CPU machines
@@ -56,7 +95,7 @@ def _build():
     try:
         from torch.utils.cpp_extension import load
 
-        module = load("tune_losses_fused", [str(SOURCE)], extra_cflags=["-O3", "-fopenmp-simd"], verbose=False)
+        module = load(build_name(), [str(SOURCE)], extra_cflags=CFLAGS, build_directory=str(directory), verbose=False)
     finally:
         os.environ["PATH"] = path
         log.setLevel(level)

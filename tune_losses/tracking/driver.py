@@ -320,17 +320,31 @@ def _store_key(uri: str) -> str:
     return re.sub(r"//[^/@]+@", "//", uri).rstrip("/")
 
 
+LOCK_HINT = "set TUNE_LOSSES_LOCK_DIR to a directory of your own on a local disk"
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` names the file open as ``fd`` (not deleted, not replaced by a new file)."""
+    try:
+        here, there = os.fstat(fd), os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino) and here.st_nlink == 1
+
+
 class DriverLock:
     """Exclusive locks on a sweep while it runs: flock on files of :func:`lock_dir` named by hashes of the
     sweep's tracking store and name (the ledger it writes) and of its storage directory and name (the
     checkpoints it writes). The kernel releases them when the process ends, however it ends; they are per open
     file, so two ``run_sweep`` in one process exclude each other too, and not inherited by child processes
     (PEP 446; a fork keeps them until it execs or exits). Each file holds the holder's :func:`driver_tag` and
-    the sweep, for the message of the command it refuses; it is never deleted (a deleted lock file could be
-    locked twice)."""
+    the sweep, for the message of the command it refuses. A released lock's file is deleted, so the directory
+    does not grow: only by its holder, while it holds the flock; and a taker that locked a file which was then
+    deleted (it opened it before the holder deleted it) finds that the path no longer names the file it locked
+    and opens the path again (else two processes could each hold a lock on a different file of one name)."""
 
     def __init__(self) -> None:
-        self._fds: list[int] = []
+        self._fds: list[tuple[Path, int]] = []
         self.parent_run_id: str | None = None
         self._heartbeat: Heartbeat | None = None
 
@@ -346,44 +360,60 @@ class DriverLock:
     def acquire(self, storage: str, name: str, tracking_uri: str | None = None) -> None:
         try:
             for path, what in self.paths(storage, name, tracking_uri).items():
-                self._fds.append(self._take(path, what, storage, name))
+                self._fds.append((path, self._take(path, what, storage, name)))
         except BaseException:
             self.release()
             raise
 
     @staticmethod
     def _take(path: Path, what: str, storage: str, name: str) -> int:
-        hint = "set TUNE_LOSSES_LOCK_DIR to a directory of your own on a local disk"
+        for _ in range(100):  # a new try only when a holder deleted the file between our open and our lock
+            fd = DriverLock._open(path)
+            try:
+                if DriverLock._locked(fd, path, name, what):
+                    os.ftruncate(fd, 0)
+                    tag = {**json.loads(driver_tag()), "sweep": name, "storage": storage}
+                    os.pwrite(fd, json.dumps(tag).encode(), 0)
+                    return fd
+            except OSError as exc:  # e.g. ENOLCK: a file system without locks
+                os.close(fd)
+                raise ValueError(f"the driver lock {path}: {exc.strerror or exc}; {LOCK_HINT}") from None
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+        raise ValueError(f"the driver lock {path} was deleted under this driver 100 times; {LOCK_HINT}")
+
+    @staticmethod
+    def _open(path: Path) -> int:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            raise ValueError(f"the driver lock {path}: {exc.strerror or exc}; {hint}") from None
+            raise ValueError(f"the driver lock {path}: {exc.strerror or exc}; {LOCK_HINT}") from None
+        st = os.fstat(fd)
+        if not stat_.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_nlink > 1:
+            os.close(fd)
+            raise ValueError(f"the driver lock {path} is not a file of this user's alone (or is linked); {LOCK_HINT}")
+        return fd
+
+    @staticmethod
+    def _locked(fd: int, path: Path, name: str, what: str) -> bool:
+        """True once ``fd`` is locked and ``path`` still names its file; False: its holder deleted it meanwhile
+        (take the path again); SweepBusy when another process holds it."""
         try:
-            st = os.fstat(fd)
-            if not stat_.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_nlink != 1:
-                raise ValueError(f"the driver lock {path} is not a file of this user's alone (or is linked); {hint}")
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                try:
-                    holder = json.loads(os.pread(fd, 4096, 0))
-                    pid = f"process {holder['pid']} on {holder['host']}"
-                except (ValueError, KeyError, TypeError, OSError):
-                    pid = "another process"
-                raise SweepBusy(
-                    f"the sweep {name!r} ({what}) is being run by {pid}; follow it with `tune-losses "
-                    f"status {name}`; once it has ended (or been stopped with Ctrl-C), --resume continues it; or "
-                    "give this sweep another --name"
-                ) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps({**json.loads(driver_tag()), "sweep": name, "storage": storage}).encode(), 0)
-            return fd
-        except OSError as exc:  # e.g. ENOLCK: a file system without locks
-            os.close(fd)
-            raise ValueError(f"the driver lock {path}: {exc.strerror or exc}; {hint}") from None
-        except BaseException:
-            os.close(fd)
-            raise
+                holder = json.loads(os.pread(fd, 4096, 0))
+                pid = f"process {holder['pid']} on {holder['host']}"
+            except (ValueError, KeyError, TypeError, OSError):
+                pid = "another process"
+            raise SweepBusy(
+                f"the sweep {name!r} ({what}) is being run by {pid}; follow it with `tune-losses "
+                f"status {name}`; once it has ended (or been stopped with Ctrl-C), --resume continues it; or "
+                "give this sweep another --name"
+            ) from None
+        return _same_file(fd, path)
 
     def drives(self, parent_run_id: str, client=None, claimed: int = 0, beat_tags=None) -> None:
         """This process drives that parent run now (:func:`driver_alive` says so to readers in this process);
@@ -405,7 +435,13 @@ class DriverLock:
         if self.parent_run_id is not None:
             ACTIVE.discard(self.parent_run_id)
         while self._fds:
-            os.close(self._fds.pop())
+            path, fd = self._fds.pop()
+            try:
+                if _same_file(fd, path):  # still ours, and locked: no one else can delete or replace it now
+                    path.unlink()
+            except OSError:
+                pass  # left for the next taker to reuse
+            os.close(fd)
 
     def __enter__(self) -> DriverLock:
         return self

@@ -3,10 +3,15 @@ URI (an MLflow server) with --tracking-uri or MLFLOW_TRACKING_URI. Credentials i
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import re
+import socket
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlparse
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -137,6 +142,125 @@ def client(tracking_uri: str | None = None, must_exist: bool = False) -> MlflowC
         create_sqlite_store(db)
     mlflow.set_tracking_uri(uri)
     return MlflowClient(tracking_uri=uri)
+
+
+#: Seconds a read-only command, and a sweep's start-up check, waits on the tracking store before it fails
+#: (MLflow's own client retries an HTTP request for ~4 minutes: MLFLOW_HTTP_REQUEST_MAX_RETRIES and friends).
+STORE_TIMEOUT_ENV = "TUNE_LOSSES_STORE_TIMEOUT"
+DEFAULT_STORE_TIMEOUT = 10.0
+
+
+class StoreUnavailable(ValueError):
+    """The tracking store cannot be reached or fails: one line naming the (redacted) URI and what failed."""
+
+
+def store_timeout() -> float:
+    raw = os.environ.get(STORE_TIMEOUT_ENV, "") or str(DEFAULT_STORE_TIMEOUT)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{STORE_TIMEOUT_ENV}={raw!r} is not allowed; allowed: seconds > 0 (default 10)")
+    return value
+
+
+def reachable(host: str, port: int, timeout: float) -> str | None:
+    """None when a TCP connection to host:port opens within ``timeout`` s, else why not."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return str(exc) or type(exc).__name__
+
+
+def server_address(uri: str) -> tuple[str, int] | None:
+    """(host, port) of an MLflow server or database server the URI names; None for a local store."""
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.split("+")[0].lower()
+    ports = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}
+    if scheme not in ports or not parsed.hostname:
+        return None
+    return parsed.hostname, parsed.port or ports[scheme]
+
+
+def _is_store_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says the store is unreachable or failing (not a bug of ours, not a missing sweep)."""
+    import requests
+    import sqlalchemy.exc
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, MlflowException):
+        return "API request to" in exc.message or exc.error_code == "TEMPORARILY_UNAVAILABLE"
+    return isinstance(exc, requests.RequestException | sqlalchemy.exc.OperationalError | ConnectionError)
+
+
+def _what_failed(exc: BaseException, timeout: float) -> str:
+    """The innermost reason of a store failure, in a few words, without the request's URL (it may hold a password)."""
+    import requests
+
+    inner, chain = exc, [exc]
+    while (nxt := inner.__cause__ or inner.__context__) is not None and nxt not in chain:
+        chain.append(nxt)
+        inner = nxt
+    if any(isinstance(e, requests.Timeout | TimeoutError | socket.timeout) for e in chain):
+        return f"no answer within {timeout:g} s"
+    code = re.search(r"error code (\d+)", str(exc))
+    if code:
+        return f"it answered HTTP {code.group(1)}"
+    text = str(inner).splitlines()[0] if str(inner) else type(inner).__name__
+    return redact(re.sub(r"https?://\S+", "", text)).strip()[:200]
+
+
+def failure(uri: str, why: str, timeout: float) -> StoreUnavailable:
+    return StoreUnavailable(
+        f"{option_for(uri)}={redact(uri)!r}: the tracking store is unreachable or failing ({why}; each call waits "
+        f"at most {timeout:g} s: {STORE_TIMEOUT_ENV}); allowed: a running MLflow server or a reachable database"
+    )
+
+
+@contextlib.contextmanager
+def bounded(uri: str, timeout: float | None = None) -> Iterator[float]:
+    """Within the block, each MLflow HTTP request is tried once for at most ``timeout`` s (default
+    TUNE_LOSSES_STORE_TIMEOUT) instead of MLflow's retries over minutes, a database connection waits as long, and
+    any failure to reach or read the store becomes one StoreUnavailable naming the redacted URI and what failed.
+    The environment is restored after the block (a sweep's trials keep MLflow's patient retries)."""
+    timeout = store_timeout() if timeout is None else timeout
+    bounds = {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, math.ceil(timeout))),  # MLflow reads it as an int
+        "PGCONNECT_TIMEOUT": str(max(2, math.ceil(timeout))),  # libpq's connect timeout (2 s at least)
+    }
+    saved = {k: os.environ.get(k) for k in bounds}
+    os.environ.update(bounds)
+    try:
+        yield timeout
+    except Exception as exc:
+        if _is_store_failure(exc):
+            raise failure(uri, _what_failed(exc, timeout), timeout) from None
+        raise
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def probe(uri: str, timeout: float | None = None, call: bool = True) -> None:
+    """Fail within ``timeout`` s (one StoreUnavailable) unless the store answers: its server takes a TCP
+    connection, and with ``call`` one cheap read (a list of one experiment) succeeds. A local store is not
+    probed (check_exists says whether it is there)."""
+    timeout = store_timeout() if timeout is None else timeout
+    address = server_address(uri)
+    if address is None:
+        return
+    why = reachable(*address, timeout)
+    if why:
+        raise failure(uri, f"no connection to {address[0]}:{address[1]}: {why}", timeout)
+    if call:
+        with bounded(uri, timeout):
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
 
 
 def create_sqlite_store(db: Path) -> None:

@@ -243,12 +243,14 @@ def summary(c, parent, with_activity: bool = False) -> dict:
 
 
 def list_sweeps(tracking_uri: str | None = None) -> list[dict]:
-    c = store.client(tracking_uri)
+    if not store.store_exists(tracking_uri or store.default_tracking_uri()):
+        return []  # a read-only command never makes a store (a local one not there holds no sweep)
+    c = store.client(tracking_uri, must_exist=True)
     return [summary(c, p) for p in parent_runs(c)]
 
 
 def sweep_status(sweep: str, tracking_uri: str | None = None) -> dict:
-    c = store.client(tracking_uri)
+    c = store.client(tracking_uri, must_exist=True)  # a store that is not there is an error, never made here
     out = summary(c, find(c, sweep), with_activity=True)
     out["tracking_uri"] = store.redact(c.tracking_uri)
     return out
@@ -350,7 +352,7 @@ def ui_url(base: str, tracking_uri: str | None = None, sweep: str | None = None)
     uri = tracking_uri or store.default_tracking_uri()
     if uri.startswith("sqlite:///") and not sweep and not Path(uri.removeprefix("sqlite:///")).is_file():
         return f"{base}/#/experiments?{ml}"  # nothing recorded yet: the UI creates the store
-    c = store.client(uri)
+    c = store.client(uri, must_exist=True)  # never made by a read-only command
     if sweep:
         parent = find(c, sweep)
         return f"{base}/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}?{ml}"

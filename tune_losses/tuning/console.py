@@ -2,8 +2,8 @@
 seconds), so that a bad option still fails at once and the first line shows at once.
 
 :func:`quiet` hides, at the default verbosity, what does not concern a user (Ray's tables and its TensorBoard
-hint, Ray's token-authentication notice, MLflow's database set-up messages); ``-v`` shows Ray's own output again.
-The live view itself is tuning/progress.py.
+hint, Ray's token-authentication notice, MLflow's database set-up messages and its "View run" links); ``-v``
+shows them again. The live view itself is tuning/progress.py.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ def quiet(verbose: int) -> None:
     # "Token authentication is enabled for this Ray cluster ...": Ray's notice when it starts a local cluster with
     # a token it generated itself (a cluster joined with --address needs the user's token anyway).
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    # "🏃 View run ... at: http://..." and "🧪 View experiment at: ..." after every run ended against an MLflow server
+    # (MLflow's documented switch); the sweep's own lines say where its runs are. Trials of a local Ray inherit it.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     # "Creating initial MLflow database tables..." / "Updating database tables" when a SQLite store is made
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     # "Failed to fetch metrics for N trial(s)": trials stopped (Ctrl-C, a budget) before their first report have

@@ -6,7 +6,6 @@ MLflow (the one check that needs a joined cluster, check_ray_resources, runs bef
 from __future__ import annotations
 
 import os
-import socket
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -14,7 +13,7 @@ from urllib.parse import urlparse
 from tune_losses import tracking
 from tune_losses.spaces import Space, SpaceError, check_name
 
-CONNECT_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 5.0  # a Ray head's port (the tracking store's bound is tracking.store.store_timeout())
 #: Seconds to wait, on a cluster an autoscaler may grow, for a node that can hold one trial (default 0: fail at once).
 RESOURCE_WAIT_ENV = "TUNE_LOSSES_RESOURCE_WAIT_S"
 
@@ -37,36 +36,36 @@ def check_writable(path: Path, what: str) -> None:
         raise SpaceError(f"{what}={str(path)!r} is not writable ({probe} {why}); choose a directory you can write to")
 
 
-def _reachable(host: str, port: int) -> str | None:
+def _reachable(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> str | None:
     """None when a TCP connection opens, else why not."""
-    try:
-        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT):
-            return None
-    except OSError as exc:
-        return str(exc) or type(exc).__name__
+    return tracking.store.reachable(host, port, timeout)
 
 
 def check_tracking(uri: str, resume: bool, name: str) -> None:
-    """MLflow must serve the URI's scheme, an MLflow server must answer; a sweep to resume needs a store that exists
-    (without creating one)."""
+    """MLflow must serve the URI's scheme, an MLflow server must answer a first read, a database server take a
+    connection, each within TUNE_LOSSES_STORE_TIMEOUT s (not MLflow's minutes of retries); a sweep to resume needs
+    a store that exists (without creating one). A database is not read here: a first read builds its schema."""
     shown, option = tracking.redact(uri), tracking.store.option_for(uri)
     try:
         tracking.store.check_uri(uri, option)
+        timeout = tracking.store.store_timeout()
     except ValueError as exc:
         raise SpaceError(str(exc)) from None
-    parsed = urlparse(uri)
-    if parsed.scheme in ("http", "https"):
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
-        why = _reachable(parsed.hostname or "", port)
-        if why:
+    parsed, address = urlparse(uri), tracking.store.server_address(uri)
+    if address is not None:
+        why = _reachable(*address, timeout=timeout)
+        if why and parsed.scheme in ("http", "https"):
             raise SpaceError(
-                f"{option}={shown!r}: no MLflow server answers at {parsed.hostname}:{port} "
+                f"{option}={shown!r}: no MLflow server answers at {address[0]}:{address[1]} "
                 f"({why}); allowed: the URI of a running MLflow server, or a sqlite:/// path"
             )
-    elif parsed.scheme.startswith(("postgresql", "mysql")) and parsed.hostname:
-        why = _reachable(parsed.hostname, parsed.port or (5432 if parsed.scheme.startswith("postgresql") else 3306))
         if why:
             raise SpaceError(f"{option}={shown!r}: the database server does not answer ({why})")
+        if parsed.scheme in ("http", "https"):
+            try:
+                tracking.store.probe(uri, timeout)
+            except tracking.store.StoreUnavailable as exc:
+                raise SpaceError(str(exc)) from None
     elif uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
         check_writable(db.parent, option)
@@ -92,6 +91,76 @@ def check_ray_address(address: str | None, option: str = "--address") -> None:
         raise SpaceError(
             f"{option}={address!r}: no Ray cluster answers there ({why}); allowed: the address of a "
             f"running Ray head (`ray start --head` prints it), or no {option} for a local Ray"
+        )
+    if "://" not in address:  # a GCS address (ray:// is Ray Client's own protocol)
+        check_ray_auth(address, option)
+
+
+# Run in a process of its own: Ray's C++ client aborts the process when token mode is on and no token is found,
+# and retries a silent port for many seconds. It reads RAY_AUTH_MODE / RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH /
+# ~/.ray/auth_token exactly as the driver's ray.init will (an explicit address never turns token mode on).
+_AUTH_PROBE = """
+import sys
+from ray._raylet import AuthenticationMode, AuthenticationTokenLoader, InnerGcsClient, get_authentication_mode
+from ray.exceptions import AuthenticationError
+token_mode = get_authentication_mode() == AuthenticationMode.TOKEN
+if token_mode and not AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
+    print("no-token")
+    sys.exit()
+try:
+    InnerGcsClient.standalone(sys.argv[1], None, 3000)
+    print("ok")
+except AuthenticationError:
+    print("refused-token" if token_mode else "refused-no-mode")
+except Exception as exc:
+    print("other", type(exc).__name__)
+"""
+AUTH_PROBE_TIMEOUT = 10.0
+_AUTH_HELP = (
+    "allowed: the cluster's token in the driver's environment: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN=<the token "
+    "the head was started with> (or RAY_AUTH_TOKEN_PATH=<a file holding it>)"
+)
+
+
+def check_ray_auth(address: str, option: str = "--address") -> None:
+    """Before Ray's client starts (which otherwise retries ~20 s, then prints two tracebacks): one call to the
+    cluster's GCS tells whether it takes this driver's token. A missing or wrong token is one SpaceError naming
+    RAY_AUTH_TOKEN and RAY_AUTH_MODE; a probe that cannot tell (a timeout, another error) leaves it to Ray."""
+    import subprocess
+    import sys
+
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", _AUTH_PROBE, address], capture_output=True, text=True, timeout=AUTH_PROBE_TIMEOUT
+        ).stdout.split()
+    except subprocess.TimeoutExpired:
+        return
+    verdict = out[0] if out else "other"
+    why = {
+        "no-token": "RAY_AUTH_MODE=token is set here but no token is: RAY_AUTH_TOKEN is unset and no token file "
+        "exists (RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)",
+        "refused-no-mode": "the cluster requires token authentication and this driver sends no token "
+        "(RAY_AUTH_MODE is not 'token' here)",
+        "refused-token": "the cluster refused this driver's token (RAY_AUTH_TOKEN, or the token file, is not "
+        "the one the cluster was started with)",
+    }.get(verdict)
+    if why:
+        raise SpaceError(f"{option}={address!r}: {why}; {_AUTH_HELP}")
+
+
+def check_cluster_store(address: str | None, uri: str, option: str = "--address") -> None:
+    """A sweep on a cluster records from every node: a local store (a sqlite: file, a file: directory, a path)
+    would be a separate, empty store on each node, and the driver would never see the trials' records."""
+    if not address or address == "local":
+        return
+    scheme = uri.split("://")[0].lower() if "://" in uri else ""
+    if scheme in ("sqlite", "file", ""):
+        raise SpaceError(
+            f"{option}={address!r} with the local tracking store {tracking.redact(uri)!r} "
+            f"({tracking.store.option_for(uri)}): each node of the cluster would write a store of its own and the "
+            "driver would see none of the trials; allowed: an MLflow server every node reaches "
+            "(--tracking-uri http://HOST:5000, `mlflow server --backend-store-uri postgresql://...`), or a "
+            "database URI every node reaches (postgresql+psycopg2://USER@HOST/DB)"
         )
 
 
