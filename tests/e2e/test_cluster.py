@@ -31,7 +31,7 @@ from helpers import free_port, start_mlflow_server, stop_server, write_space
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 BIN = Path(sys.executable).parent
 EPOCHS = 60
-HOWTO = Path(__file__).resolve().parents[1] / "docs" / "how-to" / "cluster-without-docker.md"
+HOWTO = Path(__file__).resolve().parents[2] / "docs" / "how-to" / "cluster-without-docker.md"
 
 
 def documented(title: str, **put) -> str:

@@ -398,7 +398,9 @@ def test_trial_larger_than_any_cluster_node(tmp_path):
     import time
     from pathlib import Path
 
-    from helpers import free_port
+    from tune_losses import tracking
+
+    from helpers import free_port, start_mlflow_server, stop_server
 
     port = free_port()
     env = {
@@ -409,6 +411,8 @@ def test_trial_larger_than_any_cluster_node(tmp_path):
         "MLFLOW_TRACKING_URI": "",
     }
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must stay under 108 bytes
+    server_dir = Path(tempfile.mkdtemp(prefix="mlflow"))  # a store every node reaches, outside tmp_path
+    server = None
     head = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "ray"),
@@ -441,6 +445,8 @@ def test_trial_larger_than_any_cluster_node(tmp_path):
             except OSError:
                 time.sleep(0.5)
         space = write_space(tmp_path / "space.yaml", resources={"cpu": 2, "gpu": 0})
+        mlflow_port = free_port()
+        server = start_mlflow_server(f"sqlite:///{server_dir}/m.db", mlflow_port, server_dir / "artifacts")
         args = [
             sys.executable,
             "-m",
@@ -450,7 +456,7 @@ def test_trial_larger_than_any_cluster_node(tmp_path):
             "--address",
             f"127.0.0.1:{port}",
             "--tracking-uri",
-            f"sqlite:///{tmp_path}/mlflow.db",
+            f"http://127.0.0.1:{mlflow_port}",
             "--storage",
             str(tmp_path / "ray"),
         ]
@@ -465,7 +471,12 @@ def test_trial_larger_than_any_cluster_node(tmp_path):
                 assert "waiting up to 2 s (TUNE_LOSSES_RESOURCE_WAIT_S) for an autoscaler" in proc.stdout
                 assert "(after waiting 2 s for one)" in proc.stderr
             assert sorted(p.name for p in tmp_path.iterdir()) == ["space.yaml"], "something was written"
+        c = tracking.client(f"http://127.0.0.1:{mlflow_port}")
+        assert [r for e in c.search_experiments() for r in c.search_runs([e.experiment_id])] == [], "a run was written"
     finally:
+        if server is not None:
+            stop_server(server)
+        shutil.rmtree(server_dir, ignore_errors=True)
         os.killpg(head.pid, signal.SIGKILL)
         head.wait()
         shutil.rmtree(temp, ignore_errors=True)

@@ -148,6 +148,7 @@ class Sweep:
             preflight.check_writable(Path(o.storage), "--storage")
         preflight.check_tracking(o.uri, o.resume, o.name)
         preflight.check_ray_address(o.address, o.address_option)
+        preflight.check_cluster_store(o.address, o.uri, o.address_option)
         if o.resume and o.space.search.scheduler.name == "halving":
             raise SpaceError(
                 f"{o.path}: --resume: the sweep {o.name!r} runs under scheduler halving, which cannot be resumed "
@@ -178,9 +179,19 @@ class Sweep:
         self._check_name()
         if o.progress:
             print(header(o.space, o.name, o.resume), flush=True)  # Ray takes seconds to start
+            self._kernel_notice()
         self.ray.wait()  # the cluster (or the local Ray) may lack what the trials need: known before the store opens
         preflight.check_ray_resources(o.space, str(o.path), "cluster" if o.address else "local Ray")
         self.client = self.client or tracking.client(o.uri)
+
+    def _kernel_notice(self) -> None:
+        """A local sweep's first trials build the fused loss kernels if this machine has none yet: say so, as
+        their own output does not reach the console (a cluster's nodes build theirs: docker/Dockerfile)."""
+        from tune_losses.losses import fused
+
+        notice = None if self.options.address else fused.build_notice()
+        if notice:
+            print(notice, flush=True)
 
     def _check_name(self) -> None:
         """A new sweep needs a free name; a resume needs the sweep, undriven, with the same space."""

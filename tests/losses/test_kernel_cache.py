@@ -14,7 +14,7 @@ import torch
 from tune_losses.losses import fused
 
 CSRC = Path(fused.__file__).with_name("csrc")
-DOCKERFILE = Path(__file__).resolve().parents[1] / "docker" / "Dockerfile"
+DOCKERFILE = Path(__file__).resolve().parents[2] / "docker" / "Dockerfile"
 
 
 def _copy(tmp_path, name: str, edit: str = "") -> Path:
