@@ -382,7 +382,7 @@ ALLOWED = {
     "training": {"data", "losses", "models", "tracking"},
     "spaces": {"training", "losses", "models", "yaml_io"},
     "tracking": {"spaces", "training"},
-    "tuning": {"spaces", "training", "tracking", "data", "reports", "_internals"},
+    "tuning": {"spaces", "training", "tracking", "data", "losses", "reports", "_internals"},
     "reports": {"tracking"},
     "cli": {"__init__", "data", "reports", "spaces", "training", "tuning", "tracking", "yaml_io"},
     "__init__": {"tuning"},

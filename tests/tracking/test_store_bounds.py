@@ -53,7 +53,7 @@ def silent_server():
 def test_read_only_command_against_a_server_that_never_answers(argv, silent_server, capsys, monkeypatch):
     monkeypatch.setenv("TUNE_LOSSES_STORE_TIMEOUT", "2")
     rc, took, err = _run(argv, silent_server, capsys)
-    assert rc == 2 and took < 6, (rc, took)
+    assert rc == 2 and took < 10, (rc, took)  # the promise: within 10 s, whatever the bound
     assert len(err) == 1 and "no answer within 2 s" in err[0] and "TUNE_LOSSES_STORE_TIMEOUT" in err[0], err
 
 
@@ -62,7 +62,7 @@ def test_sweep_start_up_check_is_bounded_by_the_same_timeout(silent_server, monk
     start = time.monotonic()
     with pytest.raises(SpaceError, match=r"no answer within 2 s.*TUNE_LOSSES_STORE_TIMEOUT"):
         preflight.check_tracking(silent_server, resume=False, name="s")
-    assert time.monotonic() - start < 6
+    assert time.monotonic() - start < 10
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # the sweep itself keeps MLflow's retries
 
 
