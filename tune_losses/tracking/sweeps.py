@@ -310,7 +310,8 @@ def format_status(s: dict) -> str:
         + (
             f", {len(s['running'])} running"
             if live
-            else f", {len(s['running'])} interrupted (they continue on --resume)"
+            else f", {len(s['running'])} interrupted"
+            + ("" if s.get("scheduler") == "halving" else " (they continue on --resume)")
             if s["running"]
             else ""
         ),

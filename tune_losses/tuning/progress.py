@@ -65,9 +65,11 @@ class SweepProgress(Callback):
         self.pending = 0  # trials waiting for resources, or for their process to start
         # who stops trials early: ASHA, or synchronous halving (fifo stops none)
         self.scheduler = space.search.scheduler.name
-        self.stopper = "halving" if self.scheduler == "halving" else "ASHA"
+        # who stops trials early: ASHA or halving; under fifo only a budget does (or Ray's stopper)
+        self.stopper = {"halving": "halving", "asha": "ASHA"}.get(self.scheduler, "the stopper")
         self.stopped_key = f"stopped by {self.stopper}"
         self.counts = {"finished": 0, self.stopped_key: 0, "stopped by the budget": 0, "diverged": 0, "failed": 0}
+        self.shown_stop = self.stopped_key if self.scheduler in ("asha", "halving") else ""  # shown even at 0
         self.started: set[str] = set()  # trials started once (halving pauses a trial and starts it again)
         self.unused_epochs = 0  # epochs that trials stopped early will not run
         self.best: tuple[float, str] | None = None
@@ -108,7 +110,7 @@ class SweepProgress(Callback):
 
     def status(self) -> str:
         counts = ", ".join(
-            f"{n} {k}" for k, n in self.counts.items() if n or k in ("finished", "failed", self.stopped_key, "diverged")
+            f"{n} {k}" for k, n in self.counts.items() if n or k in ("finished", "failed", "diverged", self.shown_stop)
         )
         of = f" (of {self.total_trials})" if self.total_trials and self.total_trials < 10**9 else ""
         best = ""

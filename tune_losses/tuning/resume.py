@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shlex
 import sys
 import tempfile
@@ -176,6 +177,7 @@ def space_changes(client, parent, space: Space, shared_only: bool = False) -> li
     """The fields in which ``space`` differs from the sweep's recorded space (its space/resolved_space.json
     artifact), or None when the sweep has none (a kill before it was written, or a sweep of an older version).
     ``shared_only``: compare only the fields both have (a space recorded by an older schema)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # an error message follows, no bar
     try:
         with tempfile.TemporaryDirectory() as tmp:
             path = client.download_artifacts(parent.info.run_id, "space/resolved_space.json", tmp)
