@@ -5,9 +5,9 @@ what a reader's browser shows.
 - The generators of the reference pages (docs/hooks/reference.py) list every command and option of the CLI,
   every field of the search-space schema, and every entry of the MLflow record (checked on a fake FIELDS list,
   since tune_losses/tracking/record.py may not exist yet).
-- Every ```bash block of docs/tutorials/*.md runs, in order, as a reader would run it: in bash, in a fresh
-  directory with a fresh HOME, through a `tune-losses` that adds small `--set` values to long commands
-  (SHRINK) and stops `tune-losses ui` once it answers.
+- Every ```bash (and ```python) block of docs/tutorials/*.md runs, in order, as a reader would run it: in
+  bash, in a fresh directory with a fresh HOME, through a `tune-losses` that adds small `--set` values to long
+  commands (SHRINK) and stops `tune-losses ui` once it answers.
 - Headless Chromium opens the built home page and the first tutorial: headings there, screenshots decoded.
 """
 
@@ -149,14 +149,19 @@ def test_strict_build_has_every_page_and_the_generated_references(site):
 # ------------------------------------------------------------------------------------- the tutorials' commands
 
 
-def bash_blocks(markdown: str) -> list[str]:
-    """The ```bash blocks of a Markdown page, in order."""
-    return [m.group(1) for m in re.finditer(r"^```bash\n(.*?)^```", markdown, re.S | re.M)]
+def code_blocks(markdown: str) -> list[tuple[str, str]]:
+    """The ```bash and ```python blocks of a Markdown page, in order: (language, text)."""
+    return [(m.group(1), m.group(2)) for m in re.finditer(r"^```(bash|python)\n(.*?)^```", markdown, re.S | re.M)]
 
 
-def test_bash_blocks_are_extracted_whole():
-    page = "text\n\n```bash\na --x \\\n    --y\nb\n```\n\n```yaml\nc: 1\n```\n```bash\nd <<'PY'\ne\nPY\n```\n"
-    assert bash_blocks(page) == ["a --x \\\n    --y\nb\n", "d <<'PY'\ne\nPY\n"]
+def test_code_blocks_are_extracted_whole_and_in_order():
+    page = "text\n\n```bash\na --x \\\n    --y\nb\n```\n\n```yaml\nc: 1\n```\n```python\nimport os\n```\n"
+    page += "```bash\nd <<'PY'\ne\nPY\n```\n"
+    assert code_blocks(page) == [
+        ("bash", "a --x \\\n    --y\nb\n"),
+        ("python", "import os\n"),
+        ("bash", "d <<'PY'\ne\nPY\n"),
+    ]
 
 
 SHIM = '''#!{python}
@@ -217,8 +222,10 @@ def reader(tmp_path: Path) -> tuple[Path, dict]:
     return work, env
 
 
-def run_block(block: str, work: Path, env: dict) -> None:
-    if block.lstrip().startswith("make "):  # set-up: the target must exist; it is not run inside a test
+def run_block(language: str, block: str, work: Path, env: dict) -> None:
+    if language == "python":  # as the reader runs it, in the same directory, after the commands before it
+        done = subprocess.run([sys.executable, "-"], input=block, cwd=work, env=env, capture_output=True, text=True)
+    elif block.lstrip().startswith("make "):  # set-up: the target must exist; it is not run inside a test
         targets = block.split()[1:]
         done = subprocess.run(["make", "-n", *targets], cwd=ROOT, capture_output=True, text=True)
     else:
@@ -232,15 +239,15 @@ def run_block(block: str, work: Path, env: dict) -> None:
 @pytest.mark.timeout(1800)  # a tutorial's sweeps, one after another (4-10 min on 2 busy CPUs)
 @pytest.mark.parametrize("tutorial", TUTORIALS, ids=[p.stem for p in TUTORIALS])
 def test_every_command_of_the_tutorial_runs(tutorial, tmp_path):
-    blocks = bash_blocks(tutorial.read_text())
-    assert blocks, f"{tutorial.name} has no command"
-    if "fashion_mnist" in "".join(blocks) and not any(p.is_dir() for p in FASHION):
+    blocks = code_blocks(tutorial.read_text())
+    assert any(language == "bash" for language, _ in blocks), f"{tutorial.name} has no command"
+    if "fashion_mnist" in "".join(text for _, text in blocks) and not any(p.is_dir() for p in FASHION):
         if os.environ.get("CI"):
             pytest.fail("Fashion-MNIST is missing (make setup installs dataset-fashion-mnist)")
         pytest.skip("needs Fashion-MNIST (Debian's dataset-fashion-mnist)")
     work, env = reader(tmp_path)
-    for block in blocks:
-        run_block(textwrap.dedent(block), work, env)
+    for language, block in blocks:
+        run_block(language, textwrap.dedent(block), work, env)
 
 
 # ------------------------------------------------------------------------------------- in a browser
