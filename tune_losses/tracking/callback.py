@@ -67,6 +67,8 @@ class LedgerCallback(Callback):
         self._retries: dict[str, int] = {}
 
     def _run_id(self, trial) -> str | None:
+        if "group" in (trial.config or {}):
+            return None  # a fused group: each member's run is written by the group's trial (tuning/fused_trial.py)
         run_id = (trial.last_result or {}).get("mlflow_run_id")
         if run_id:
             return run_id

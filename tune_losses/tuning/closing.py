@@ -46,11 +46,16 @@ def close_trial_runs(
         ledger.set_status(run_id, "KILLED")
 
 
-def summarize(results, space: Space, budget=None) -> dict:
-    """How the trials ended (counted as the report counts its runs' tags) and the epochs run."""
+def summarize(results, space: Space, budget=None, records: list[TrialRecord] | None = None) -> dict:
+    """How the trials ended (counted as the report counts its runs' tags) and the epochs run; ``records``: the
+    trials' runs, for a fused sweep (its Ray results are groups)."""
     from tune_losses.reports.protocol import count_trials
 
     epochs = space.train.epochs
+    if records is not None:
+        rows = [outcome.from_tags(r.tags) for r in records]
+        run = sum(r.last_step for r in records)
+        return {**count_trials(rows), "epochs_run": run, "epochs_full_budget": len(records) * epochs}
     ends = [result_outcome(r, epochs, budget, space.search.scheduler.name) for r in results]
     ends = [e for e in ends if e.status != "superseded"]  # another attempt of the same trial counts it
     rows = [(e.status, e.stopped_early) for e in ends]

@@ -82,9 +82,18 @@ class SweepProgress(Callback):
     # --- what is shown ----------------------------------------------------------------------------------------
     def name(self, trial) -> str:
         if trial.trial_id not in self.names:
-            given = (trial.config or {}).get("params", {})
-            values = {p: given[p] for p in self.paths if p in given}
-            self.names[trial.trial_id] = self._trial_name(self.loss, values)
+            config = trial.config or {}
+            if "group" in config:  # a fused group (tuning/fusion.py): its members' values
+                members = [m.get("params", {}) for m in config["group"]]
+                values = {
+                    p: ",".join(f"{m[p]:g}" if isinstance(m.get(p), float) else str(m.get(p)) for m in members)
+                    for p in self.paths
+                }
+                self.names[trial.trial_id] = f"{self._trial_name(self.loss, values)} (fused, {len(members)})"
+            else:
+                given = config.get("params", {})
+                values = {p: given[p] for p in self.paths if p in given}
+                self.names[trial.trial_id] = self._trial_name(self.loss, values)
         return self.names[trial.trial_id]
 
     @property

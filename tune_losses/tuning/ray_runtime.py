@@ -30,6 +30,11 @@ PRELOAD_MODULES = ["tune_losses.tuning.trial"]
 def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
     """The trainable the driver gives Ray Tune: tuning/trial.py's ``run_trial``, imported in the trial process
     (a prestarted worker has it already)."""
+    if "group" in config:  # a fused group of configs (tuning/fusion.py, fused_trial.py)
+        from .fused_trial import run_group
+
+        run_group(config, space_json, sweep, data)
+        return
     from .trial import run_trial as run
 
     run(config, space_json, sweep, data)

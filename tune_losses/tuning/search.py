@@ -38,11 +38,14 @@ def scheduler(space: Space):
     )
 
 
-def param_space(space: Space) -> dict:
+def param_space(space: Space, groups: list[list[dict]] | None = None) -> dict:
     """Ray Tune's param_space. A grid or random search repeated ``num_samples`` times gets a ``sample`` index per
-    repeat, so every trial has its own key in the ledger (the same config twice is two trials)."""
+    repeat, so every trial has its own key in the ledger (the same config twice is two trials). ``groups``: the
+    fused groups of tuning/fusion.py, one Ray trial each (its members' configs under ``group``)."""
     from ray import tune
 
+    if groups:
+        return {"group": tune.grid_search(groups)}
     ps: dict = {"params": {p: to_tune(d) for p, d in space.params.items()}}
     order = grid_order(space)
     if order is not None:

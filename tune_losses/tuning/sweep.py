@@ -129,6 +129,7 @@ class Sweep:
         self.todo: list[TrialRecord] = []
         self.interrupt = Interrupt()
         self.budget: Any = None
+        self.fusion: Any = None  # tuning/fusion.py FusionPlan, once the Tuner is built
 
     @property
     def parent(self) -> ParentRun:
@@ -344,10 +345,14 @@ class Sweep:
         close_trial_runs(
             ledger, results, o.space.train.epochs, budget=self.budget, scheduler=o.space.search.scheduler.name
         )
-        summary = summarize(results, o.space, self.budget)
+        fused = self.fusion is not None and self.fusion.fused
+        members = list(ledger.trials().values()) if fused else None  # a fused group's members are runs, not results
+        summary = summarize(results, o.space, self.budget, members)
         summary["grid_points"] = search.grid_size(o.space)
         summary["trials_resumed_finished"] = len(self.done)
-        config, value = best_config(o.space, results, self.done)
+        config, value = (
+            best_config(o.space, [], members) if members is not None else best_config(o.space, results, self.done)
+        )
         metrics = {f"sweep.{k}": float(v) for k, v in summary.items()}
         tags: dict[str, str] = {}
         if value is not None:

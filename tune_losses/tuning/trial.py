@@ -124,11 +124,7 @@ def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
     """One trial. ``sweep`` names the ledger (tracking_uri, experiment_id, parent_run_id) and the checkpoint
     root; ``data`` is the sweep's Splits from Ray's object store (None: the trial builds its own)."""
     started = time.perf_counter()
-    trial_environment()
-    space = Space.model_validate(space_json)
-    # Use exactly the CPUs this trial reserved: torch otherwise starts one thread per core of the node, and
-    # concurrent trials oversubscribe the cores (two 1-CPU trials on 2 cores ran ~5x slower).
-    torch.set_num_threads(max(1, int(space.resources.cpu)))
+    space = prepare(space_json)
     attempt = TrialAttempt(space, config, sweep, started)
     if attempt.record.finished:
         attempt.replay()
@@ -141,6 +137,16 @@ def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
         # Ray would retry (a retry would take the run back from the attempt that owns it)
         log.warning("%s", exc)
         attempt.superseded()
+
+
+def prepare(space_json: dict) -> Space:
+    """The trial process's set-up: Ray Tune's environment, the space, and exactly the CPUs this trial reserved
+    (torch otherwise starts one thread per core of the node, and concurrent trials oversubscribe the cores: two
+    1-CPU trials on 2 cores ran ~5x slower)."""
+    trial_environment()
+    space = Space.model_validate(space_json)
+    torch.set_num_threads(max(1, int(space.resources.cpu)))
+    return space
 
 
 class TrialAttempt:
@@ -223,24 +229,29 @@ class TrialAttempt:
     def report(self, metrics: dict, state) -> None:
         """After each epoch, in this order: the metrics to MLflow, the checkpoint, the result to Ray Tune (module
         docstring); nothing at all once another attempt owns the run."""
-        entered = self.clock.enter()
+        epoch = self.record_epoch(metrics, self.clock.enter())
+        if self.clock.checkpoint_due() or epoch >= self.cfg["epochs"] or epoch in self.pauses:
+            with self.clock.checkpointing():
+                self.checkpoints.save(state())
+        with self.clock.reporting():
+            tune.report({**metrics, "node_id": self.node, "mlflow_run_id": self.run_id})
+
+    def record_epoch(self, metrics: dict, entered: float) -> int:
+        """An epoch's metrics to the trial's run (once: an epoch re-run from an older checkpoint is already
+        there), and at the last epoch its confusion matrix (before the last checkpoint: a kill after it resumes
+        with nothing to train, and nothing to log it from). Returns the epoch."""
         epoch = int(metrics["epoch"])
         self.ledger.check_owner(self.run_id, self.token)
         if not self.last and metrics.get("device"):  # the device this attempt trains on (loop.py pick_device)
             self.ledger.set_tags(self.run_id, {record.DEVICE: metrics["device"]})
-        if epoch > self.record.last_step:  # an epoch re-run from an older checkpoint is already in the ledger
+        if epoch > self.record.last_step:
             self.ledger.log_epoch(self.run_id, {**metrics, **self.clock.spent(entered)}, epoch)
         if epoch >= self.cfg["epochs"] and metrics.get("test_confusion") is not None:
-            # before the last checkpoint: a kill after it resumes with nothing to train, and nothing to log it from
             self.ledger.log_dict(self.run_id, metrics["test_confusion"], record.CONFUSION_ARTIFACT)
             self.confusion_logged = True
-        if self.clock.checkpoint_due() or epoch >= self.cfg["epochs"] or epoch in self.pauses:
-            with self.clock.checkpointing():
-                self.checkpoints.save(state())
         self.last.clear()
         self.last.update(metrics)
-        with self.clock.reporting():
-            tune.report({**metrics, "node_id": self.node, "mlflow_run_id": self.run_id})
+        return epoch
 
     def train(self, data) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
@@ -255,9 +266,10 @@ class TrialAttempt:
             self.clock.train_ended()
         return result
 
-    def finish(self, result: dict) -> None:
-        """Close the run: completed, or diverged with its reason."""
-        if not self.last and result.get("status") == "completed":
+    def finish(self, result: dict, tell_ray: bool = True) -> None:
+        """Close the run: completed, or diverged with its reason (``tell_ray``: and say so to Ray Tune, which a
+        member of a fused group leaves to its group)."""
+        if tell_ray and not self.last and result.get("status") == "completed":
             # resumed from the checkpoint of its last epoch (a kill came before its run was closed): nothing was
             # trained, so the result Ray Tune sees is the one the ledger holds
             final = {k: v for k, v in self.record.metrics.items() if k != "epoch"}
@@ -266,7 +278,7 @@ class TrialAttempt:
         if self.last.get("test_confusion") is not None and not self.confusion_logged:  # ended before its last epoch
             self.ledger.log_dict(self.run_id, self.last["test_confusion"], record.CONFUSION_ARTIFACT)
         if result.get("status") == "diverged":
-            self._diverged(result)
+            self._diverged(result, tell_ray)
             return
         timings = self.clock.spent(time.perf_counter(), whole=True) if self.last else None  # the whole attempt's
         tags = {record.STATUS: "completed", record.STOPPED_EARLY: "false"}
@@ -280,7 +292,7 @@ class TrialAttempt:
         epoch = int(self.last.get("epoch", 0) or 0)
         tune.report({self.space.search.metric: worst, "epoch": epoch, "trial_status": outcome.SUPERSEDED_STATUS})
 
-    def _diverged(self, result: dict) -> None:
+    def _diverged(self, result: dict, tell_ray: bool = True) -> None:
         """Stop with a status and a reason, not NaN metrics: the metric keeps its last finite value (or the worst
         possible one when the first epoch diverged) so schedulers and searchers can rank the trial."""
         metric, mode = self.space.search.metric, self.space.search.mode
@@ -297,7 +309,8 @@ class TrialAttempt:
         tags = {record.STATUS: "diverged", record.REASON: result["reason"], record.STOPPED_EARLY: "false"}
         self.ledger.set_tags(self.run_id, tags)
         self.ledger.set_status(self.run_id, "FINISHED")
-        tune.report({**final, "mlflow_run_id": self.run_id})
+        if tell_ray:
+            tune.report({**final, "mlflow_run_id": self.run_id})
 
 
 class TrialClock:

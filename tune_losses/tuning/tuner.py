@@ -32,7 +32,8 @@ def build_tuner(sweep) -> tuple[Any, Budget]:
         tune.with_parameters(run_trial, space_json=space.model_dump(mode="json"), sweep=trial_sweep, data=sweep.data),
         {"cpu": space.resources.cpu, "gpu": space.resources.gpu},
     )
-    ps = search.param_space(space)
+    sweep.fusion = _fusion(sweep)
+    ps = search.param_space(space, sweep.fusion.groups)
     tuner = tune.Tuner(
         trainable,
         param_space=ps,
@@ -68,3 +69,21 @@ def _callbacks(sweep, ledger: Ledger, budget: Budget) -> list:
     sweep.interrupt.budget = budget
     extra = [SweepProgress(o.space, budget, bar=None if o.verbose == 0 else False)] if o.progress else []
     return [callback, sweep.interrupt.callback(), budget, *extra]
+
+
+def _fusion(sweep):
+    """Which configs train fused (tuning/fusion.py), for the CPUs and GPUs the sweep's Ray has; the header says
+    how, or why not."""
+    import ray
+
+    from .fusion import plan_fusion
+
+    have = ray.cluster_resources()
+    plan = plan_fusion(sweep.options.space, have.get("CPU"), have.get("GPU"))
+    if sweep.options.progress:
+        if plan.fused:
+            n = sum(len(g) for g in plan.groups)
+            print(f"Fused: {n} trials as {len(plan.groups)} vectorised groups (one MLflow run per trial)", flush=True)
+        else:
+            print(f"Not fused: {plan.reason}", flush=True)
+    return plan
