@@ -13,11 +13,16 @@ T = TypeVar("T")
 
 
 class Registry:
+    """The builders of one kind of part (``kind``: "loss", "model", "dataset"), by name."""
+
     def __init__(self, kind: str):
         self.kind = kind
         self._items: dict[str, Any] = {}
 
     def register(self, name: str, *, replace: bool = False) -> Callable[[T], T]:
+        """A decorator that registers a class or function under ``name``; a taken name raises a ValueError
+        naming both, unless ``replace`` (then the new one is used everywhere, spaces and trials included)."""
+
         def wrap(obj: T) -> T:
             taken = self._items.get(name)
             if taken is not None and taken is not obj and not replace:
@@ -35,9 +40,11 @@ class Registry:
         self._items.pop(name, None)
 
     def names(self) -> list[str]:
+        """Every registered name, sorted."""
         return sorted(self._items)
 
     def get(self, name: str) -> Any:
+        """The builder registered as ``name``; a ValueError listing the names allowed when there is none."""
         if name not in self._items:
             raise ValueError(f"{self.kind}={name!r} is not allowed: {self.kind} must be one of {self.names()}")
         return self._items[name]

@@ -23,6 +23,10 @@ def register(name: str, *, replace: bool = False):
 
 
 def build_loss(name: str, num_classes: int, **params):
+    """The loss registered as ``name`` (a ``ClassificationLoss``) for ``num_classes`` classes, with its
+    parameters (``a`` for DAL, ``beta`` and ``gamma``, ``lam`` or ``lambda`` for CC-Loss): a ValueError names a
+    parameter it does not take or a value it refuses. ``loss(logits, target)`` is the batch mean; ``update``
+    takes the epoch's confusion matrix (DAL)."""
     cls = get(name)
     try:
         return cls(num_classes=num_classes, **params)

@@ -43,6 +43,10 @@ from .resume import check_resumable, parent_params, resume_command
 
 @dataclass
 class SweepResult:
+    """What ``run_sweep`` (and ``tune_losses.sweep``) returns: the sweep's name and parent run, the store, the
+    best config and its metric (None under the paper protocol, which selects nothing), the summary counts, Ray
+    Tune's ResultGrid and the report (None without one)."""
+
     name: str
     parent_run_id: str
     tracking_uri: str
