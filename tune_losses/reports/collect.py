@@ -12,6 +12,7 @@ from tune_losses import tracking
 from tune_losses.tracking.sweeps import earlier_runs, find
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+BASELINE_TAG = "tune_losses.baseline"  # set on a baseline trial's run (tuning/baseline.py: BASELINE_TAG)
 FINAL = ("val_acc", "test_acc", "val_f1", "test_f1", "val_nmi", "test_nmi", "train_loss")
 
 
@@ -66,6 +67,8 @@ def trial_table(runs, swept: list[str], sweeps: dict | None = None) -> pd.DataFr
                 "epochs": int(tags.get("stopped_at_epoch", 0)) or None,
                 "reason": tags.get("reason", ""),
                 "from_sweep": (sweeps or {}).get(tags.get("mlflow.parentRunId"), tags.get("tune_losses.sweep")),
+                "baseline": tags.get(BASELINE_TAG, ""),  # the baseline loss's trial (tuning/baseline.py)
+                "sample": int(run.data.params.get("sample", 0)),  # the grid repeat: with replica, the seed
             }
             for key in FINAL:
                 row[key] = m.get(key + suffix, m.get(key))

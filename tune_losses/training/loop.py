@@ -72,7 +72,7 @@ def model_params(cfg: TrainConfig, input_shape: tuple[int, ...]) -> dict:
 
 
 def evaluate(replicas, splits, num_classes: int) -> tuple[dict, np.ndarray]:
-    """Per-replica val/test metrics, their mean (the trial's metric) and spread, and the test confusion. An
+    """Per-replica val/test metrics, their mean (the trial's metric) and spread, and the test confusions (K, C, C). An
     empty split (no validation: val_fraction 0) has no metrics."""
     out, per = {}, {}
     for name in ("val", "test"):
@@ -83,8 +83,8 @@ def evaluate(replicas, splits, num_classes: int) -> tuple[dict, np.ndarray]:
         confusions = confusion_matrix(split.y.expand_as(preds), preds, num_classes).numpy()  # (K, C, C)
         for metric, values in confusion_metrics(confusions).items():
             per[f"{name}_{metric}"] = values.tolist()
-        if name == "test":
-            confusion = confusions[0]
+        if name == "test":  # every replica's (K, C, C): reports give per-class recall over replicas
+            confusion = confusions
     for key, values in per.items():
         out[key] = float(np.mean(values))
         if replicas.k > 1 and key in SUMMARY_METRICS:
@@ -107,8 +107,8 @@ def train(
     """Train ``repeats`` replicas for ``epochs`` epochs; after each epoch call ``report(metrics, state)``.
 
     ``metrics`` holds the epoch, the mean training loss and validation / test accuracy, macro-F1 and NMI (mean
-    over replicas, with std / min / max and per-replica values when repeats > 1) and the test confusion matrix
-    (of replica 0); ``state()`` builds the checkpoint to save, called only by a report that saves one (the
+    over replicas, with std / min / max and per-replica values when repeats > 1) and the test confusion matrices
+    (one per replica, K x C x C); ``state()`` builds the checkpoint to save, called only by a report that saves one (the
     snapshot of many row-space replicas can cost more than the epoch's training). DAL's ``update`` gets each
     replica's training confusion matrix after every epoch. ``resume_from`` (a checkpoint directory) continues
     exactly where that checkpoint stopped. Returns the last metrics, or ``{"status": "diverged", "reason": ...}``

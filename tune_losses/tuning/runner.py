@@ -34,6 +34,7 @@ from tune_losses.tracking.sweeps import PLANNED_TAG
 from tune_losses.training.checkpoint import FILENAME
 
 from . import preflight
+from .baseline import grid_points
 from .domains import grid_size, to_tune
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def _local_gpus() -> int:
 def max_trials(space: Space) -> int:
     """How many trials the sweep runs at most: optuna's num_samples, else every grid point num_samples times."""
     s = space.search
-    return s.num_samples if s.searcher == "optuna" else grid_size(space) * s.num_samples
+    return s.num_samples if s.searcher == "optuna" else (grid_size(space) + bool(space.baseline)) * s.num_samples
 
 
 def _scheduler(space: Space):
@@ -101,6 +102,9 @@ def param_space(space: Space) -> dict:
     order = grid_order(space)
     if order is not None:
         ps["params"] = tune.grid_search(order)
+    points = grid_points(space, order)  # the baseline trial, when the space has one (tuning/baseline.py)
+    if points is not None:
+        ps["params"] = tune.grid_search(points)
     if space.search.searcher != "optuna" and space.search.num_samples > 1:
         ps["sample"] = tune.grid_search(list(range(space.search.num_samples)))
     return ps

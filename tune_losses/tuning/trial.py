@@ -43,6 +43,7 @@ from tune_losses.tracking.ledger import Ledger, trial_key
 from tune_losses.training import save_checkpoint, train
 from tune_losses.training.checkpoint import FILENAME, load_checkpoint
 from tune_losses.training.config import weights_used
+from tune_losses.tuning.baseline import BASELINE_KEY, BASELINE_TAG, baseline_config
 
 from .halving import pause_epochs
 from .workers import trial_environment
@@ -108,7 +109,7 @@ class CheckpointStore:
 def trial_label(space: Space, config: dict) -> str:
     given = config.get("params", {})
     values = {p: given[p] for p in space.params if p in given}  # in the space's order
-    name = trial_name(space.train.loss.name, values)
+    name = f"baseline {given[BASELINE_KEY]}" if BASELINE_KEY in given else trial_name(space.train.loss.name, values)
     return name if config.get("sample") is None else f"{name} #{config['sample']}"
 
 
@@ -123,7 +124,7 @@ def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
     torch.set_num_threads(max(1, int(space.resources.cpu)))
     given = config.get("params", {})
     values = {p: given[p] for p in space.params if p in given}
-    cfg = trial_config(space, values)
+    cfg = baseline_config(trial_config(space, values), given.get(BASELINE_KEY))
     if config.get("sample") is not None:  # each repeat of a repeated grid point trains its own seeds
         cfg["seed"] = cfg["seed"] + config["sample"] * cfg["repeats"]
     node = ray.get_runtime_context().get_node_id()  # which node of the cluster ran each epoch
@@ -132,7 +133,12 @@ def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
     record = ledger.find_or_create(
         key,
         trial_label(space, config),
-        {"tune_losses.sweep": space.name, "tune_losses.role": "trial", "status": "running"},
+        {
+            "tune_losses.sweep": space.name,
+            "tune_losses.role": "trial",
+            "status": "running",
+            **({BASELINE_TAG: given[BASELINE_KEY]} if BASELINE_KEY in given else {}),
+        },
     )
     run_id = record.run_id
     if record.finished:
