@@ -12,8 +12,8 @@ from .tables import as_percent, grid, grouped, is_continuous, with_paper
 
 STOPPED_NOTE = (
     " Trials stopped early by the scheduler (ASHA, halving) count with their values at the epoch they stopped "
-    "(`epochs` in trials_per_replica.csv; `stopped_early` marks the values that hold one); the table at the last "
-    "epoch every trial reached is under 'At a common epoch'."
+    "(`epochs` in trials_per_replica.csv; `stopped_early` marks the values that hold one); the same scan at the "
+    "last epoch every trial reached follows below, so that like is compared with like."
 )
 
 
