@@ -44,7 +44,27 @@ def test_the_table2_sweep_on_digits_writes_the_verdict_and_per_class(tmp_path, b
     assert "Replication: test_acc vs loss.a" in page and "Per-class recall against" in page
     assert "per_class_gain" in page and "Most confused class pairs" in page
     if baseline:  # each value's gain over CE on the same 3 seeds
-        assert (values["gain_pairs"] == 3).all() and "the `ce` baseline" in page
+        assert (values["gain_pairs"] == 3).all() and "the <code>ce</code> baseline" in page
+    _shown_in_chromium(out / "report.html", ["Replication: test_acc vs loss.a", "Most confused class pairs"])
+
+
+def _shown_in_chromium(page_path: Path, headings: list[str]) -> None:
+    """The sections render in headless Chromium with their figures (where Chromium and Playwright are here)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return
+    if not Path("/usr/bin/chromium").exists():
+        return
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.goto(page_path.as_uri())
+        for heading in headings:
+            assert page.get_by_role("heading", name=heading).first.is_visible()
+        widths = page.eval_on_selector_all("img", "els => els.map(e => [e.alt, e.naturalWidth])")
+        assert dict(widths).get("per_class_gain", 0) > 0
+        browser.close()
 
 
 def test_the_baseline_trial_trains_ce_and_pairs_by_seed(tmp_path, ray_local):

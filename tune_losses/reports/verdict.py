@@ -153,5 +153,9 @@ def per_class(data, report) -> None:
         "the union of the reference's and the best config's five most confused pairs; `change_points`: best minus "
         "reference.",
     )
-    plots.class_gain_png(recall, report.directory / "per_class_gain.png", f"recall gain of {words}")
+    plots.class_gain_png(
+        recall,
+        report.directory / "per_class_gain.png",
+        f"recall gain of {words} over {against.split(' (')[0]}".replace("`", ""),
+    )
     report.figure(report.directory / "per_class_gain.png")
