@@ -171,3 +171,13 @@ def test_a_baseline_needs_a_grid_space():
         )
     with pytest.raises(ValueError, match="baseline"):
         Space.model_validate({"name": "b", "baseline": "bce"})
+
+
+def test_the_best_value_verdict_uses_the_welch_bh_test():
+    tight = {1.0: np.array([0.90, 0.91, 0.90]), 2.0: np.array([0.80, 0.81, 0.80]), 3.0: np.array([0.895, 0.905, 0.9])}
+    assert replication.best_verdict(tight, 1.0, "max")[0] == replication.OUR_BEST
+    assert replication.best_verdict(tight, 2.0, "max")[0] == replication.WORSE
+    assert replication.best_verdict(tight, 3.0, "max")[0] == replication.INDISTINGUISHABLE
+    assert replication.TIED.get(replication.best_verdict(tight, 9.0, "max")[0]) is None  # not run: no metric
+    single = {1.0: np.array([0.9]), 2.0: np.array([0.8])}
+    assert replication.TIED.get(replication.best_verdict(single, 2.0, "max")[0]) is None  # untested

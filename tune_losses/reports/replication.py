@@ -23,6 +23,11 @@ LEVEL = 0.95
 RESAMPLES = 999
 SEED = 0
 PERCENT = 100.0
+# best_verdict's answers, and the parent's metric replication.paper_best_is_best_or_tied for each (NaN: untested)
+OUR_BEST = "the paper's best is our best"
+INDISTINGUISHABLE = "not our best, but indistinguishable from it (Welch, BH-corrected)"
+WORSE = "not our best, and worse (Welch, BH-corrected)"
+TIED = {OUR_BEST: 1.0, INDISTINGUISHABLE: 1.0, WORSE: 0.0}
 
 
 @dataclass
@@ -137,14 +142,10 @@ def best_verdict(samples: dict, paper_best, mode: str) -> tuple[str, object]:
         return "the paper's best value was not run here", ours
     row = tested[tested["value"].astype(float) == float(paper_best)].iloc[0]
     if row["is_best"]:
-        return "the paper's best is our best", ours
+        return OUR_BEST, ours
     if row["distinguishable"] is None:
         return "not our best; untested (no repeats)", ours
-    return (
-        "not our best, and worse (Welch, BH-corrected)"
-        if row["distinguishable"]
-        else "not our best, but indistinguishable from it (Welch, BH-corrected)"
-    ), ours
+    return (WORSE if row["distinguishable"] else INDISTINGUISHABLE), ours
 
 
 def replicate(df: pd.DataFrame, param: str, metric: str, mode: str, study, dataset: str, paper_dataset) -> Verdict:
@@ -174,8 +175,6 @@ def replicate(df: pd.DataFrame, param: str, metric: str, mode: str, study, datas
         "paper_best": paper_best,
         "our_best": ours_best,
         "best_verdict": verdict,
-        "paper_best_is_best_or_tied": float("our best" in verdict and "not our best, and" not in verdict)
-        if "not run" not in verdict
-        else np.nan,
+        "paper_best_is_best_or_tied": TIED.get(verdict, np.nan),
     }
     return Verdict(param, label(dataset, paper_name, on_paper), table, summary)
