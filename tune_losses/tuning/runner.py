@@ -34,7 +34,7 @@ from tune_losses.tracking.sweeps import PLANNED_TAG
 from tune_losses.training.checkpoint import FILENAME
 
 from . import preflight
-from .baseline import grid_points
+from .baseline import BASELINE_KEY, grid_points
 from .domains import grid_size, to_tune
 
 log = logging.getLogger(__name__)
@@ -536,6 +536,7 @@ def _best(space: Space, results, done: list[TrialRecord]) -> tuple[dict | None, 
     metric, sign = space.search.metric, 1.0 if space.search.mode == "max" else -1.0
     found: list[tuple[float, dict]] = []
     candidates = [((r.metrics or {}).get(metric), (r.config or {}).get("params", {})) for r in results]
+    candidates = [(value, params) for value, params in candidates if BASELINE_KEY not in params]  # not a choice
     candidates += [
         (r.metrics.get(metric), {p: json.loads(r.params[f"swept.{p}"]) for p in space.params})
         for r in done
