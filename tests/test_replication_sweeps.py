@@ -69,7 +69,7 @@ def _shown_in_chromium(page_path: Path, headings: list[str]) -> None:
 
 def test_the_baseline_trial_trains_ce_and_pairs_by_seed(tmp_path, ray_local):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    path = write_space(tmp_path / "b.yaml", name="base", baseline="ce")
+    path = write_space(tmp_path / "b.yaml", name="base", baseline="ce", study="dal_a")
     result = run_sweep(path, tracking_uri=uri, storage=str(tmp_path / "ray"), verbose=0, make_report=False)
     assert result.best_config is not None and "baseline" not in result.best_config  # a reference, not a choice
     client = mlflow.MlflowClient(uri)
