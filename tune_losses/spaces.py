@@ -4,6 +4,7 @@
     description: one line for `tune-losses spaces`
     study: dal_a                 # which published table a report sets beside it (optional)
     paper_dataset: LabelMe       # only when the trials run on the paper's own data set
+    baseline: ce                 # one more trial of this loss, same seeds/data/schedule (tuning/baseline.py)
     protocol: standard           # or paper: train on exactly the paper's training set, no validation, no selection
     train:                       # the fixed training config (tune_losses.training.TrainConfig)
       dataset: {name: digits}
@@ -217,6 +218,20 @@ class Space(Strict):
     params: dict[str, Domain] = Field(default_factory=dict)
     search: Search = Field(default_factory=Search, validate_default=True)
     resources: Resources = Field(default_factory=Resources)
+    # ce or focal (its paper's gamma): one more trial per grid repeat trains that loss with the same seeds, data and
+    # schedule, so a report can give each value's gain paired by seed (tuning/baseline.py, reports/replication.py)
+    baseline: Literal["ce", "focal"] | None = None
+
+    @model_validator(mode="after")
+    def baseline_needs_a_grid(self) -> Space:
+        if self.baseline and (
+            self.search.searcher != "grid" or any(d.kind not in ("grid", "value") for d in self.params.values())
+        ):
+            raise ValueError(
+                f"baseline: {self.baseline!r} adds one trial to a grid: allowed only with search.searcher grid and "
+                "every params domain a grid; drop baseline or make the space a grid"
+            )
+        return self
 
     @field_validator("train")
     @classmethod

@@ -37,3 +37,17 @@ def test_each_way_a_trial_ends(last, kw, status, stopped_by, written):
 def test_a_trial_that_a_ctrl_c_stopped_after_its_last_epoch_has_completed():
     """It finished on its own: the Ctrl-C does not make it resumable."""
     assert outcome.decide({"epoch": EPOCHS}, EPOCHS, interrupted=True).status == "completed"
+
+
+def test_a_joint_paths_param_is_a_name_mlflow_takes(tmp_path):
+    """MLflow refuses a comma in a param's name: the joint path loss.beta,loss.gamma is recorded as
+    swept.loss.beta/loss.gamma and read back as the path."""
+    from tune_losses import tracking
+    from tune_losses.tracking.record import swept_param, swept_path
+
+    c = tracking.client(f"sqlite:///{tmp_path}/m.db")
+    run = c.create_run(tracking.experiment_id(c))
+    name = swept_param("loss.beta,loss.gamma")
+    c.log_param(run.info.run_id, name, "[4.0, 10.0]")
+    assert swept_path(name) == "loss.beta,loss.gamma" and swept_path(swept_param("loss.a")) == "loss.a"
+    assert c.get_run(run.info.run_id).data.params[name] == "[4.0, 10.0]"

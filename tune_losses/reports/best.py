@@ -33,7 +33,8 @@ def best_trial(sweep: str, tracking_uri: str | None = None) -> dict:
             "with protocol: standard and a validation metric (e.g. --set protocol=standard --set "
             "search.metric=val_acc)"
         )
-    means = ranked(trial_table(runs, list(space["params"])), metric, mode)
+    table = trial_table(runs, list(space["params"]))
+    means = ranked(table[table["baseline"] == ""], metric, mode)  # the baseline trial is a reference, not a choice
     if means.empty:
         raise ValueError(f"sweep={name!r}: no completed trial to choose from")
     run_id = means.index[0]

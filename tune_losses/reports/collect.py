@@ -9,9 +9,11 @@ import re
 import pandas as pd
 
 from tune_losses import tracking
+from tune_losses.tracking import record
 from tune_losses.tracking.sweeps import earlier_runs, find
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+BASELINE_TAG = record.BASELINE  # set on a baseline trial's run (tuning/baseline.py)
 FINAL = ("val_acc", "test_acc", "val_f1", "test_f1", "val_nmi", "test_nmi", "train_loss")
 
 
@@ -47,7 +49,7 @@ def trial_table(runs, swept: list[str], sweeps: dict | None = None) -> pd.DataFr
     rows = []
     for run in runs:
         m, tags = run.data.metrics, run.data.tags
-        values = {p: _value(run.data.params.get(f"swept.{p}")) for p in swept}
+        values = {p: _value(run.data.params.get(record.swept_param(p))) for p in swept}
         for p in list(values):
             if "," in p and isinstance(values[p], list):  # a joint path: one column per part
                 for part, v in zip(p.split(","), values.pop(p)):
@@ -66,6 +68,8 @@ def trial_table(runs, swept: list[str], sweeps: dict | None = None) -> pd.DataFr
                 "epochs": int(tags.get("stopped_at_epoch", 0)) or None,
                 "reason": tags.get("reason", ""),
                 "from_sweep": (sweeps or {}).get(tags.get("mlflow.parentRunId"), tags.get("tune_losses.sweep")),
+                "baseline": tags.get(BASELINE_TAG, ""),  # the baseline loss's trial (tuning/baseline.py)
+                "sample": int(run.data.params.get("sample", 0)),  # the grid repeat: with replica, the seed
             }
             for key in FINAL:
                 row[key] = m.get(key + suffix, m.get(key))

@@ -10,7 +10,9 @@ import numpy as np  # noqa: E402
 
 
 def confusion_png(confusion, path) -> None:
+    """A (C, C) matrix, or one per replica (K, C, C), drawn summed over replicas."""
     cm = np.asarray(confusion)
+    cm = cm.sum(axis=0) if cm.ndim == 3 else cm
     fig, ax = plt.subplots(figsize=(4.5, 4))
     im = ax.imshow(cm, cmap="Blues")
     ax.set_xlabel("predicted class")
@@ -97,6 +99,21 @@ def curves_compare_png(curves: dict, path, key: str = "val_acc") -> None:
     ax.set_ylabel(key)
     ax.set_title("learning curves of the best and worst configs")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def class_gain_png(gain, path, title: str) -> None:
+    """Per-class recall gain (percent points, with CI) of the best config over the baseline, as bars."""
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(gain) + 1.5), 3.2))
+    err = np.vstack([gain["gain_%"] - gain["gain_ci_low_%"], gain["gain_ci_high_%"] - gain["gain_%"]])
+    colors = ["tab:green" if g >= 0 else "tab:red" for g in gain["gain_%"]]
+    ax.bar(gain["class"].astype(str), gain["gain_%"], yerr=np.nan_to_num(err), color=colors, capsize=3)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("class")
+    ax.set_ylabel("recall gain (points)")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -67,8 +67,22 @@ PARAMS_LOGGED = "params_logged"
 DEVICE = "device"
 RESTARTED = "restarted_from_scratch"
 FROM_SWEEP = "tune_losses.from_sweep"
+BASELINE = "tune_losses.baseline"  # a baseline trial (tuning/baseline.py): the baseline loss's name
 SWEPT = "swept."  # + path: the trial's value of a swept path, as JSON
 CONFUSION_ARTIFACT = "confusion_matrix.json"
+
+
+def swept_param(path: str) -> str:
+    """The param holding a trial's value of a swept ``path``. A joint path's comma (``loss.beta,loss.gamma``) is
+    written '/', as MLflow refuses commas in a param's name (``swept.loss.beta/loss.gamma``)."""
+    return SWEPT + path.replace(",", "/")
+
+
+def swept_path(param: str) -> str:
+    """The swept path a ``swept.*`` param holds (:func:`swept_param` read back)."""
+    return param.removeprefix(SWEPT).replace("/", ",")
+
+
 CONFIG_ARTIFACT = "config.json"
 
 #: a trial run's ``status`` tag, by how the trial ended (tracking/outcome.py decides which)
@@ -124,8 +138,9 @@ FIELDS: list[Field] = [
     Field("trial", "tag", DEVICE, "the device it trained on"),
     Field("trial", "tag", RESTARTED, "true when its checkpoint was lost and it started again from epoch 1"),
     Field("trial", "tag", FROM_SWEEP, "a warm-start trial: the sweep it was read from"),
+    Field("trial", "tag", BASELINE, "a baseline trial (space `baseline:`): the baseline loss, ce or focal"),
     Field("trial", "param", "<train config, flattened>", "the whole training config (loss.a, batch_size, ...)"),
-    Field("trial", "param", SWEPT + "<path>", "the swept values, as JSON"),
+    Field("trial", "param", SWEPT + "<path>", "the swept values, as JSON (a joint path's ',' written '/')"),
     Field("trial", "param", "sample", "which repeat of a repeated grid point"),
     Field("trial", "metric", "epoch", "the last epoch recorded (step = epoch)"),
     Field("trial", "metric", "<split>_<metric>", "val/test acc, f1, nmi: the mean over replicas, per epoch"),

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from . import store
 from .driver import running_driver
+from .record import SWEPT, swept_path
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a listing, not downloads, is shown
 WARM_START_TAG = "tune_losses.warm_start"
@@ -189,7 +190,7 @@ def summary(c, parent, with_activity: bool = False) -> dict:
             and status != "error"
             and (best is None or (value > best[0] if mode == "max" else value < best[0]))
         ):
-            values = {k.removeprefix("swept."): _value(v) for k, v in run.data.params.items() if k.startswith("swept.")}
+            values = {swept_path(k): _value(v) for k, v in run.data.params.items() if k.startswith(SWEPT)}
             best = (value, values, run.info.run_name)
     start = parent.info.start_time / 1000 if parent.info.start_time else None
     end = parent.info.end_time / 1000 if parent.info.end_time else None

@@ -30,7 +30,7 @@ def replica_metrics(replicas, splits, num_classes: int) -> tuple[dict[str, np.nd
 
 def member_metrics(per: dict[str, np.ndarray], test_confusions, replicas: range) -> tuple[dict, np.ndarray | None]:
     """One config's metrics from its ``replicas`` (indices into ``per``): the mean (the trial's metric) and, with
-    more than one replica, std / min / max and each replica's value; and its first replica's test confusion."""
+    more than one replica, std / min / max and each replica's value; and its replicas' test confusions (K, C, C)."""
     out = {}
     for key, all_values in per.items():
         values = all_values[replicas.start : replicas.stop].tolist()
@@ -41,7 +41,8 @@ def member_metrics(per: dict[str, np.ndarray], test_confusions, replicas: range)
                     out[f"{key}_{stat}"] = v
             for i, v in enumerate(values):
                 out[f"{key}_r{i}"] = v
-    confusion = test_confusions[replicas.start] if test_confusions is not None else None
+    # every replica's test confusion (K, C, C): reports give per-class recall over replicas
+    confusion = test_confusions[replicas.start : replicas.stop] if test_confusions is not None else None
     return out, confusion
 
 

@@ -10,6 +10,8 @@ from tune_losses.spaces import Space
 from tune_losses.tracking import outcome, record
 from tune_losses.tracking.ledger import Ledger, TrialRecord
 
+from .baseline import BASELINE_KEY
+
 
 def result_outcome(result, epochs: int, budget=None, scheduler: str = "asha") -> outcome.Outcome:
     """The outcome of one of Ray Tune's results (a trial as the fit ended it)."""
@@ -71,10 +73,11 @@ def best_config(space: Space, results, done: list[TrialRecord]) -> tuple[dict | 
         return None, None
     metric, sign = space.search.metric, 1.0 if space.search.mode == "max" else -1.0
     candidates = [((r.metrics or {}).get(metric), (r.config or {}).get("params", {})) for r in results]
+    candidates = [(v, params) for v, params in candidates if BASELINE_KEY not in params]  # a reference, no choice
     candidates += [
-        (r.metrics.get(metric), {p: json.loads(r.params[f"{record.SWEPT}{p}"]) for p in space.params})
+        (r.metrics.get(metric), {p: json.loads(r.params[record.swept_param(p)]) for p in space.params})
         for r in done
-        if all(f"{record.SWEPT}{p}" in r.params for p in space.params)
+        if all(record.swept_param(p) in r.params for p in space.params) and record.BASELINE not in r.tags
     ]
     found = [(float(v), c) for v, c in candidates if isinstance(v, (int, float)) and math.isfinite(v)]
     if not found:

@@ -34,10 +34,10 @@ def quiet(verbose: int) -> None:
 
 def header(space, name: str, resume: bool = False) -> str:
     """The line a sweep starts with, before Ray is up (which takes seconds)."""
-    from .domains import grid_size
+    from .search import max_trials
 
     s = space.search
-    n = s.num_samples if s.searcher == "optuna" else grid_size(space) * s.num_samples
+    n = max_trials(space)  # the baseline trial included
     budget = f", time budget {s.time_budget_s:g} s" if s.time_budget_s else ""
     budget += f", plateau stop after {s.plateau.patience} trials" if s.plateau else ""
     cap = s.scheduler.max_t if s.scheduler.name != "fifo" else None

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from ray.tune.search import Searcher
 
 from tune_losses.tracking.ledger import TrialRecord
+from tune_losses.tracking.record import swept_param
 
 
 def _ident(values: dict) -> str:
@@ -29,7 +30,7 @@ class DistinctTrials(Searcher):
         self.taken: dict[str, set[int]] = {}  # config -> sample indices in the ledger or suggested (none: 0)
         self.resumable: dict[str, list[int]] = {}  # config -> samples of its interrupted trials, not yet resumed
         for r in records:
-            ident = _ident({p: json.loads(r.params[f"swept.{p}"]) for p in swept if f"swept.{p}" in r.params})
+            ident = _ident({p: json.loads(r.params[swept_param(p)]) for p in swept if swept_param(p) in r.params})
             sample = int(r.params.get("sample", 0))
             self.taken.setdefault(ident, set()).add(sample)
             if not r.finished:

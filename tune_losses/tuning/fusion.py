@@ -70,6 +70,8 @@ def not_fused(space: Space) -> str | None:
         return f"scheduler {s.scheduler.name} stops configs one by one (fused trials need scheduler fifo)"
     if s.plateau is not None:
         return "a plateau stop counts finished trials one by one (fused trials need no search.plateau)"
+    if space.baseline:
+        return f"the baseline trial trains another loss ({space.baseline}; fused trials share one loss)"
     if not space.train.vectorize:
         return "train.vectorize: false trains replicas one by one (nothing to fuse)"
     loss, allowed = space.train.loss.name, fusible_params(space.train.loss.name)

@@ -93,7 +93,8 @@ class SweepProgress(Callback):
             else:
                 given = config.get("params", {})
                 values = {p: given[p] for p in self.paths if p in given}
-                self.names[trial.trial_id] = self._trial_name(self.loss, values)
+                base = given.get("baseline")  # the baseline trial (tuning/baseline.py)
+                self.names[trial.trial_id] = f"baseline {base}" if base else self._trial_name(self.loss, values)
         return self.names[trial.trial_id]
 
     @property

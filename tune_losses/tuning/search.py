@@ -10,13 +10,14 @@ from tune_losses.spaces import Space
 from tune_losses.tracking import record
 from tune_losses.tracking.ledger import TrialRecord
 
+from .baseline import grid_points
 from .domains import grid_size, to_tune
 
 
 def max_trials(space: Space) -> int:
     """How many trials the sweep runs at most: optuna's num_samples, else every grid point num_samples times."""
     s = space.search
-    return s.num_samples if s.searcher == "optuna" else grid_size(space) * s.num_samples
+    return s.num_samples if s.searcher == "optuna" else (grid_size(space) + bool(space.baseline)) * s.num_samples
 
 
 def scheduler(space: Space):
@@ -50,6 +51,9 @@ def param_space(space: Space, groups: list[list[dict]] | None = None) -> dict:
     order = grid_order(space)
     if order is not None:
         ps["params"] = tune.grid_search(order)
+    points = grid_points(space, order)  # the baseline trial, when the space has one (tuning/baseline.py)
+    if points is not None:
+        ps["params"] = tune.grid_search(points)
     if space.search.searcher != "optuna" and space.search.num_samples > 1:
         ps["sample"] = tune.grid_search(list(range(space.search.num_samples)))
     return ps
@@ -122,6 +126,6 @@ def swept_point(space: Space, trial: TrialRecord) -> dict | None:
     """A recorded trial's swept values, as Optuna's search space names them; None when its run holds none (the
     trial was killed between creating its run and logging its params)."""
     try:
-        return {f"params/{p}": json.loads(trial.params[f"{record.SWEPT}{p}"]) for p in space.params}
+        return {f"params/{p}": json.loads(trial.params[record.swept_param(p)]) for p in space.params}
     except (KeyError, ValueError):
         return None

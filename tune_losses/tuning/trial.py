@@ -47,6 +47,7 @@ from tune_losses.training import save_checkpoint, train
 from tune_losses.training.checkpoint import FILENAME, load_checkpoint
 from tune_losses.training.config import weights_used
 
+from .baseline import BASELINE_KEY, baseline_config
 from .halving import pause_epochs
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class CheckpointStore:
 def trial_label(space: Space, config: dict) -> str:
     given = config.get("params", {})
     values = {p: given[p] for p in space.params if p in given}  # in the space's order
-    name = trial_name(space.train.loss.name, values)
+    name = f"baseline {given[BASELINE_KEY]}" if BASELINE_KEY in given else trial_name(space.train.loss.name, values)
     return name if config.get("sample") is None else f"{name} #{config['sample']}"
 
 
@@ -159,7 +160,7 @@ class TrialAttempt:
         self.space, self.config, self.started = space, config, started
         given = config.get("params", {})
         self.values = {p: given[p] for p in space.params if p in given}
-        self.cfg = trial_config(space, self.values)
+        self.cfg = baseline_config(trial_config(space, self.values), given.get(BASELINE_KEY))
         if config.get("sample") is not None:  # each repeat of a repeated grid point trains its own seeds
             self.cfg["seed"] = self.cfg["seed"] + config["sample"] * self.cfg["repeats"]
         self.node = ray.get_runtime_context().get_node_id()  # which node of the cluster ran each epoch
@@ -168,7 +169,12 @@ class TrialAttempt:
         self.record: TrialRecord = self.ledger.find_or_create(
             self.key,
             trial_label(space, config),
-            {record.SWEEP: space.name, record.ROLE: "trial", record.STATUS: "running"},
+            {
+                record.SWEEP: space.name,
+                record.ROLE: "trial",
+                record.STATUS: "running",
+                **({record.BASELINE: given[BASELINE_KEY]} if BASELINE_KEY in given else {}),
+            },
         )
         self.run_id = self.record.run_id
         self.checkpoints = CheckpointStore(sweep["checkpoints"], self.key)
@@ -218,7 +224,7 @@ class TrialAttempt:
                 self.ledger.delete_tag(self.run_id, stale)
         if not tags.get(record.PARAMS_LOGGED):
             params = flatten(self.cfg)
-            params.update({f"{record.SWEPT}{k}": json.dumps(v) for k, v in self.values.items()})
+            params.update({record.swept_param(k): json.dumps(v) for k, v in self.values.items()})
             params["weights"] = weights_used(self.cfg)
             if self.config.get("sample") is not None:
                 params["sample"] = self.config["sample"]

@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from tune_losses.spaces import Domain, Space, SpaceError, param_target, trial_config
+from tune_losses.tracking.record import SWEPT, swept_param, swept_path
 
 
 @dataclass
@@ -109,8 +110,8 @@ def in_domain(value, dom: Domain):
 
 def _trial_value(params: dict, path: str):
     """The value an earlier trial had at ``path`` (a joint path: the list of its parts' values)."""
-    if f"swept.{path}" in params:
-        return _parse(params[f"swept.{path}"])
+    if swept_param(path) in params:
+        return _parse(params[swept_param(path)])
     parts = [_parse(params.get(".".join(param_target(p)))) for p in path.split(",")]
     return parts if "," in path else parts[0]
 
@@ -145,9 +146,9 @@ def from_runs(name: str, runs: list, earlier_space: dict | None, space: Space) -
                 point[f"params/{path}"] = v
         if why is None:
             for key in params:
-                if not key.startswith("swept."):
+                if not key.startswith(SWEPT):
                     continue
-                path = key.removeprefix("swept.")
+                path = swept_path(key)
                 for part, v in zip(path.split(","), _parse(params[key]) if "," in path else [_parse(params[key])]):
                     if part not in new_parts and not _same(v, _get(fixed, param_target(part))):
                         why = f"{part} = {v!r} was swept; this space fixes it at {_get(fixed, param_target(part))!r}"
