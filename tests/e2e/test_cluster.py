@@ -169,7 +169,13 @@ def test_sweep_on_two_nodes_survives_losing_the_worker_node(tmp_path, cluster):
             "epochs": EPOCHS,
         },
         params={"loss.a": {"grid": [5.0, 10.0, 15.0, 20.0]}},
-        search={"searcher": "grid", "scheduler": {"name": "fifo"}, "max_concurrent": 2, "max_failures": 2},
+        search={
+            "searcher": "grid",
+            "scheduler": {"name": "fifo"},
+            "max_concurrent": 2,
+            "max_failures": 2,
+            "fuse": "off",
+        },
         resources={"cpu": 1, "gpu": 0},
     )
     uri = cluster["env"]["MLFLOW_TRACKING_URI"]

@@ -102,7 +102,11 @@ def test_sweeps_and_status_from_mlflow_while_a_sweep_runs_elsewhere(tmp_path, ca
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracking.experiment_id(tracking.client(uri))  # the store exists before the sweep starts
     space = write_space(
-        tmp_path / "watched.yaml", name="watched", params={"loss.a": {"grid": [5.0, 10.0, 15.0]}}, train={"epochs": 2}
+        tmp_path / "watched.yaml",
+        name="watched",
+        params={"loss.a": {"grid": [5.0, 10.0, 15.0]}},
+        train={"epochs": 2},
+        search={"fuse": "off"},
     )
     proc = subprocess.Popen(
         [

@@ -24,6 +24,7 @@ def _cli_sweep(home: Path, *extra: str) -> Path:
     cmd = [sys.executable, "-m", "tune_losses.cli", "sweep", "dal_a_table2", "--dataset", "digits"]
     cmd += ["--set", "train.epochs=3", "--set", "train.repeats=3", *extra]
     env = {**os.environ, "TUNE_LOSSES_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the home's own store, whatever an earlier test left set
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return home / "reports" / "dal_a_table2"

@@ -53,7 +53,8 @@ def test_grid_sweep_records_every_trial(tmp_path, ray_local):
         arts = {a.path for a in c.list_artifacts(r.info.run_id)}
         assert {"confusion_matrix.json", "confusion_matrix.png", "learning_curves.png"} <= arts
         confusion = json.loads(open(c.download_artifacts(r.info.run_id, "confusion_matrix.json", str(tmp_path))).read())
-        assert len(confusion) == 10 and sum(map(sum, confusion)) == 359
+        assert [len(m) for m in confusion] == [10, 10]  # each replica's (replicas, C, C)
+        assert all(sum(map(sum, m)) == 359 for m in confusion)
 
 
 def test_asha_optuna_sweep_stops_trials_early(tmp_path, ray_local):
