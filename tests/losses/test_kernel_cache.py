@@ -52,6 +52,16 @@ def test_the_dockerfiles_build_line_builds_once_and_says_so(tmp_path):
     assert len(built) == 1 and str(built[0]) in first.stdout
     again = subprocess.run(command, shell=True, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "building" not in again.stderr, again.stderr
+    # another checkout of the same source finds that build up to date (ninja rebuilt when the source path changed)
+    log = built[0].with_name(".ninja_log")
+    before = log.read_text()
+    shutil.copytree(Path(fused.__file__).parents[1], tmp_path / "other" / "tune_losses")
+    elsewhere = dict(env={**env, "PYTHONPATH": str(tmp_path / "other")}, cwd=tmp_path, text=True)
+    other = subprocess.run(command, shell=True, capture_output=True, **elsewhere)
+    which = [sys.executable, "-c", "import tune_losses; print(tune_losses.__file__)"]
+    assert str(tmp_path / "other") in subprocess.check_output(which, **elsewhere)
+    assert other.returncode == 0, other.stderr
+    assert "building" not in other.stderr and log.read_text() == before, other.stderr
 
 
 def test_the_build_notice_is_given_only_while_a_build_is_due(tmp_path, monkeypatch):

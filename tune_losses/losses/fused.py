@@ -8,8 +8,9 @@ autograd node each.
 
 The extension is compiled on first use (BUILD_SECONDS, once per machine, source and torch version) into
 ``<TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions>/tune_losses_fused_<hash>``, the hash of the C++ source, the
-compiler flags, the torch and Python versions: two checkouts or versions never rebuild each other's build, and
-the same source finds its build again. One line on stderr says when a build starts; ``make`` builds it at set-up
+compiler flags, the torch and Python versions, from a copy of the source kept there (ninja rebuilds when the
+source's path changes): two checkouts or versions never rebuild each other's build, and the same source, from any
+checkout, finds its build again. One line on stderr says when a build starts; ``make`` builds it at set-up
 and the Docker image at image build time (``fused.build()``).
 It defines the operators ``torch.ops.tune_losses.dal_loss``, ``beta_gamma_loss`` and ``cc_loss``
 (``TORCH_LIBRARY``, with CPU and autograd kernels in C++); this module gives them, with the public
@@ -29,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import sys
 import threading
 import warnings
@@ -95,11 +97,23 @@ def _build():
     try:
         from torch.utils.cpp_extension import load
 
-        module = load(build_name(), [str(SOURCE)], extra_cflags=CFLAGS, build_directory=str(directory), verbose=False)
+        source = str(_source_copy(directory))
+        module = load(build_name(), [source], extra_cflags=CFLAGS, build_directory=str(directory), verbose=False)
     finally:
         os.environ["PATH"] = path
         log.setLevel(level)
     return _operators(module)
+
+
+def _source_copy(directory: Path) -> Path:
+    """The source inside its build directory (written once, atomically; the directory's name is its hash), so that
+    every checkout builds from one path and finds the build up to date."""
+    copy = directory / SOURCE.name
+    if not copy.is_file() or copy.read_bytes() != SOURCE.read_bytes():
+        tmp = directory / f".{SOURCE.name}.{os.getpid()}.tmp"
+        shutil.copyfile(SOURCE, tmp)
+        os.replace(tmp, copy)
+    return copy
 
 
 def _replicas_leading(info, in_dims, *args):
