@@ -381,7 +381,7 @@ ALLOWED = {
     "data": {"registry", "models"},
     "training": {"data", "losses", "models", "tracking"},
     "spaces": {"training", "losses", "models", "yaml_io"},
-    "tracking": {"spaces", "training"},
+    "tracking": {"spaces", "training", "_internals"},
     "tuning": {"spaces", "training", "tracking", "data", "losses", "reports", "_internals"},
     "reports": {"tracking"},
     "cli": {"__init__", "data", "reports", "spaces", "training", "tuning", "tracking", "yaml_io"},

@@ -140,3 +140,39 @@ def test_functorch_tells_a_batched_tensor_from_a_plain_one():
     seen = []
     torch.vmap(lambda t: seen.append(is_batched(t)) or t)(torch.zeros(3))
     assert seen == [True] and not is_batched(torch.zeros(3))
+
+
+def test_a_store_copied_from_the_schema_template_equals_one_built_by_mlflow(tmp_path, monkeypatch):
+    """tracking/store.py copies one empty store per MLflow version and repoints its Default experiment
+    (_internals.set_default_experiment_location): the copy must hold MLflow's schema at its current migration, and
+    MLflow must open it, as it opens a store it built."""
+    import sqlite3
+
+    from mlflow import MlflowClient
+
+    from tune_losses.tracking.store import create_sqlite_store
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+    def schema(db):
+        """Each table's and index's definition, its clauses as a set: MLflow's migrations rebuild tables with their
+        constraints in an order that varies from one build to the next."""
+        con = sqlite3.connect(db)
+        try:
+            rows = con.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
+            tables = {
+                (kind, name, frozenset(ln.strip().rstrip(",") for ln in sql.splitlines())) for kind, name, sql in rows
+            }
+            return tables, con.execute("SELECT version_num FROM alembic_version").fetchall()
+        finally:
+            con.close()
+
+    built = tmp_path / "built.db"
+    MlflowClient(tracking_uri=f"sqlite:///{built}").search_experiments()
+    for name in ("first.db", "copied.db"):  # the first builds the template, the second is a copy of it
+        create_sqlite_store(tmp_path / name)
+        assert schema(tmp_path / name) == schema(built), changed("its SQLite schema", "mlflow")
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'copied.db'}")
+    default = client.get_experiment("0")
+    assert default.artifact_location == (tmp_path / "mlartifacts" / "0").as_uri(), changed("the experiments table")
+    assert client.get_run(client.create_run("0").info.run_id).info.artifact_uri.startswith(default.artifact_location)

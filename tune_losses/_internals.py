@@ -16,13 +16,21 @@
   parameter stacked per replica (a fused group of configs, training/group.py) is batched; one shared by every
   replica is not, and stays a Python float so that a single config keeps its exact path (:func:`is_batched`).
 
+* MLflow's SQLite schema (mlflow 3.x): the table ``experiments`` with the Default experiment as
+  ``experiment_id`` 0 and its ``artifact_location``. A new store is a copy of one built once per MLflow version
+  (tracking/store.py ``create_sqlite_store``); the copy's Default experiment is pointed beside it
+  (:func:`set_default_experiment_location`).
+
 The fused loss kernels need no private interface: they are ``torch.library.custom_op`` operators with autograd
 and vmap rules (losses/fused.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 #: The key of Ray's system config (RayConfig, C++) that lists the modules prestarted workers import.
@@ -80,3 +88,14 @@ def is_batched(tensor) -> bool:
     import torch
 
     return bool(torch._C._functorch.is_batchedtensor(tensor))
+
+
+def set_default_experiment_location(db: Path, location: str) -> None:
+    """Point the Default experiment of the MLflow SQLite store ``db`` (closed: no MLflow client has it open) at
+    ``location``."""
+    with contextlib.closing(sqlite3.connect(db)) as con, con:
+        changed = con.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (location,)
+        ).rowcount
+    if changed != 1:
+        raise RuntimeError(f"{db}: no Default experiment (id 0) in this MLflow store's experiments table")

@@ -134,18 +134,28 @@ def test_a_sweep_whose_driver_stopped_beating_is_interrupted_not_running(ledger)
     assert _state(c.get_run(parent_id), []) == "interrupted"
 
 
-def test_a_new_sqlite_store_is_made_whole_or_not_at_all(tmp_path, monkeypatch):
+@pytest.mark.parametrize("cut_in", ["migration", "copy"])
+def test_a_new_sqlite_store_is_made_whole_or_not_at_all(tmp_path, monkeypatch, cut_in):
     """MLflow migrates a new SQLite store in many committed steps; a kill among them left a store no command could
-    open. The schema is now built beside the store and renamed into place: a failure leaves no store at all."""
+    open. The store is now made beside its path (built, or copied from the schema template) and renamed into place:
+    a kill while it is made leaves no store at all."""
+    import shutil
+
     from mlflow.tracking import MlflowClient
 
     db = tmp_path / "s" / "mlflow.db"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no template yet: the first store builds it
+    if cut_in == "copy":
+        tracking.client(f"sqlite:///{tmp_path / 'first.db'}")
 
-    def cut(self, *args, **kwargs):
-        raise KeyboardInterrupt  # as a kill in the middle of the migration would stop it
+    def cut(*args, **kwargs):
+        if cut_in == "copy":
+            with open(args[1], "wb") as half:
+                half.write(open(args[0], "rb").read(4096))
+        raise KeyboardInterrupt  # as a kill in the middle of the migration or of the copy would stop it
 
     with monkeypatch.context() as m:
-        m.setattr(MlflowClient, "search_experiments", cut)
+        m.setattr(*((MlflowClient, "search_experiments") if cut_in == "migration" else (shutil, "copyfile")), cut)
         with pytest.raises(KeyboardInterrupt):
             tracking.client(f"sqlite:///{db}")
     assert not db.exists() and list(db.parent.iterdir()) == []

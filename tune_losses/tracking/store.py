@@ -7,6 +7,7 @@ import contextlib
 import math
 import os
 import re
+import shutil
 import socket
 import uuid
 from collections.abc import Iterator
@@ -15,6 +16,8 @@ from urllib.parse import urlparse
 
 import mlflow
 from mlflow.tracking import MlflowClient
+
+from tune_losses import _internals
 
 EXPERIMENT = "tune_losses"
 
@@ -266,18 +269,50 @@ def probe(uri: str, timeout: float | None = None, call: bool = True) -> None:
 def create_sqlite_store(db: Path) -> None:
     """Make a new SQLite store whole or not at all. MLflow builds its schema in many migration steps, several
     committed apart: a process killed among them leaves a store that no later command can open ("duplicate column
-    name"; found by benchmarks/faults.py). So the schema is built in a file of its own beside ``db`` and renamed
-    into place in one step; a kill leaves at most that file (``.*.creating``), never a half-made store."""
+    name"; found by benchmarks/faults.py). So the store is made in a file of its own beside ``db`` and renamed
+    into place in one step; a kill leaves at most that file (``.*.creating``), never a half-made store.
+    The schema is built once per MLflow version (about 1 s of migrations) and copied from then on."""
     if db.exists():
         return
     # a name never used before: MLflow caches each store (and its open database) by URI
     tmp = db.with_name(f".{db.name}.{uuid.uuid4().hex}.creating")
     try:
-        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)  # builds the schema
+        template = schema_template()
+        if template is None:
+            _build_schema(tmp)
+        else:
+            shutil.copyfile(template, tmp)
+            # the copy's Default experiment (id 0) points where its template was built: beside this store instead
+            _internals.set_default_experiment_location(tmp, (db.resolve().parent / "mlartifacts" / "0").as_uri())
         if not db.exists():  # another process may have made it meanwhile: both are whole, keep the first
             os.replace(tmp, db)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _build_schema(db: Path) -> None:
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments(max_results=1)  # runs every migration
+
+
+def schema_template() -> Path | None:
+    """An empty store of this MLflow (and SQLAlchemy) version in the user's cache, built whole on first use; None
+    where the cache cannot be written (each store is then built from scratch)."""
+    import sqlalchemy
+
+    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tune_losses" / "mlflow-schema"
+    path = folder / f"mlflow-{mlflow.__version__}-sqlalchemy-{sqlalchemy.__version__}.db"
+    if path.exists():
+        return path
+    tmp = folder / f".{path.name}.{uuid.uuid4().hex}.creating"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _build_schema(tmp)
+        os.replace(tmp, path)  # whole or not at all, as the stores made from it
+    except OSError:
+        return None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 # MLflow 3's UI opens an experiment without this tag on its GenAI (traces) pages; with it, on the runs table.
