@@ -140,3 +140,20 @@ def test_functorch_tells_a_batched_tensor_from_a_plain_one():
     seen = []
     torch.vmap(lambda t: seen.append(is_batched(t)) or t)(torch.zeros(3))
     assert seen == [True] and not is_batched(torch.zeros(3))
+
+
+def test_the_driver_prints_what_the_cluster_pushes_through_the_printer_console_py_routes():
+    from ray._private import worker
+
+    source = inspect.getsource(worker.listen_error_messages)
+    assert "print_to_stdstream(" in source and '"pid": "raylet"' in source, changed(
+        "ray._private.worker.listen_error_messages (no longer prints through print_to_stdstream with pid "
+        "'raylet'): a lost node's dumps reach the console again at the default verbosity"
+    )
+    said = []
+    restore = _internals.route_cluster_messages(said.append)
+    try:
+        worker.print_to_stdstream({"lines": ["a", "b"], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    finally:
+        restore()
+    assert said == ["a\nb"] and worker.print_to_stdstream.__name__ == "print_to_stdstream"
