@@ -106,9 +106,14 @@ def test_a_store_outage_is_two_lines_and_status_says_the_trials_wait(tmp_path):
     space = write_space(
         tmp_path / "down.yaml",
         name="store_down_e2e",
-        train={"model": {"name": "small_cnn"}, "epochs": 8, "repeats": 1, "batch_size": 16},
+        train={"model": {"name": "small_cnn"}, "epochs": 6, "repeats": 1, "batch_size": 32},
     )
-    env = {**os.environ, "RAY_ADDRESS": "", "TUNE_LOSSES_LOCK_DIR": str(tmp_path / "locks")}
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": "",
+        "TUNE_LOSSES_LOCK_DIR": str(tmp_path / "locks"),
+        "TUNE_LOSSES_HOME": str(tmp_path),
+    }
     out = open(tmp_path / "console.txt", "w")
     command = [sys.executable, "-m", "tune_losses.cli"]
     sweep = subprocess.Popen(
@@ -141,6 +146,7 @@ def test_a_store_outage_is_two_lines_and_status_says_the_trials_wait(tmp_path):
             sweep.kill()
         stop_server(server)
     console = (tmp_path / "console.txt").read_text()
+    (tmp_path / "status.txt").write_text(status.stderr)  # what the user saw, kept for a reader of the test's files
     assert sweep.returncode == 0, console[-3000:]
     assert status.returncode == 2 and len(status.stderr.strip().splitlines()) == 1, status.stderr
     assert (

@@ -314,11 +314,17 @@ class SweepProgress(Callback):
 
         self.retried.add(trial.trial_id)
         last = error_text(trial).strip().splitlines()[-1:] or ["an error"]
-        node = (trial.last_result or {}).get("node_id")
-        if node and lost_process(trial) and node_lost(node):
+        node = self.lost_node(trial)
+        if node:
             self.say(f"node {node[:8]} lost: trial {self.name(trial)} {self.goes_on(trial)}{self.log_hint()}")
             return
         self.say(f"{self.name(trial)}: raised ({last[0][:160]}); Ray retries it from its last checkpoint")
+
+    @staticmethod
+    def lost_node(trial) -> str | None:
+        """The node a trial failed with, when its process went away with that node (else None)."""
+        node = (trial.last_result or {}).get("node_id")
+        return node if node and lost_process(trial) and node_lost(node) else None
 
     def goes_on(self, trial) -> str:
         """From which epoch a retried trial goes on: its checkpoint's (read from the sweep's checkpoints)."""
@@ -335,7 +341,14 @@ class SweepProgress(Callback):
         self.counts["failed"] += 1
         self.unused_epochs += self.epochs - self.epochs_done.get(tid, 0)
         last = error_text(trial).strip().splitlines()[-1:] or ["an error"]
-        self.say(f"{self.name(trial)}: failed at epoch {self.epochs_done.get(tid, 0)}: {last[0][:160]}")
+        epoch, node = self.epochs_done.get(tid, 0), self.lost_node(trial)
+        if node:
+            self.say(
+                f"node {node[:8]} lost: trial {self.name(trial)} failed at epoch {epoch} (no retry left: "
+                f"search.max_failures){self.log_hint()}"
+            )
+        else:
+            self.say(f"{self.name(trial)}: failed at epoch {epoch}: {last[0][:160]}")
         self.draw(force=True)
 
     def on_experiment_end(self, trials, **info):
