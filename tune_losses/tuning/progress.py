@@ -19,9 +19,9 @@ redrawn: the same status is printed as a line every ``interval`` seconds instead
 A fault is one line too, where Ray and MLflow would print tracebacks and dumps (console.py sends those to the
 sweep's log file, which the first fault line and the sweep's last line name)::
 
-    node 404e2022 lost: trial dal a=5 goes on from epoch 24
-    waiting for the tracking store since 14:02:11 (trials paused)
-    tracking store back after 0:47
+    node 4c0938bd lost: trial dal a=10 goes on from epoch 7
+    waiting for the tracking store since 14:24:10 (trials paused)
+    tracking store back after 0:32
 
 A trial's node is lost when its trial process became unreachable and the node's raylet no longer answers (or Ray
 has marked the node dead); the epoch is that of the checkpoint the retry restores. The store's state is the
