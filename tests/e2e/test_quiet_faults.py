@@ -24,6 +24,7 @@ pytestmark = pytest.mark.slow
 EPOCHS = 60
 
 
+@pytest.mark.cluster
 def test_a_lost_node_is_one_line_and_its_dumps_go_to_the_log(tmp_path, cluster):  # noqa: F811
     data = image_tree(tmp_path / "images", per_class=12)
     space = write_space(
