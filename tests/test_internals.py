@@ -176,3 +176,20 @@ def test_a_store_copied_from_the_schema_template_equals_one_built_by_mlflow(tmp_
     default = client.get_experiment("0")
     assert default.artifact_location == (tmp_path / "mlartifacts" / "0").as_uri(), changed("the experiments table")
     assert client.get_run(client.create_run("0").info.run_id).info.artifact_uri.startswith(default.artifact_location)
+
+
+def test_the_driver_prints_what_the_cluster_pushes_through_the_printer_console_py_routes():
+    from ray._private import worker
+
+    source = inspect.getsource(worker.listen_error_messages)
+    assert "print_to_stdstream(" in source and '"pid": "raylet"' in source, changed(
+        "ray._private.worker.listen_error_messages (no longer prints through print_to_stdstream with pid "
+        "'raylet'): a lost node's dumps reach the console again at the default verbosity"
+    )
+    said = []
+    restore = _internals.route_cluster_messages(said.append)
+    try:
+        worker.print_to_stdstream({"lines": ["a", "b"], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    finally:
+        restore()
+    assert said == ["a\nb"] and worker.print_to_stdstream.__name__ == "print_to_stdstream"

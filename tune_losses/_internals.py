@@ -12,6 +12,11 @@
   tuning/ray_runtime.py starts Ray in a thread and sets that handler itself, and drops the warning
   (:class:`NotMainThreadWarning`).
 
+* ``ray._private.worker.print_to_stdstream``, which the driver's thread ``listen_error_messages`` (ray 2.60.0)
+  calls for every message the cluster pushes to the driver (a raylet's death with the tail of its log, a node
+  marked dead), as ``{"pid": "raylet", "lines": [...]}``: at the default verbosity a sweep sends those to its
+  log file instead of the console (tuning/console.py, :func:`route_cluster_messages`).
+
 * ``torch._C._functorch.is_batchedtensor`` (torch 2.14.1): whether a tensor is batched by ``vmap``. A loss
   parameter stacked per replica (a fused group of configs, training/group.py) is batched; one shared by every
   replica is not, and stays a Python float so that a single config keeps its exact path (:func:`is_batched`).
@@ -81,6 +86,25 @@ def drop_not_main_thread_warning() -> None:
     logger = logging.getLogger("ray._private.worker")
     if not any(isinstance(f, NotMainThreadWarning) for f in logger.filters):
         logger.addFilter(NotMainThreadWarning())
+
+
+def route_cluster_messages(write, also_print: bool = False):
+    """Hand the messages the cluster pushes to this driver to ``write(text)``, instead of printing them unless
+    ``also_print`` (module docstring); returns what puts Ray's printer back. Worker output (``log_to_driver``)
+    is not affected."""
+    from ray._private import worker
+
+    printer = worker.print_to_stdstream
+
+    def routed(data, ignore_prefix):
+        cluster = data.get("pid") == "raylet"
+        if cluster:
+            write("\n".join(str(line) for line in data.get("lines", [])))
+        if also_print or not cluster:
+            printer(data, ignore_prefix)
+
+    worker.print_to_stdstream = routed
+    return lambda: setattr(worker, "print_to_stdstream", printer)
 
 
 def is_batched(tensor) -> bool:

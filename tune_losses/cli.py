@@ -197,10 +197,14 @@ def cmd_sweeps(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from tune_losses.tracking.sweeps import format_status, sweep_status
+    from tune_losses import tracking
+    from tune_losses.tracking.sweeps import format_status, sweep_status, waiting_driver
 
-    with _reading(args.tracking_uri):
-        status = sweep_status(args.sweep, args.tracking_uri)
+    try:
+        with _reading(args.tracking_uri):
+            status = sweep_status(args.sweep, args.tracking_uri)
+    except tracking.store.StoreUnavailable as exc:  # what a driver of this machine knows, if one drives it
+        raise tracking.store.StoreUnavailable(waiting_driver(args.sweep, args.tracking_uri, exc)) from None
     print(format_status(status))
     return 0
 

@@ -30,6 +30,11 @@ A second driver would train the same trials into the same checkpoints. Three thi
   tracking store and name, and on its storage directory and name), which the kernel releases when it dies
   however it dies, so two commands started together cannot both create a sweep (across machines or users, a
   creation that sees a second parent of its name deletes its own, at worst both: tuning/runner.py).
+
+While the store is down nothing of this can be read from the store. So the driver also says how it sees the
+store on this machine: :class:`StoreWatch` probes it every :data:`WATCH_S` and writes a health file beside the
+store's lock file (:func:`health_path`), which ``tune-losses status`` reads when the store does not answer
+(:func:`local_driver`).
 """
 
 from __future__ import annotations
@@ -53,7 +58,8 @@ from pathlib import Path
 
 from mlflow.entities import RunTag
 
-from .ledger import STORE
+from . import store
+from .ledger import STORE, retry_seconds
 
 log = logging.getLogger(__name__)
 
@@ -140,12 +146,22 @@ def driver_alive(parent) -> bool | None:
     """Whether the sweep's driver process still runs, where that can be known (this machine, see the module's
     docstring); None elsewhere, or for a parent without the tag."""
     d = _driver(parent)
-    here = json.loads(driver_tag())
-    if d is None or any(d.get(k) != here[k] for k in ("host", "boot", "pidns")) or not here["boot"]:
-        return None
-    if d["pid"] == os.getpid():
+    if d is not None and d["pid"] == os.getpid() and _here(d):
         return parent.info.run_id in ACTIVE  # a run_sweep of this process drives it now, or did and ended
-    stat = _stat(d["pid"])
+    return _alive_here(d)
+
+
+def _here(d: dict) -> bool:
+    """Whether the driver ``d`` (a :func:`driver_tag`) ran on this machine, in this pid namespace."""
+    here = json.loads(driver_tag())
+    return bool(here["boot"]) and all(d.get(k) == here[k] for k in ("host", "boot", "pidns"))
+
+
+def _alive_here(d: dict | None) -> bool | None:
+    """Whether the process of driver tag ``d`` lives (None: not of this machine)."""
+    if d is None or not _here(d):
+        return None
+    stat = _stat(int(d["pid"]))
     if stat is None or stat[0] in ("Z", "X"):  # gone, or dead and not yet reaped by its parent
         return False
     return not d.get("start") or stat[1] == d["start"]  # a later process that reuses the pid is not the driver
@@ -287,6 +303,108 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
 
+#: seconds between two probes of the store by a running driver (:class:`StoreWatch`)
+WATCH_S = 2.0
+
+
+class StoreWatch:
+    """A daemon thread of the driver that notices a store going down, and coming back, within :data:`WATCH_S`
+    (its own calls are few: a heartbeat every 30 s and the scheduler's decisions), and keeps the health file
+    (:func:`health_path`) in step with what this process knows of the store (:data:`ledger.STORE`).
+
+    A store with a server (MLflow's, a database's) is probed by a TCP connection to it, which cannot hang or
+    fill the log; a change of the probe's answer marks the store failing or reached. A failure met by any other
+    call of the driver marks it too (tracking/ledger.py ``retrying``)."""
+
+    def __init__(self, tracking_uri: str, health: Path, facts: dict, every: float | None = None):
+        self.address = store.server_address(tracking_uri)
+        self.health, self.facts = health, facts
+        self.every = WATCH_S if every is None else every
+        self._probed_down = False
+        self._written: object = object()  # what the health file says of the store (nothing yet)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tune_losses-store-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):  # a watch must never stop a sweep
+                self.probe()
+                self.write()
+            if self._stop.wait(self.every):
+                return
+
+    def probe(self) -> None:
+        if self.address is None:
+            return
+        why = store.reachable(*self.address, min(self.every, 2.0))
+        where = f"{self.address[0]}:{self.address[1]}"
+        if why and not self._probed_down:
+            STORE.failed(ConnectionError(f"no connection to {where}: {why}"))
+            log.warning("the tracking store does not answer: no connection to %s: %s", where, why)
+        elif not why and self._probed_down:
+            STORE.reached()
+            log.warning("the tracking store at %s takes connections again", where)
+        self._probed_down = bool(why)
+
+    def write(self) -> None:
+        """The health file, when what it says changed: written whole, then renamed over the old one."""
+        since = STORE.failing_since
+        if since == self._written:
+            return
+        text = json.dumps(
+            {
+                **self.facts,
+                "store_down_since": since,
+                "store_error": STORE.last_error if since else "",
+                "wait_s": retry_seconds(),
+                "written": time.time(),
+            }
+        )
+        tmp = self.health.with_name(self.health.name + f".{os.getpid()}.part")
+        tmp.write_text(text)
+        os.replace(tmp, self.health)
+        self._written = since
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        with contextlib.suppress(OSError):
+            self.health.unlink()
+
+
+def _lock_name(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def _store_lock_key(tracking_uri: str, name: str) -> str:
+    return f"store:{_store_key(tracking_uri)}/{name}"
+
+
+def health_path(tracking_uri: str, name: str) -> Path:
+    """Where the driver of sweep ``name`` on this store says how it sees the store: beside the store's lock."""
+    return lock_dir() / f"{_lock_name(_store_lock_key(tracking_uri, name))}.health.json"
+
+
+def local_driver(tracking_uri: str, sweep: str) -> dict | None:
+    """The health file of a live driver of this machine that drives ``sweep`` (its name or parent run id) on
+    this store (``store_down_since``: since when it has not reached the store, or None; ``wait_s``: how long its
+    trials wait for it), or None. Read without the store: what ``tune-losses status`` says while it is down."""
+    try:
+        found = [health_path(tracking_uri, sweep), *sorted(lock_dir().glob("*.health.json"))]
+    except ValueError:  # no lock directory of this user's: no driver of this user here
+        return None
+    for path in found:
+        try:
+            facts = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        ours = facts.get("store") == _store_key(tracking_uri) and sweep in (facts.get("sweep"), facts.get("run_id"))
+        if isinstance(facts, dict) and ours and _alive_here(facts):
+            return facts
+    return None
+
+
 def lock_dir() -> Path:
     """This user's directory of driver locks: ``$TUNE_LOSSES_LOCK_DIR``, else ``/tmp/tune_losses-locks-<uid>``
     (the literal /tmp, whatever ``TMPDIR`` says, so two shells of one user agree; the system's temporary
@@ -347,17 +465,20 @@ class DriverLock:
         self._fds: list[tuple[Path, int]] = []
         self.parent_run_id: str | None = None
         self._heartbeat: Heartbeat | None = None
+        self._watch: StoreWatch | None = None
+        self._sweep: tuple[str, str | None] = ("", None)  # the sweep's name and tracking store
 
     @staticmethod
     def paths(storage: str, name: str, tracking_uri: str | None = None) -> dict[Path, str]:
         """The lock files, in the order they are taken, each with what it covers (for messages)."""
         keys = {f"storage:{storage.rstrip('/')}/{name}": f"storage {storage}"}
         if tracking_uri:
-            keys[f"store:{_store_key(tracking_uri)}/{name}"] = f"tracking store {_store_key(tracking_uri)}"
-        found = {hashlib.sha256(k.encode()).hexdigest()[:24]: what for k, what in keys.items()}
+            keys[_store_lock_key(tracking_uri, name)] = f"tracking store {_store_key(tracking_uri)}"
+        found = {_lock_name(k): what for k, what in keys.items()}
         return {lock_dir() / f"{h}.lock": found[h] for h in sorted(found)}
 
     def acquire(self, storage: str, name: str, tracking_uri: str | None = None) -> None:
+        self._sweep = (name, tracking_uri)
         try:
             for path, what in self.paths(storage, name, tracking_uri).items():
                 self._fds.append((path, self._take(path, what, storage, name)))
@@ -423,12 +544,19 @@ class DriverLock:
         ACTIVE.add(parent_run_id)
         if client is not None and self._heartbeat is None:
             self._heartbeat = Heartbeat(client, parent_run_id, claimed, beat_tags=beat_tags)
+        name, uri = self._sweep
+        if uri and self._watch is None:
+            facts = {**json.loads(driver_tag()), "sweep": name, "run_id": parent_run_id, "store": _store_key(uri)}
+            self._watch = StoreWatch(uri, health_path(uri, name), facts)
 
     def ended(self) -> None:
         """The parent run has ended: no more beats (a report built afterwards is not the sweep running)."""
         if self._heartbeat is not None:
             self._heartbeat.stop()
             self._heartbeat = None
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
 
     def release(self) -> None:
         self.ended()

@@ -257,6 +257,26 @@ def sweep_status(sweep: str, tracking_uri: str | None = None) -> dict:
     return out
 
 
+def waiting_driver(sweep: str, tracking_uri: str | None, failed: Exception) -> str:
+    """What ``status`` says when the store does not answer (``failed``): if a driver of this machine runs the
+    sweep, that it runs, since when its trials wait for the store and until when they will (from the driver's
+    health file, tracking/driver.py ``local_driver``); else what failed."""
+    from .driver import local_driver
+
+    facts = local_driver(tracking_uri or store.default_tracking_uri(), sweep)
+    if facts is None:
+        return str(failed)
+    running = f"sweep {sweep!r} is running (driver process {facts['pid']} on this machine)"
+    since, wait = facts.get("store_down_since"), float(facts.get("wait_s") or 0)
+    limit = f"{wait / 60:g} min" if wait >= 60 else f"{wait:g} s"
+    if since is None:
+        waits = f"its driver reached the store at its last probe; its trials wait up to {limit} for it"
+    else:
+        at, until = (datetime.fromtimestamp(t).strftime("%H:%M:%S") for t in (since, since + wait))
+        waits = f"its trials are waiting for the tracking store since {at}, until about {until} ({limit})"
+    return f"{running}; {waits} (TUNE_LOSSES_STORE_WAIT_S), then they fail; {failed}"
+
+
 def format_sweeps(rows: list[dict]) -> str:
     from tabulate import tabulate
 

@@ -11,7 +11,6 @@ the scheduler fifo: nothing is decided from it).
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 import time
 from pathlib import Path
@@ -22,12 +21,8 @@ from ray import tune
 from tune_losses.spaces import Space
 from tune_losses.training.group import train_group
 
+from .fusion import group_key
 from .trial import CheckpointStore, TrialAttempt, TrialClock, prepare
-
-
-def group_key(keys: list[str]) -> str:
-    """The group's checkpoint key, from its members' trial keys."""
-    return "group-" + hashlib.sha256(",".join(sorted(keys)).encode()).hexdigest()[:16]
 
 
 def run_group(config: dict, space_json: dict, sweep: dict, data=None) -> None:

@@ -14,6 +14,7 @@ why in one line for the sweep's header.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 from dataclasses import dataclass
@@ -100,3 +101,9 @@ def plan_fusion(space: Space, cpus: float | None = None, gpus: float | None = No
         return FusionPlan([], f"{len(todo)} trial{'s' * (n > 1)}, all running at once (nothing to fuse)")
     bounds = [(i * len(todo)) // n for i in range(n + 1)]  # sizes differing by at most one
     return FusionPlan([todo[bounds[i] : bounds[i + 1]] for i in range(n)])
+
+
+def group_key(keys: list[str]) -> str:
+    """A fused group's checkpoint key, from its members' trial keys (tuning/fused_trial.py; the live view reads
+    a lost group's checkpoint by it)."""
+    return "group-" + hashlib.sha256(",".join(sorted(keys)).encode()).hexdigest()[:16]

@@ -16,6 +16,17 @@ run, so the bar ends full. The ETA is the epochs left at the rate since the firs
 what is left of ``search.time_budget_s``. Where the output is not a terminal (a pipe, a log file) nothing is
 redrawn: the same status is printed as a line every ``interval`` seconds instead.
 
+A fault is one line too, where Ray and MLflow would print tracebacks and dumps (console.py sends those to the
+sweep's log file, which the first fault line and the sweep's last line name)::
+
+    node 4c0938bd lost: trial dal a=10 goes on from epoch 7
+    waiting for the tracking store since 14:24:10 (trials paused)
+    tracking store back after 0:32
+
+A trial's node is lost when its trial process became unreachable and the node's raylet no longer answers (or Ray
+has marked the node dead); the epoch is that of the checkpoint the retry restores. The store's state is the
+driver's (tracking/driver.py ``StoreWatch`` probes it every 2 s; trials wait for it as long as the driver).
+
 What is hidden at the default verbosity, and the line a sweep starts with, are in console.py (no Ray import there:
 they run before Ray is imported).
 """
@@ -25,8 +36,11 @@ from __future__ import annotations
 import math
 import sys
 import time
+from pathlib import Path
 
 from ray.tune import Callback
+
+from .console import FaultLog
 
 
 def _clock(seconds: float) -> str:
@@ -47,7 +61,9 @@ class SweepProgress(Callback):
     trials stopped by it from those stopped by ASHA and to cap the ETA. ``out``: where event lines go (stdout).
     """
 
-    def __init__(self, space, budget=None, bar: bool | None = None, interval: float = 30.0, out=None):
+    def __init__(
+        self, space, budget=None, bar: bool | None = None, interval: float = 30.0, out=None, checkpoints: str = ""
+    ):
         from tune_losses.tracking.callback import trial_name
 
         self._trial_name = trial_name
@@ -78,6 +94,10 @@ class SweepProgress(Callback):
         self.first_epoch_done = 0
         self.last_draw = self.last_line = 0.0
         self.bars: tuple | None = None
+        self.checkpoints = checkpoints  # the sweep's checkpoint root: the epoch a lost trial goes on from
+        self.retried: set[str] = set()  # trials whose retry the recover line announced
+        self.store_down: float | None = None  # since when the driver has not reached the store, as last shown
+        self.log_named = False
 
     # --- what is shown ----------------------------------------------------------------------------------------
     def name(self, trial) -> str:
@@ -195,11 +215,36 @@ class SweepProgress(Callback):
 
     def on_step_end(self, iteration, trials, **info):
         self.pending = sum(t.status == "PENDING" for t in trials)
+        self.show_store()
         self.draw()
+
+    def show_store(self) -> None:
+        """One line when the driver finds the store down, one when it answers again."""
+        from tune_losses.tracking.ledger import STORE
+
+        since = STORE.failing_since
+        if since == self.store_down:
+            return
+        if since is not None and self.store_down is None:
+            at = time.strftime("%H:%M:%S", time.localtime(since))
+            self.say(f"waiting for the tracking store since {at} (trials paused){self.log_hint()}")
+        elif since is None and self.store_down is not None:
+            self.say(f"tracking store back after {_clock(time.time() - self.store_down)}")
+        self.store_down = since
+
+    def log_hint(self) -> str:
+        """Where Ray's and MLflow's own messages went: said with the first fault line only."""
+        log = FaultLog.active
+        if log is None or self.log_named:
+            return ""
+        self.log_named = True
+        return f" (details: {log.path})"
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.running.add(trial.trial_id)
-        if trial.trial_id in self.started:  # paused at a rung (halving), going on from its checkpoint
+        if trial.trial_id in self.retried:  # a retry, announced by its recover line
+            self.retried.discard(trial.trial_id)
+        elif trial.trial_id in self.started:  # paused at a rung (halving), going on from its checkpoint
             self.say(f"{self.name(trial)}: goes on from epoch {self.epochs_done.get(trial.trial_id, 0)}")
         else:
             self.started.add(trial.trial_id)
@@ -267,8 +312,26 @@ class SweepProgress(Callback):
     def on_trial_recover(self, iteration, trials, trial, **info):
         from tune_losses.tracking.callback import error_text
 
+        self.retried.add(trial.trial_id)
         last = error_text(trial).strip().splitlines()[-1:] or ["an error"]
+        node = self.lost_node(trial)
+        if node:
+            self.say(f"node {node[:8]} lost: trial {self.name(trial)} {self.goes_on(trial)}{self.log_hint()}")
+            return
         self.say(f"{self.name(trial)}: raised ({last[0][:160]}); Ray retries it from its last checkpoint")
+
+    @staticmethod
+    def lost_node(trial) -> str | None:
+        """The node a trial failed with, when its process went away with that node (else None)."""
+        node = (trial.last_result or {}).get("node_id")
+        return node if node and lost_process(trial) and node_lost(node) else None
+
+    def goes_on(self, trial) -> str:
+        """From which epoch a retried trial goes on: its checkpoint's (read from the sweep's checkpoints)."""
+        epoch = checkpoint_epoch(self.checkpoints, trial.config or {})
+        if epoch is None:
+            return "goes on from its last checkpoint (its epoch is not known here)"
+        return f"goes on from epoch {epoch}" if epoch else "starts again from epoch 1 (no checkpoint yet)"
 
     def on_trial_error(self, iteration, trials, trial, **info):
         from tune_losses.tracking.callback import error_text
@@ -278,7 +341,14 @@ class SweepProgress(Callback):
         self.counts["failed"] += 1
         self.unused_epochs += self.epochs - self.epochs_done.get(tid, 0)
         last = error_text(trial).strip().splitlines()[-1:] or ["an error"]
-        self.say(f"{self.name(trial)}: failed at epoch {self.epochs_done.get(tid, 0)}: {last[0][:160]}")
+        epoch, node = self.epochs_done.get(tid, 0), self.lost_node(trial)
+        if node:
+            self.say(
+                f"node {node[:8]} lost: trial {self.name(trial)} failed at epoch {epoch} (no retry left: "
+                f"search.max_failures){self.log_hint()}"
+            )
+        else:
+            self.say(f"{self.name(trial)}: failed at epoch {epoch}: {last[0][:160]}")
         self.draw(force=True)
 
     def on_experiment_end(self, trials, **info):
@@ -292,8 +362,57 @@ class SweepProgress(Callback):
             f"Sweep ended after {_clock(time.monotonic() - (self.start or time.monotonic()))}{why}: "
             f"{self.done} epochs run"
         )
+        if FaultLog.active is not None and FaultLog.active.written:
+            self.say(f"Ray's and MLflow's messages of this sweep (faults, retries): {FaultLog.active.path}")
 
     def __getstate__(self):  # Ray snapshots callbacks with the experiment state: not the terminal's bars
         state = dict(self.__dict__)
         state["bars"] = None
         return state
+
+
+def lost_process(trial) -> bool:
+    """Whether the trial failed because its process went away (its actor died or became unreachable, its
+    worker crashed), not because it raised: the error Ray Tune kept for it, as it was raised."""
+    import cloudpickle
+    from ray.exceptions import NodeDiedError, RayActorError, WorkerCrashedError
+
+    try:
+        with open(trial.pickled_error_file, "rb") as f:
+            error = cloudpickle.load(f)
+    except Exception:  # none kept, or unreadable: not known to be lost
+        return False
+    return isinstance(error, RayActorError | NodeDiedError | WorkerCrashedError)
+
+
+def node_lost(node_id: str, timeout: float = 1.0) -> bool:
+    """Whether Ray's node ``node_id`` is gone: marked dead, unknown, or its raylet takes no connection (Ray marks
+    a node dead only after missing its heartbeats for seconds; its trials fail at once)."""
+    import ray
+
+    from tune_losses.tracking.store import reachable
+
+    node = next((n for n in ray.nodes() if n.get("NodeID") == node_id), None)
+    if node is None or not node.get("Alive"):
+        return True
+    return reachable(node["NodeManagerAddress"], int(node["NodeManagerPort"]), timeout) is not None
+
+
+def checkpoint_epoch(root: str, config: dict) -> int | None:
+    """The epoch of the trial's (or fused group's) checkpoint under ``root``, 0 without one; None where it
+    cannot be read from here (remote storage, an unreadable file)."""
+    from tune_losses.tracking.ledger import trial_key
+    from tune_losses.training.checkpoint import FILENAME, load_checkpoint
+
+    from .fusion import group_key
+
+    if not root or "://" in root:
+        return None
+    members = config.get("group")
+    key = group_key([trial_key(m) for m in members]) if members else trial_key(config)
+    if not (Path(root) / key / FILENAME).is_file():
+        return 0
+    try:
+        return int(load_checkpoint(Path(root) / key)["epoch"])
+    except Exception:  # torn, or of another format: say so rather than guess
+        return None

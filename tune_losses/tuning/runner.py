@@ -9,7 +9,7 @@ from __future__ import annotations
 from tune_losses import tracking
 from tune_losses.tracking.driver import DriverLock
 
-from .console import quiet
+from .console import FaultLog, fault_log_path, quiet
 from .interrupt import SweepInterrupted
 from .sweep import Sweep, SweepOptions, SweepResult
 
@@ -57,7 +57,7 @@ def run_sweep(
         progress=progress,
         warm_start=warm_start,
     )
-    with DriverLock() as lock:
+    with FaultLog(fault_log_path(tracking.run_dir(), options.name), verbose), DriverLock() as lock:
         sweep = Sweep(options, lock)
         sweep.check()
         sweep.claim()

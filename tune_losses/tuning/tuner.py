@@ -67,7 +67,8 @@ def _callbacks(sweep, ledger: Ledger, budget: Budget) -> list:
     callback = LedgerCallback(ledger, o.space.train.epochs, sweep.interrupt.event)
     callback.budget, callback.scheduler = budget, o.space.search.scheduler.name
     sweep.interrupt.budget = budget
-    extra = [SweepProgress(o.space, budget, bar=None if o.verbose == 0 else False)] if o.progress else []
+    bar = None if o.verbose == 0 else False
+    extra = [SweepProgress(o.space, budget, bar=bar, checkpoints=sweep.checkpoints)] if o.progress else []
     return [callback, sweep.interrupt.callback(), budget, *extra]
 
 
