@@ -3,7 +3,8 @@ node processes, token authentication on), started with the commands and the envi
 docs/how-to/cluster-without-docker.md gives (read from it: addresses, ports, CPUs and the token put in; `--block`
 and a temp dir added so that the test owns the nodes), recording into an MLflow server: trials run on both nodes,
 the data reaches them through Ray's object store (its files are deleted once the driver has loaded them), and when
-the worker node is killed mid-sweep its trials continue from their checkpoints on the head and every trial ends
+the worker node is killed mid-sweep its trials continue from their checkpoints on the head (the console says so in
+one line, Ray's tracebacks go to the log file the sweep names) and every trial ends
 recorded once in MLflow."""
 
 import json
@@ -227,3 +228,19 @@ def test_sweep_on_two_nodes_survives_losing_the_worker_node(tmp_path, cluster):
     moved = runs[on_worker].data.tags
     assert moved["ray_nodes"] == f"{worker_id},{head_id}" and int(moved["retries"]) >= 1
     assert {n for r in runs.values() for n in r.data.tags["ray_nodes"].split(",")} == {worker_id, head_id}
+    said_when_the_node_was_lost((tmp_path / "sweep.log").read_text(), worker_id, on_worker, EPOCHS)
+
+
+def said_when_the_node_was_lost(console: str, worker_id: str, on_worker: str, epochs: int) -> None:
+    """One line for the lost node (which trial, from which checkpointed epoch); Ray's tracebacks and node-death
+    messages only in the log file the sweep names."""
+    lost = re.search(r"^node (\w+) lost: trial (.+) goes on from epoch (\d+) \(details: (\S+)\)$", console, re.M)
+    assert lost, console
+    assert worker_id.startswith(lost.group(1)) and lost.group(2) == on_worker
+    assert 1 <= int(lost.group(3)) < epochs
+    for loud in ("Traceback", "ActorUnavailableError", "Trial task failed", "marked dead", "(raylet)", "state-dump"):
+        assert loud not in console, loud
+    log = Path(lost.group(4))
+    assert f"Ray's and MLflow's messages of this sweep (faults, retries): {log}" in console
+    text = log.read_text()
+    assert "Trial task failed" in text and "Traceback" in text, text[-2000:]

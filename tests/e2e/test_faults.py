@@ -1,15 +1,19 @@
 """Faults during a sweep (each with a real Ray runtime and a real MLflow store): a trial that raises once is
-retried from its checkpoint; an MLflow server that goes away for a few seconds loses no metric. (The driver
+retried from its checkpoint; an MLflow server that goes away for a few seconds loses no metric, and the console
+says so in two lines (not MLflow's errors) while `status` says the trials wait. (The driver
 killed mid-sweep, a diverging trial and unwritable paths are in test_sweep.py.)"""
 
 import os
+import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from tune_losses import tracking
+from tune_losses.tracking.driver import local_driver
 
 from helpers import free_port, start_mlflow_server, stop_server, write_space
 
@@ -100,7 +104,37 @@ def trials_checkpointed(storage) -> int:
 EPOCHS = 8  # the server goes down after a trial's first epoch: its 7 others are logged through the outage
 
 
+def wait_for_store_down(locks, uri: str) -> None:
+    """Until the driver (its health file beside its lock) says the store is down: 30 s at most."""
+    os.environ["TUNE_LOSSES_LOCK_DIR"] = str(locks)
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline and not (local_driver(uri, "server_down_e2e") or {}).get("store_down_since"):
+            time.sleep(0.25)
+    finally:
+        del os.environ["TUNE_LOSSES_LOCK_DIR"]
+
+
+def said_while_down(status, pid: int, console: str) -> None:
+    """What the user saw: `status` says the trials wait, the console has one line when the store went and one when
+    it came back, and MLflow's raw HTTP errors are in the log file the sweep names, not on the console."""
+    assert status.returncode == 2 and len(status.stderr.strip().splitlines()) == 1, status.stderr
+    assert (
+        f"sweep 'server_down_e2e' is running (driver process {pid} on this machine); its trials are waiting "
+        "for the tracking store since "
+    ) in status.stderr
+    assert "(30 min) (TUNE_LOSSES_STORE_WAIT_S), then they fail" in status.stderr
+    down = re.findall(r"^waiting for the tracking store since \d\d:\d\d:\d\d \(trials paused\).*$", console, re.M)
+    assert len(down) == 1 and len(re.findall(r"^tracking store back after \d+:\d\d$", console, re.M)) == 1, console
+    for loud in ("HTTPConnectionPool", "Connection refused", "Retrying", "Traceback", "retrying"):
+        assert loud not in console, loud
+    log = re.search(r"^Ray's and MLflow's messages of this sweep \(faults, retries\): (\S+)$", console, re.M)
+    assert log and f"(details: {log.group(1)})" in down[0], console
+    assert "the tracking store does not answer: no connection to 127.0.0.1" in Path(log.group(1)).read_text()
+
+
 def test_mlflow_server_down_for_seconds_mid_sweep_loses_no_metric(tmp_path):
+    """... and the user sees two lines, not MLflow's errors; `status` meanwhile says the trials wait."""
     port = free_port()
     backend = f"sqlite:///{tmp_path}/server.db"
     server = start_mlflow_server(backend, port, tmp_path / "artifacts")
@@ -119,20 +153,16 @@ def test_mlflow_server_down_for_seconds_mid_sweep_loses_no_metric(tmp_path):
         },
         params={"loss.a": {"grid": [5.0, 10.0, 15.0]}},
     )
-    env = {**os.environ, "RAY_ADDRESS": ""}
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": "",
+        "TUNE_LOSSES_LOCK_DIR": str(tmp_path / "locks"),
+        "TUNE_LOSSES_HOME": str(tmp_path),
+    }
     log = open(tmp_path / "sweep.log", "w")
+    command = [sys.executable, "-m", "tune_losses.cli"]
     sweep = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tune_losses.cli",
-            "sweep",
-            str(space),
-            "--tracking-uri",
-            uri,
-            "--storage",
-            str(tmp_path / "ray"),
-        ],
+        [*command, "sweep", str(space), "--tracking-uri", uri, "--storage", str(tmp_path / "ray")],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
@@ -144,7 +174,11 @@ def test_mlflow_server_down_for_seconds_mid_sweep_loses_no_metric(tmp_path):
             time.sleep(0.25)
         assert sweep.poll() is None, "the sweep ended before the server could be stopped"
         stop_server(server, kill=True)
-        time.sleep(6)  # the trials' tracking calls fail and are retried; training waits for the store
+        # the trials' tracking calls fail and are retried; training waits for the store, and the driver says so
+        wait_for_store_down(tmp_path / "locks", uri)
+        status = subprocess.run(
+            [*command, "status", "server_down_e2e", "--tracking-uri", uri], capture_output=True, text=True, env=env
+        )
         assert sweep.poll() is None, "the sweep ended while the server was down: the test tested nothing"
         server = start_mlflow_server(backend, port, tmp_path / "artifacts")
         sweep.wait(timeout=600)
@@ -157,6 +191,7 @@ def test_mlflow_server_down_for_seconds_mid_sweep_loses_no_metric(tmp_path):
             for key in ("val_acc", "train_loss", "test_f1"):
                 assert steps(c, r.info.run_id, key) == list(range(1, EPOCHS + 1)), (r.info.run_name, key)
             assert {"confusion_matrix.json", "learning_curves.png"} <= {a.path for a in c.list_artifacts(r.info.run_id)}
+        said_while_down(status, sweep.pid, (tmp_path / "sweep.log").read_text())
     finally:
         if sweep.poll() is None:
             sweep.kill()
