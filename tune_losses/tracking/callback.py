@@ -23,14 +23,16 @@ STOP = object()
 
 
 def trial_name(loss: str, values: dict) -> str:
-    """A readable run name from the swept values, e.g. 'dal a=15 bs=32'."""
+    """A readable run name from the swept values, e.g. 'dal a=15 bs=32'; a joint path's pair by part, e.g.
+    'beta_gamma beta=4 gamma=10' for ``loss.beta,loss.gamma: [4, 10]``."""
     short = {"batch_size": "bs", "optimizer.lr": "lr"}
     parts = []
     for path, value in values.items():
-        key = short.get(path, path.split(".")[-1].replace(",", "_"))
-        if isinstance(value, float):
-            value = f"{value:.4g}"
-        parts.append(f"{key}={value}")
+        paths = path.split(",")
+        named = zip(paths, value) if len(paths) > 1 and isinstance(value, (list, tuple)) else [(path, value)]
+        for part, v in named:
+            key = short.get(part, part.split(".")[-1])
+            parts.append(f"{key}={v:.4g}" if isinstance(v, float) else f"{key}={v}")
     return " ".join([loss] + parts)
 
 
