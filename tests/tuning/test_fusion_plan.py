@@ -112,3 +112,28 @@ def test_search_fuse_takes_auto_or_off_only():
     assert space().search.fuse == "auto"
     with pytest.raises(SpaceError, match=r"plan.yaml: invalid search space\n  search.fuse: .*'auto' or 'off'"):
         space(search={"fuse": "always"})
+
+
+def test_a_baseline_trains_as_a_group_of_its_own_beside_the_fused_grid():
+    """`baseline: ce` trains another loss: it cannot share the swept configs' model, so it is one more group (one
+    per sample), with the config its unfused trial would have; the swept grid still fuses."""
+    from tune_losses.tuning.baseline import baseline_config
+
+    sp = parse_space(
+        {
+            "name": "plan",
+            "train": TRAIN,
+            "baseline": "ce",
+            "params": {"loss.a": {"grid": [3.0, 5.0, 8.0]}},
+            "search": {"searcher": "grid", "scheduler": {"name": "fifo"}, "max_concurrent": 1, "num_samples": 2},
+        },
+        "plan.yaml",
+    )
+    plan = plan_fusion(sp)
+    assert plan.fused and [len(g) for g in plan.groups] == [6, 1, 1]
+    assert plan.groups[1:] == [
+        [{"params": {"baseline": "ce"}, "sample": 0}],
+        [{"params": {"baseline": "ce"}, "sample": 1}],
+    ]
+    cfg = baseline_config(trial_config(sp, {}), "ce")
+    assert [c.loss.name for c in group_configs([cfg])] == ["ce"]  # the training side takes the baseline alone

@@ -8,8 +8,8 @@ is fifo (ASHA and halving stop configs one by one; a plateau stop counts finishe
 field is a loss parameter that the loss lists in ``replica_params`` with a grid (or fixed) domain, replicas are
 vectorised, and there are more trials than run at once. The trials are then split into as many groups as run at
 once (``search.max_concurrent``, and how many trials of ``resources`` the CPUs / GPUs given hold), so Ray still
-spreads the groups over CPUs, GPUs and nodes. Otherwise the sweep runs a trial per config, and ``reason`` says
-why in one line for the sweep's header.
+spreads the groups over CPUs, GPUs and nodes; a baseline trial (``baseline: ce``) is a group of its own.
+Otherwise the sweep runs a trial per config, and ``reason`` says why in one line for the sweep's header.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 from tune_losses.spaces import Space
 from tune_losses.training.config import fusible_params
+
+from .baseline import BASELINE_KEY
 
 
 @dataclass(frozen=True)
@@ -71,8 +73,6 @@ def not_fused(space: Space) -> str | None:
         return f"scheduler {s.scheduler.name} stops configs one by one (fused trials need scheduler fifo)"
     if s.plateau is not None:
         return "a plateau stop counts finished trials one by one (fused trials need no search.plateau)"
-    if space.baseline:
-        return f"the baseline trial trains another loss ({space.baseline}; fused trials share one loss)"
     if not space.train.vectorize:
         return "train.vectorize: false trains replicas one by one (nothing to fuse)"
     loss, allowed = space.train.loss.name, fusible_params(space.train.loss.name)
@@ -100,7 +100,17 @@ def plan_fusion(space: Space, cpus: float | None = None, gpus: float | None = No
     if n == len(todo):
         return FusionPlan([], f"{len(todo)} trial{'s' * (n > 1)}, all running at once (nothing to fuse)")
     bounds = [(i * len(todo)) // n for i in range(n + 1)]  # sizes differing by at most one
-    return FusionPlan([todo[bounds[i] : bounds[i + 1]] for i in range(n)])
+    return FusionPlan([todo[bounds[i] : bounds[i + 1]] for i in range(n)] + baseline_groups(space))
+
+
+def baseline_groups(space: Space) -> list[list[dict]]:
+    """The baseline's trials (tuning/baseline.py; one per sample), each a group of its own: it trains another
+    loss, so it shares no model with the swept configs, and it records what its unfused trial records."""
+    if not space.baseline:
+        return []
+    point = {"params": {BASELINE_KEY: space.baseline}}
+    samples = space.search.num_samples
+    return [[point]] if samples == 1 else [[{**point, "sample": s}] for s in range(samples)]
 
 
 def group_key(keys: list[str]) -> str:
