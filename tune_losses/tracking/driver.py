@@ -58,15 +58,15 @@ from pathlib import Path
 
 from mlflow.entities import RunTag
 
-from . import store
+from . import record, store
 from .ledger import STORE, retry_seconds
 
 log = logging.getLogger(__name__)
 
 #: the tag of the parent run that names the sweep's driver
-DRIVER_TAG = "tune_losses.driver"
+DRIVER_TAG = record.DRIVER
 #: the params a resume claims, ``<prefix><n>`` for the n-th resume (:func:`claim`)
-CLAIM_PREFIX = "tune_losses.resumed_by."
+CLAIM_PREFIX = record.RESUMED_BY
 #: seconds between two heartbeats of the driver on the parent run (tag ``heartbeat``, Unix time)
 HEARTBEAT_S = 30.0
 #: four beats missed, the driver is gone
@@ -228,7 +228,7 @@ def claim(client, parent, retrying) -> int:
     if held is None:
         raise RuntimeError(f"could not record the claim {key} on the sweep's parent run {parent.info.run_id}")
     if held != value:
-        name = parent.data.tags.get("tune_losses.sweep", parent.info.run_name)
+        name = parent.data.tags.get(record.SWEEP, parent.info.run_name)
         raise SweepBusy(
             f"--resume: the sweep {name!r} was resumed at the same moment by another command (it claimed resume "
             f"{n} first); follow it with `tune-losses status {name}`"
@@ -291,7 +291,7 @@ class Heartbeat:
                 continue
             latest = max(_claims(parent), default=0)
             if latest > self.claimed and not self._stop.is_set():
-                name = parent.data.tags.get("tune_losses.sweep", parent.info.run_name)
+                name = parent.data.tags.get(record.SWEEP, parent.info.run_name)
                 self.on_superseded(
                     f"the sweep {name!r} was taken over by another command (resume {latest}) while this driver "
                     "looked gone; this driver stops, the other continues its trials"

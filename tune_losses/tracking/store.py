@@ -19,6 +19,8 @@ from mlflow.tracking import MlflowClient
 
 from tune_losses import _internals
 
+from . import record
+
 EXPERIMENT = "tune_losses"
 
 
@@ -338,7 +340,7 @@ def find_sweep(c: MlflowClient, sweep: str, experiment: str = EXPERIMENT):
         return None
     runs = c.search_runs(
         [exp.experiment_id],
-        filter_string=f"tags.`tune_losses.sweep` = '{sweep}' and tags.`tune_losses.role` = 'sweep'",
+        filter_string=f"tags.`{record.SWEEP}` = '{sweep}' and tags.`{record.ROLE}` = 'sweep'",
         max_results=1,
         order_by=["attributes.start_time ASC", "attributes.run_id ASC"],  # the first, if a concurrent start made two
     )

@@ -24,14 +24,14 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from . import store
+from . import record, store
 from .driver import running_driver
 from .record import SWEPT, swept_path
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a listing, not downloads, is shown
-WARM_START_TAG = "tune_losses.warm_start"
+WARM_START_TAG = record.WARM_START
 #: how many trials the sweep runs at most, a tag of the parent run from its creation on (tuning/runner.py)
-PLANNED_TAG = "tune_losses.planned"
+PLANNED_TAG = record.PLANNED
 
 
 def _value(text):
@@ -54,7 +54,7 @@ def parent_runs(c) -> list:
     return list(
         c.search_runs(
             [exp],
-            filter_string="tags.`tune_losses.role` = 'sweep'",
+            filter_string=f"tags.`{record.ROLE}` = 'sweep'",
             max_results=1000,
             order_by=["attributes.start_time DESC"],
         )
@@ -67,12 +67,12 @@ def find(c, sweep: str):
     if parent is None:
         try:
             parent = c.get_run(sweep)
-            if parent.data.tags.get("tune_losses.role") != "sweep":
+            if parent.data.tags.get(record.ROLE) != "sweep":
                 parent = None
         except Exception:
             parent = None
     if parent is None:
-        names = sorted({r.data.tags.get("tune_losses.sweep", "?") for r in parent_runs(c)})
+        names = sorted({r.data.tags.get(record.SWEEP, "?") for r in parent_runs(c)})
         raise ValueError(
             f"sweep={sweep!r}: no sweep of that name or parent run id in {store.redact(c.tracking_uri)}"
             f" (sweeps there: {', '.join(names) or 'none'})"
@@ -98,7 +98,7 @@ def sweep_names(c, runs) -> dict[str, str]:
     out = {}
     for pid in {r.data.tags.get("mlflow.parentRunId") for r in runs} - {None}:
         try:
-            out[pid] = c.get_run(pid).data.tags.get("tune_losses.sweep", pid)
+            out[pid] = c.get_run(pid).data.tags.get(record.SWEEP, pid)
         except Exception:
             out[pid] = pid
     return out
@@ -198,7 +198,7 @@ def summary(c, parent, with_activity: bool = False) -> dict:
     if state == "interrupted":  # (a finished sweep's are left over from a budget: --resume does not run them)
         running += stopped
     out = {
-        "name": tags.get("tune_losses.sweep", parent.info.run_id),
+        "name": tags.get(record.SWEEP, parent.info.run_id),
         "run_id": parent.info.run_id,
         "experiment_id": parent.info.experiment_id,
         "state": state,

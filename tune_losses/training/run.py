@@ -7,6 +7,7 @@ import time
 from mlflow.entities import Metric, Param
 
 from tune_losses import tracking
+from tune_losses.tracking import record
 from tune_losses.tracking.callback import flatten
 
 from .config import TrainConfig, weights_used
@@ -26,9 +27,9 @@ def train_and_record(
     over the epochs (on stderr) with the last validation accuracy."""
     client = tracking.client(tracking_uri)
     exp_id = tracking.experiment_id(client)
-    tags = {"tune_losses.role": "train", "mlflow.runName": name}
+    tags = {record.ROLE: "train", "mlflow.runName": name}
     if sweep_run_id:
-        tags["tune_losses.from_sweep"] = sweep_run_id
+        tags[record.FROM_SWEEP] = sweep_run_id
     run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
     client.log_batch(
         run_id,
