@@ -254,13 +254,7 @@ READ_URI_HELP = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tune-losses", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-
-    s = sub.add_parser("spaces", help="list the bundled search spaces")
-    s.set_defaults(func=cmd_spaces)
-
+def _add_sweep_parser(sub) -> None:
     s = sub.add_parser("sweep", help="run a sweep over a search space (a bundled name or a YAML path)")
     s.add_argument("space")
     s.add_argument("--name", help="the sweep's name (default: the space's)")
@@ -288,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_sweep)
 
+
+def _add_warm_parsers(sub) -> None:
     s = sub.add_parser(
         "up", help="keep a local Ray running between commands, its workers warm, for sweeps to join (`down` stops it)"
     )
@@ -296,6 +292,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("down", help="stop the warm Ray that `tune-losses up` started (nothing up: nothing to do)")
     s.set_defaults(func=cmd_down)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tune-losses", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("spaces", help="list the bundled search spaces")
+    s.set_defaults(func=cmd_spaces)
+
+    _add_sweep_parser(sub)
+    _add_warm_parsers(sub)
 
     s = sub.add_parser("sweeps", help="the sweeps in the tracking store: status, trials, best, times")
     s.add_argument("--tracking-uri", help=READ_URI_HELP)
