@@ -87,6 +87,65 @@ def test_up_sweeps_ctrl_c_and_down(home):
     assert "No warm Ray is up (nothing to stop)" in cli(home, "down").stdout
 
 
+JOB = """
+import os, sys, ray
+from tune_losses.tuning import warm_ray
+info = warm_ray.find()
+info.join_env()
+ray.init(address=info.address)
+print("PID", ray.get(ray.remote(num_cpus=1)(lambda: os.getpid()).remote(), timeout=120))
+"""
+
+
+def warm_pids(session: int) -> set[int]:
+    return {
+        int(pid)
+        for pid in filter(str.isdigit, os.listdir("/proc"))
+        if _in(session, pid) and open(f"/proc/{pid}/cmdline", "rb").read().startswith(b"ray::IDLE")
+    }
+
+
+def _in(session: int, pid: str) -> bool:
+    try:
+        return os.getsid(int(pid)) == session
+    except OSError:
+        return False
+
+
+def one_new_waits(session: int, ended: set[int]) -> bool:
+    pids = warm_pids(session)
+    return len(pids) == 1 and not pids & ended
+
+
+def wait_for(what, seconds=120.0):
+    deadline = time.monotonic() + seconds
+    while not what() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return what()
+
+
+def test_the_keeper_starts_warm_workers_again_after_a_job_ends(home):
+    """Ray ends a job's workers with its driver; the keeper asks for new ones, so the next job finds one warm."""
+    from tune_losses.tuning import warm_ray
+
+    assert cli(home, "up", "--num-cpus", "1").returncode == 0
+    os.environ["TUNE_LOSSES_HOME"] = str(home)
+    info = warm_ray.read()
+    env = {**os.environ, "TUNE_LOSSES_HOME": str(home)}
+    seen: list[tuple[int, int]] = []
+    for _ in range(2):
+        ran = {r for _, r in seen}  # the last job's worker ends with it; a new one must wait instead
+        assert wait_for(lambda ran=ran: one_new_waits(info.pid, ran)), f"no new warm worker waits ({ran} ended)"
+        (warm,) = warm_pids(info.pid)
+        out = subprocess.run([sys.executable, "-c", JOB], capture_output=True, text=True, timeout=300, env=env)
+        line = next((x for x in out.stdout.splitlines() if x.startswith("PID")), None)
+        assert line, out.stderr[-3000:]
+        seen.append((warm, int(line.split()[1])))
+    assert [ran for warm, ran in seen] == [warm for warm, ran in seen]  # each job ran in the waiting warm worker
+    assert seen[0][0] != seen[1][0]  # a new one, started after the first job ended
+    assert "Stopped the warm Ray" in cli(home, "down").stdout
+
+
 def test_a_warm_ray_killed_without_down_is_found_stale(home):
     from tune_losses.tuning import warm_ray
 
