@@ -76,5 +76,7 @@ def test_a_sweep_with_no_address_joins_the_warm_ray(home, keeper, tmp_path):
     o = SweepOptions.resolve(space, tracking_uri=f"sqlite:///{tmp_path}/m.db", storage=str(tmp_path / "ray"))
     assert (o.address, o.address_option, o.warm_ray) == (keeper.address, "tune-losses up", keeper)
     assert "--address" not in o.resume_command()  # a resume finds the warm Ray again, or starts its own
+    named = SweepOptions.resolve(space, address=keeper.address, tracking_uri="sqlite:////tmp/m.db", storage="/tmp/r")
+    assert named.warm_ray == keeper  # its own address given: still this machine's warm Ray (a local store is fine)
     given = SweepOptions.resolve(space, address="10.0.0.5:6379", tracking_uri="http://m:5000", storage="/tmp/r")
     assert (given.address, given.warm_ray) == ("10.0.0.5:6379", None)  # an address given wins

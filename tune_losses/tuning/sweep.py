@@ -99,7 +99,8 @@ class SweepOptions:
         local = storage and "://" not in storage
         option = "--address" if address else "RAY_ADDRESS"
         address = address or os.environ.get("RAY_ADDRESS") or None
-        warm = None if address else _warm_ray()  # no address given: the warm Ray of `tune-losses up`, if up
+        warm = _warm_ray()  # the warm Ray of `tune-losses up`, when no address (or its own) is given
+        warm = warm if warm is not None and address in (None, warm.address) else None
         return cls(
             space=space,
             path=path,
