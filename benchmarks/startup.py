@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import statistics
@@ -251,6 +252,7 @@ def run_rounds(args, sets: list[str]) -> dict[tuple, list[dict]]:
     finally:
         for tree, home in homes.items():
             warm_down(home, tree)
+            shutil.rmtree(home, ignore_errors=True)
     return cases
 
 
