@@ -193,3 +193,23 @@ def test_the_driver_prints_what_the_cluster_pushes_through_the_printer_console_p
     finally:
         restore()
     assert said == ["a\nb"] and worker.print_to_stdstream.__name__ == "print_to_stdstream"
+
+
+def test_what_the_warm_rays_keeper_uses_is_there():
+    """tuning/warm_ray.py: the job table, the raylet's PrestartWorkers RPC and Ray's token switches."""
+    import ray._private.state as state
+    from ray._private.authentication import authentication_token_setup, authentication_utils
+    from ray._private.grpc_utils import init_grpc_channel
+    from ray.core.generated import common_pb2, node_manager_pb2, node_manager_pb2_grpc, runtime_environment_pb2
+
+    assert callable(getattr(state, "jobs", None)), changed("ray._private.state.jobs (gone): the keeper sees no job end")
+    assert "IsDead" in inspect.getsource(state.GlobalState.job_table), changed("the job table's IsDead")
+    fields = set(node_manager_pb2.PrestartWorkersRequest.DESCRIPTOR.fields_by_name)
+    assert {"language", "num_workers", "keep_alive_duration_secs", "runtime_env_info"} <= fields, changed(
+        f"PrestartWorkersRequest (fields {sorted(fields)}): the keeper cannot start warm workers again"
+    )
+    stub = node_manager_pb2_grpc.NodeManagerServiceStub(init_grpc_channel("127.0.0.1:1"))
+    assert hasattr(stub, "PrestartWorkers"), changed("NodeManagerService (no PrestartWorkers)")
+    assert common_pb2.PYTHON is not None and runtime_environment_pb2.RuntimeEnvInfo(serialized_runtime_env="{}")
+    assert callable(authentication_token_setup._enable_token_auth), changed("_enable_token_auth (gone)")
+    assert callable(authentication_utils.is_token_auth_enabled), changed("is_token_auth_enabled (gone)")

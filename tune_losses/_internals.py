@@ -8,6 +8,14 @@
 * ``ray.init(_system_config=...)`` (ray 2.60.0, "testing only" in its docstring) with the key
   ``preload_python_modules``: what a local Ray's prestarted workers import before they take work
   (:func:`init_ray`). A cluster's nodes take the same from ``RAY_preload_python_modules`` in their environment.
+* ``ray._private.state.jobs()`` (ray 2.60.0: dicts with ``JobID`` and ``IsDead``): the jobs a local Ray has run,
+  and ``NodeManagerService.PrestartWorkers`` (ray.core.generated, the raylet's gRPC service; a channel from
+  ``ray._private.grpc_utils.init_grpc_channel``, which adds the cluster's token): tuning/warm_ray.py's keeper asks
+  the raylet for new warm workers when a sweep's job has ended (:func:`job_states`, :func:`prestart_workers`),
+  ``ray._private.authentication.authentication_utils.is_token_auth_enabled`` says whether the Ray it started
+  takes a token (:func:`token_auth_enabled`), and ``authentication_token_setup._enable_token_auth`` turns token
+  mode on in a driver that joins it by address after Ray was imported (:func:`enable_token_auth`: Ray turns it on
+  itself only for a Ray it finds without an address).
 * The text of the warning ``ray.init`` logs outside the main thread ("SIGTERM handler is not set"):
   tuning/ray_runtime.py starts Ray in a thread and sets that handler itself, and drops the warning
   (:class:`NotMainThreadWarning`).
@@ -69,6 +77,49 @@ def init_ray(*, preload_modules: list[str] | None = None, **kwargs: Any) -> None
 
     system_config = {PRELOAD_CONFIG_KEY: preload_modules} if preload_modules else None
     ray.init(**kwargs, _system_config=system_config)
+
+
+def job_states() -> dict[str, bool]:
+    """{job id: still running} for every job the connected Ray has had (module docstring)."""
+    from ray._private import state
+
+    return {job["JobID"]: not job["IsDead"] for job in state.jobs()}
+
+
+def prestart_workers(node_address: str, node_port: int, count: int, keep_alive_s: int) -> None:
+    """Ask the raylet at ``node_address:node_port`` to start ``count`` Python workers that belong to no job yet
+    (any job with no runtime environment of its own takes them), kept ``keep_alive_s`` even while idle."""
+    from ray._private.grpc_utils import init_grpc_channel
+    from ray.core.generated import common_pb2, node_manager_pb2, node_manager_pb2_grpc, runtime_environment_pb2
+
+    request = node_manager_pb2.PrestartWorkersRequest(  # type: ignore[attr-defined]  # generated protobuf
+        language=common_pb2.PYTHON,  # type: ignore[attr-defined]
+        num_workers=count,
+        keep_alive_duration_secs=keep_alive_s,
+        runtime_env_info=runtime_environment_pb2.RuntimeEnvInfo(  # type: ignore[attr-defined]
+            serialized_runtime_env="{}"  # no runtime environment: what Tune's trial actors ask (ray_runtime.py)
+        ),
+    )
+    channel = init_grpc_channel(f"{node_address}:{node_port}")
+    try:
+        node_manager_pb2_grpc.NodeManagerServiceStub(channel).PrestartWorkers(request, timeout=10)
+    finally:
+        channel.close()
+
+
+def token_auth_enabled() -> bool:
+    """Whether this process's Ray uses token authentication (on by default for a Ray that ray.init started)."""
+    from ray._private.authentication import authentication_utils
+
+    return bool(authentication_utils.is_token_auth_enabled())
+
+
+def enable_token_auth() -> None:
+    """Send the token (RAY_AUTH_TOKEN, or ~/.ray/auth_token) from here on, as Ray does for a Ray it finds itself:
+    RAY_AUTH_MODE=token for this process and its children, and Ray's cached config read again."""
+    from ray._private.authentication import authentication_token_setup
+
+    authentication_token_setup._enable_token_auth()
 
 
 #: What ray.init logs (ray._private.worker) when it runs outside the main thread.

@@ -1,4 +1,4 @@
-"""The `tune-losses` command: spaces, sweep, sweeps, status, train, report, best, features, ui."""
+"""The `tune-losses` command: spaces, sweep, up, down, sweeps, status, train, report, best, features, ui."""
 
 from __future__ import annotations
 
@@ -93,6 +93,34 @@ def cmd_sweep(args) -> int:
         print(f"\n{exc}. Resume with: {shlex.join([*cli_command(), *again])}", file=sys.stderr)
         return 130
     print_summary(result, space.search.metric)
+    return 0
+
+
+def cmd_up(args) -> int:
+    from tune_losses.tuning import warm_ray
+
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise ValueError(f"--num-cpus={args.num_cpus} is not allowed; allowed: an integer >= 1")
+    info, already = warm_ray.up(args.num_cpus)
+    print(
+        f"A warm Ray is {'already ' if already else ''}up: {info.describe()}.\n"
+        f"Its {info.num_cpus} worker processes preload {', '.join(info.preload)} (torch, Ray Tune, MLflow); "
+        f"`tune-losses sweep` joins it when no --address is given.\n"
+        f"Stop it with `tune-losses down` (recorded in {warm_ray.state_file()})."
+    )
+    return 0
+
+
+def cmd_down(args) -> int:
+    from tune_losses.tuning import warm_ray
+
+    info, stopped = warm_ray.down()
+    if info is not None and stopped:
+        print(f"Stopped the warm Ray ({info.describe()}).")
+    elif info is not None:
+        print(f"No warm Ray is up: the one recorded ({info.describe()}) is gone; its stale file is removed.")
+    else:
+        print("No warm Ray is up (nothing to stop).")
     return 0
 
 
@@ -230,17 +258,15 @@ READ_URI_HELP = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tune-losses", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-
-    s = sub.add_parser("spaces", help="list the bundled search spaces")
-    s.set_defaults(func=cmd_spaces)
-
+def _add_sweep_parser(sub) -> None:
     s = sub.add_parser("sweep", help="run a sweep over a search space (a bundled name or a YAML path)")
     s.add_argument("space")
     s.add_argument("--name", help="the sweep's name (default: the space's)")
-    s.add_argument("--address", help="join an existing Ray cluster (default: RAY_ADDRESS, else start locally)")
+    s.add_argument(
+        "--address",
+        help="join an existing Ray cluster (default: RAY_ADDRESS, else the warm Ray of `tune-losses up`, else "
+        "start one locally)",
+    )
     s.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else runs/mlflow.db)")
     s.add_argument("--storage", help="where Ray Tune keeps trial checkpoints (reachable from every node)")
     s.add_argument("--resume", action="store_true", help="continue an interrupted sweep of this name")
@@ -259,6 +285,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="-v: Ray Tune's own tables instead of the progress display; -vv: also its logs",
     )
     s.set_defaults(func=cmd_sweep)
+
+
+def _add_warm_parsers(sub) -> None:
+    s = sub.add_parser(
+        "up", help="keep a local Ray running between commands, its workers warm, for sweeps to join (`down` stops it)"
+    )
+    s.add_argument("--num-cpus", type=int, help="CPUs the warm Ray offers trials (default: all of this machine's)")
+    s.set_defaults(func=cmd_up)
+
+    s = sub.add_parser("down", help="stop the warm Ray that `tune-losses up` started (nothing up: nothing to do)")
+    s.set_defaults(func=cmd_down)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tune-losses", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("spaces", help="list the bundled search spaces")
+    s.set_defaults(func=cmd_spaces)
+
+    _add_sweep_parser(sub)
+    _add_warm_parsers(sub)
 
     s = sub.add_parser("sweeps", help="the sweeps in the tracking store: status, trials, best, times")
     s.add_argument("--tracking-uri", help=READ_URI_HELP)

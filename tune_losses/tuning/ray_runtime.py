@@ -10,6 +10,9 @@ Ray starts in a thread (:class:`RayStart`) while the driver checks the tracking 
 writes the parent run, so the workers' imports overlap the driver's work. Where the time goes before the first
 trial runs: ``.venv/bin/python benchmarks/startup.py`` (per step and per process).
 
+Between commands, ``tune-losses up`` keeps such a Ray running, its workers warm (tuning/warm_ray.py); a sweep
+joins it when no address is given.
+
 On a cluster started with ``ray start``, give every node the same list through the environment:
 ``RAY_preload_python_modules=tune_losses.tuning.trial`` (docker/compose.yaml does).
 """
@@ -60,11 +63,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, verbose: i
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
+    local = address in (None, "local")  # "local": a new Ray even where `ray start` left an address (warm_ray.py)
     # A local Ray takes the preload list as system config; a cluster's nodes take it from their environment.
     _internals.init_ray(
-        preload_modules=None if address else PRELOAD_MODULES,
+        preload_modules=PRELOAD_MODULES if local else None,
         address=address,
-        num_cpus=None if address else num_cpus,
+        num_cpus=num_cpus if local else None,
         include_dashboard=False,
         log_to_driver=verbose > 1,
         configure_logging=verbose > 1,

@@ -78,6 +78,7 @@ class SweepOptions:
     make_report: bool = True
     progress: bool = False
     warm_start: str | None = None
+    warm_ray: Any = None  # warm_ray.WarmRay: the local Ray of `tune-losses up` this sweep joins
 
     @property
     def remote_storage(self) -> bool:
@@ -96,14 +97,19 @@ class SweepOptions:
         else:
             space, path, text = load_space(space_or_path, overrides)
         local = storage and "://" not in storage
+        option = "--address" if address else "RAY_ADDRESS"
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        warm = _warm_ray()  # the warm Ray of `tune-losses up`, when no address (or its own) is given
+        warm = warm if warm is not None and address in (None, warm.address) else None
         return cls(
             space=space,
             path=path,
             text=text,
             from_file=not isinstance(space_or_path, Space),
             name=name or space.name,
-            address=address or os.environ.get("RAY_ADDRESS") or None,
-            address_option="--address" if address else "RAY_ADDRESS",
+            address=warm.address if warm else address,
+            address_option="tune-losses up" if warm else option,
+            warm_ray=warm,
             uri=tracking_uri or tracking.default_tracking_uri(),
             storage=str(Path(storage).resolve()) if local else (storage or str(tracking.run_dir() / "ray")),
             overrides=overrides,
@@ -114,7 +120,8 @@ class SweepOptions:
         if not self.from_file or self.space.search.scheduler.name == "halving":
             return ""  # no file to give again; a halving sweep cannot be resumed
         o = self
-        return resume_command(o.path, o.name, o.uri, o.storage, o.address, o.overrides or {}, o.dataset, o.warm_start)
+        address = None if o.warm_ray else o.address  # a resume joins the warm Ray again, if one is up then
+        return resume_command(o.path, o.name, o.uri, o.storage, address, o.overrides or {}, o.dataset, o.warm_start)
 
 
 class Sweep:
@@ -152,8 +159,11 @@ class Sweep:
         if not o.remote_storage:
             preflight.check_writable(Path(o.storage), "--storage")
         preflight.check_tracking(o.uri, o.resume, o.name)
-        preflight.check_ray_address(o.address, o.address_option)
-        preflight.check_cluster_store(o.address, o.uri, o.address_option)
+        if o.warm_ray is None:  # the warm Ray was found answering; it runs on this machine, with this store
+            preflight.check_ray_address(o.address, o.address_option)
+            preflight.check_cluster_store(o.address, o.uri, o.address_option)
+        else:
+            o.warm_ray.join_env()
         if o.resume and o.space.search.scheduler.name == "halving":
             raise SpaceError(
                 f"{o.path}: --resume: the sweep {o.name!r} runs under scheduler halving, which cannot be resumed "
@@ -161,7 +171,7 @@ class Sweep:
                 "replayed and part-trained trials); allowed: --resume of an asha or fifo sweep. Its finished "
                 "trials stay in MLflow; start a new sweep with another --name"
             )
-        if not o.address:
+        if not o.address:  # a warm Ray's own CPUs are checked once joined (check_ray_resources)
             preflight.check_local_resources(o.space, str(o.path), o.num_cpus, _local_gpus())
         self.lock.acquire(o.storage, o.name, o.uri)  # held until run_sweep returns; the kernel drops it on death
         self.ray = RayStart(o.address, o.num_cpus, o.verbose)  # its workers import the trial code meanwhile
@@ -184,9 +194,12 @@ class Sweep:
         self._check_name()
         if o.progress:
             print(header(o.space, o.name, o.resume), flush=True)  # Ray takes seconds to start
+            if o.warm_ray is not None:
+                print(f"Ray: warm local runtime from `tune-losses up` ({o.warm_ray.describe()})", flush=True)
             self._kernel_notice()
         self.ray.wait()  # the cluster (or the local Ray) may lack what the trials need: known before the store opens
-        preflight.check_ray_resources(o.space, str(o.path), "cluster" if o.address else "local Ray")
+        where = "cluster" if o.address and o.warm_ray is None else "local Ray"
+        preflight.check_ray_resources(o.space, str(o.path), where)
         self.client = self.client or tracking.client(o.uri)
 
     def _kernel_notice(self) -> None:
@@ -194,7 +207,8 @@ class Sweep:
         their own output does not reach the console (a cluster's nodes build theirs: docker/Dockerfile)."""
         from tune_losses.losses import fused
 
-        notice = None if self.options.address else fused.build_notice()
+        remote = self.options.address and self.options.warm_ray is None
+        notice = None if remote else fused.build_notice()
         if notice:
             print(notice, flush=True)
 
@@ -412,6 +426,13 @@ def _has_checkpoint(root: str, key: str) -> bool:
     from tune_losses.training.checkpoint import FILENAME
 
     return (Path(root) / key / FILENAME).is_file()
+
+
+def _warm_ray():
+    """The warm local Ray of `tune-losses up` (tuning/warm_ray.py), or None (a stale record is removed)."""
+    from .warm_ray import find
+
+    return find()
 
 
 def _local_gpus() -> int:

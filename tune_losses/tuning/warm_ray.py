@@ -1,0 +1,217 @@
+"""`tune-losses up` / `tune-losses down`: a local Ray kept running between commands, its worker processes already
+holding torch and the trial code, so that a sweep's first trial starts in seconds instead of importing them.
+
+``up`` starts a keeper (``python -m tune_losses.tuning.warm_ray``, in a session of its own, so that a Ctrl-C in
+the terminal never reaches it or its Ray). The keeper starts Ray exactly as a sweep starts its own
+(ray_runtime.py ``init_ray``: the preload list, no dashboard, all CPUs or ``--num-cpus``) and writes the address
+file. Ray ends a job's worker processes with its driver, so each sweep would use up the warm workers: when a job
+has ended and none runs, the keeper asks the raylet for new ones (``_internals.prestart_workers``), which import
+the trial code while nothing else runs. ``down`` sends the keeper SIGTERM: it shuts its Ray down (only its own
+processes; ``ray stop`` would stop every Ray of the machine) and removes the file.
+
+The address file, ``<TUNE_LOSSES_HOME>/warm-ray.json`` (``runs/`` by default), written atomically, is how
+``down`` and ``sweep`` find it. A file whose keeper is gone (a reboot, a kill) is stale: :func:`find` removes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+FILENAME = "warm-ray.json"
+KEEPER = "tune_losses.tuning.warm_ray"  # the keeper's module: what its command line holds
+START_TIMEOUT_S = 120.0  # Ray's start on a loaded 2-CPU machine takes 10-20 s
+STOP_TIMEOUT_S = 30.0
+POLL_S = 0.5
+KEEP_ALIVE_S = 10 * 365 * 86400  # a prestarted worker stays until a job takes it (or `down`)
+
+
+@dataclass
+class WarmRay:
+    """What the address file holds."""
+
+    address: str  # the GCS address, host:port
+    pid: int  # the keeper's process id (the leader of the session Ray's processes run in)
+    num_cpus: int
+    preload: list[str]
+    token_auth: bool  # whether a driver must send the token (~/.ray/auth_token) to join
+    started: float  # epoch seconds
+
+    def describe(self) -> str:
+        return f"address {self.address}, {self.num_cpus} CPUs, keeper pid {self.pid}"
+
+    def join_env(self) -> None:
+        """What a driver needs to join: the keeper's Ray takes the token Ray saved for it (~/.ray/auth_token)
+        unless the user chose a mode (RAY_AUTH_MODE)."""
+        if self.token_auth and "RAY_AUTH_MODE" not in os.environ:
+            from tune_losses import _internals
+
+            _internals.enable_token_auth()
+
+
+def state_file() -> Path:
+    from tune_losses.tracking import run_dir
+
+    return run_dir() / FILENAME
+
+
+def read(path: Path | None = None) -> WarmRay | None:
+    """The recorded warm Ray, alive or not; None when no file (or an unreadable one) is there."""
+    path = path or state_file()
+    try:
+        return WarmRay(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def write(info: WarmRay, path: Path | None = None) -> None:
+    """Atomically: a reader sees the old file or the new one, never half of one."""
+    path = path or state_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(asdict(info), indent=2))
+    os.replace(tmp, path)
+
+
+def keeper_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running keeper (not a process that took its pid after a reboot)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return KEEPER in cmdline
+
+
+def _gcs_answers(address: str) -> bool:
+    from tune_losses.tracking.store import reachable
+
+    host, _, port = address.rpartition(":")
+    return reachable(host, int(port), 2.0) is None
+
+
+def find(path: Path | None = None) -> WarmRay | None:
+    """The warm Ray that is up, or None; a stale file (its keeper or its Ray gone) is removed."""
+    path = path or state_file()
+    info = read(path)
+    if info is None:
+        return None
+    if keeper_alive(info.pid) and _gcs_answers(info.address):
+        return info
+    _remove(path, info.pid)
+    return None
+
+
+def _remove(path: Path, pid: int) -> None:
+    """Remove the file if it still names ``pid`` (a new keeper may have written its own meanwhile)."""
+    current = read(path)
+    if current is not None and current.pid == pid:
+        path.unlink(missing_ok=True)
+
+
+def up(num_cpus: int | None = None) -> tuple[WarmRay, bool]:
+    """Start the keeper and wait for its address file: (the warm Ray, whether one was already up)."""
+    path = state_file()
+    found = find(path)
+    if found is not None:
+        return found, True
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log = path.with_suffix(".log")
+    cmd = [sys.executable, "-m", KEEPER, str(path)] + ([str(num_cpus)] if num_cpus else [])
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a Ray of its own, never a joined one
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        info = read(path)
+        if info is not None and info.pid == proc.pid:
+            return info, False
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"the warm Ray did not start (exit {proc.returncode}); its log {log}:\n{tail}")
+        time.sleep(POLL_S)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise RuntimeError(f"the warm Ray did not start within {START_TIMEOUT_S:g} s; its log: {log}")
+
+
+def down() -> tuple[WarmRay | None, bool]:
+    """Stop the warm Ray: (what the file recorded, whether a running one was stopped)."""
+    path = state_file()
+    info = read(path)
+    if info is None:
+        return None, False
+    if not keeper_alive(info.pid):
+        _remove(path, info.pid)
+        return info, False
+    os.kill(info.pid, signal.SIGTERM)  # the keeper shuts its Ray down and removes the file
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while keeper_alive(info.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if keeper_alive(info.pid):
+        os.killpg(info.pid, signal.SIGKILL)  # its session: the keeper and every Ray process it started
+    _remove(path, info.pid)
+    return info, True
+
+
+# --- the keeper (its own process) ---------------------------------------------------------------------------------
+def idle_workers(session: int) -> int:
+    """Worker processes of this session's Ray waiting for work (Ray titles them ``ray::IDLE``)."""
+    count = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.getsid(int(pid)) == session and Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::IDLE"):
+                count += 1
+        except OSError:
+            continue
+    return count
+
+
+def keep(path: Path, num_cpus: int | None) -> None:
+    """The keeper's life: start Ray, record it, keep its workers warm until SIGTERM."""
+    import ray
+
+    from tune_losses import _internals
+
+    from .ray_runtime import PRELOAD_MODULES, init_ray
+
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    init_ray("local", num_cpus, verbose=0)
+    node = next(n for n in ray.nodes() if n.get("Alive"))
+    info = WarmRay(
+        address=ray.get_runtime_context().gcs_address,
+        pid=os.getpid(),
+        num_cpus=int(ray.cluster_resources().get("CPU", 0)),
+        preload=list(PRELOAD_MODULES),
+        token_auth=_internals.token_auth_enabled(),
+        started=time.time(),
+    )
+    own_job = ray.get_runtime_context().get_job_id()
+    try:
+        write(info, path)
+        ended = 0
+        while True:
+            time.sleep(POLL_S)
+            jobs = {job: running for job, running in _internals.job_states().items() if job != own_job}
+            now_ended = sum(not running for running in jobs.values())
+            if now_ended > ended and not any(jobs.values()):
+                time.sleep(1.0)  # the ended job's workers exit
+                missing = info.num_cpus - idle_workers(os.getsid(0))
+                if missing > 0:
+                    _internals.prestart_workers(
+                        node["NodeManagerAddress"], node["NodeManagerPort"], missing, KEEP_ALIVE_S
+                    )
+                ended = now_ended
+    finally:
+        _remove(path, info.pid)
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    keep(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else None)
