@@ -14,6 +14,7 @@ Readers (reports, ``best``) get the same values from a run recorded either way: 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -24,6 +25,7 @@ import pandas as pd
 from . import record
 
 log = logging.getLogger(__name__)
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a trial reads its table back quietly
 
 #: a replica's own value in the metrics ``train`` reports (and in older runs' metrics): ``test_acc_r3``
 REPLICA_KEY = re.compile(r"^(?P<metric>.+)_r(?P<replica>\d+)$")
@@ -85,6 +87,13 @@ class ReplicaTable:
         """The whole table to the run's artifact, replacing the one there (atomically where the store is local)."""
         frame = self.frame()
         ledger.write_artifact(run_id, record.REPLICAS_ARTIFACT, lambda path: frame.to_parquet(path, index=False))
+        self.unwritten = False
+
+    def upload(self, client, run_id: str) -> None:
+        """The whole table to a run that is written once (``tune-losses train``: no resume, no ledger)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            self.frame().to_parquet(Path(tmp) / record.REPLICAS_ARTIFACT, index=False)
+            client.log_artifact(run_id, str(Path(tmp) / record.REPLICAS_ARTIFACT))
         self.unwritten = False
 
 
