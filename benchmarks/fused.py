@@ -16,7 +16,7 @@ seed's values per epoch), every number within ``--rel``. The defaults keep it sh
 epochs, CC 2); the issue's size is ``--epochs 30 --cc-epochs 8`` and the paper's ``--epochs 300``.
 
     PYTHONPATH=. .venv/bin/python benchmarks/fused.py [--epochs 3] [--repeats 16] [--cc-epochs 2]
-        [--cc-repeats 4] [--rounds 1] [--cpus 2] [--device cpu] [--skip-cc]
+        [--cc-repeats 4] [--rounds 2] [--cpus 2] [--device cpu] [--skip-cc]
 
 Its last line: ``fused vs unfused: <X.X>x (records equal: yes|no)``, the DAL grid's. Timings on a shared machine
 vary with the other processes' load: the load average is printed before and after.
@@ -123,7 +123,8 @@ def compare(label: str, case: tuple[str, dict, str], work: Path, args) -> tuple[
     parents: dict[str, str] = {}
     for r in range(args.rounds):
         for fuse in ("auto", "off") if r % 2 == 0 else ("off", "auto"):
-            took, parents[fuse] = sweep(space, over, f"{label}_{fuse}_{r}", fuse, work, args)
+            name = f"{label.split()[0].lower().replace('-', '')}_{fuse}_{r}"  # e.g. dal_auto_0
+            took, parents[fuse] = sweep(space, over, name, fuse, work, args)
             times[fuse].append(took)
             print(f"  {label} round {r + 1}: fuse {fuse}: {took:.1f} s", flush=True)
     c = tracking.client(f"sqlite:///{work}/mlflow.db")
@@ -140,7 +141,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=16, help="DAL grid: seeds per value of a")
     parser.add_argument("--cc-epochs", type=int, default=2, help="CC-Loss grid: epochs (the quickstart: 8)")
     parser.add_argument("--cc-repeats", type=int, default=4, help="CC-Loss grid: seeds per value of lambda")
-    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=2, help="each goes first in every other round")
     parser.add_argument("--cpus", type=int, default=2, help="the local Ray's CPUs (one per trial or group)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--signal", type=float, default=0.07, help="class signal of the synthetic features")

@@ -83,8 +83,7 @@ def main():
     parser.add_argument("--keep", help="a directory to keep the store, checkpoints and report in (default: temp)")
     parser.add_argument("--before", help="another checkout: run the protocol with its tune_losses first, compare")
     args = parser.parse_args()
-    if args.before:
-        before = compare_before(args.before)
+    earlier = compare_before(args.before) if args.before else ""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     print(f"running the protocol: {args.values} values x {args.repeats} runs x {args.epochs} epochs ...", flush=True)
 
@@ -169,6 +168,7 @@ def main():
         "other (tune.report, idle CPUs, the end)": ray_report + idle + after,
     }
     shares = "shares: " + ", ".join(f"{k} {100 * v / slots:.0f}%" for k, v in share.items())
+    shares += f"; tracking per trial-epoch {1000 * tracked / max(1, len(runs) * args.epochs):.0f} ms"
     print(shares)
     print(
         f"first trial running {first_start:.1f} s after the sweep's start; trial seconds, median: "
@@ -188,7 +188,7 @@ def main():
         f"sweep status: {parent.data.tags.get('status')}, report error: {parent.data.tags.get('report_error', 'none')}"
     )
     if args.before:
-        print(f"side by side: before ({args.before}): {before}")
+        print(f"side by side: before ({args.before}): {earlier}")
         print(f"              this checkout:  {wall:.1f} s; " + shares)
     print(f"paper protocol: {wall:.1f} s")
 
