@@ -29,6 +29,14 @@ running 9.3 s after the start), the rest (tune.report, idle CPUs, the report) 11
 for every `a` (the synthetic features have no structure that `a` could matter for). ``--epochs 30`` compares
 checkouts quickly (``PYTHONPATH=<other checkout>``): the code before issue 15 (9f3009f) took 176.6 s, this
 code 105.0 s, one after the other on the idle machine, with the same accuracy table.
+
+Issue 22 (each replica's values as one table artifact instead of ~260 metrics per trial-epoch), measured side by
+side at a small size only (the machine was shared, load average 8-10 on 2 CPUs):
+`PYTHONPATH=. .venv/bin/python benchmarks/paper_protocol.py --values 2 --repeats 60 --epochs 10 --before <checkout
+of 2208f2c>`: before 109.9 s, tracking 5% of the CPUs' time, 502 ms per trial-epoch; after 104.6 s, tracking 3%,
+352 ms per trial-epoch (at 10 epochs a trial's fixed tracking, opening the store and recording its params, is most
+of it; benchmarks/replica_table.py isolates the per-epoch part: 108 ms before, 30 ms after, 3.6x). The full
+protocol was not rerun.
 """
 
 import argparse
