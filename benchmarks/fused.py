@@ -20,6 +20,13 @@ epochs, CC 2); the issue's size is ``--epochs 30 --cc-epochs 8`` and the paper's
 
 Its last line: ``fused vs unfused: <X.X>x (records equal: yes|no)``, the DAL grid's. Timings on a shared machine
 vary with the other processes' load: the load average is printed before and after.
+
+Measured with the defaults (``PYTHONPATH=. .venv/bin/python benchmarks/fused.py``: DAL 3 epochs, CC 2, 2 rounds)
+on the 2-CPU development machine shared with other sessions (load average 8-11; one sweep's time varied up to
+5x between rounds, so these ratios are not figures to quote): DAL grid fused 114.4 / 49.0 s, unfused 186.5 /
+244.0 s, medians 2.6x, records equal; CC-Loss grid fused 44.4 / 22.4 s, unfused 35.4 / 184.9 s, 3.3x, records
+equal. With one round (the fused sweep first, paying the workers' first imports) the same machine gave 0.6x and
+0.7x. Measure on an idle machine, ``--rounds 3`` or more, before quoting a ratio.
 """
 
 import argparse
