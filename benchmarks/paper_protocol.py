@@ -15,6 +15,11 @@ and the runs' timestamps, and the accuracy table per ``a`` (test accuracy at the
 and max over the runs of each value).
 
     PYTHONPATH=. .venv/bin/python benchmarks/paper_protocol.py [--epochs 300] [--repeats 60] [--values 8]
+        [--before <other checkout>]
+
+Its last line: ``paper protocol: <seconds> s``, the wall time from the sweep's start to its end. ``--before``
+first runs the same protocol with another checkout's tune_losses (a subprocess with that ``PYTHONPATH``), then
+this one, and prints both share lines side by side.
 
 Measured on the idle 2-CPU development machine, `PYTHONPATH=. .venv/bin/python benchmarks/paper_protocol.py`
 (the full protocol, the defaults): 392.8 s = 6.5 min from the sweep's start to its end (goal: under 15 min);
@@ -24,11 +29,21 @@ running 9.3 s after the start), the rest (tune.report, idle CPUs, the report) 11
 for every `a` (the synthetic features have no structure that `a` could matter for). ``--epochs 30`` compares
 checkouts quickly (``PYTHONPATH=<other checkout>``): the code before issue 15 (9f3009f) took 176.6 s, this
 code 105.0 s, one after the other on the idle machine, with the same accuracy table.
+
+Issue 22 (each replica's values as one table artifact instead of ~260 metrics per trial-epoch), measured side by
+side at a small size only (the machine was shared, load average 8-10 on 2 CPUs):
+`PYTHONPATH=. .venv/bin/python benchmarks/paper_protocol.py --values 2 --repeats 60 --epochs 10 --before <checkout
+of 2208f2c>`: before 109.9 s, tracking 5% of the CPUs' time, 502 ms per trial-epoch; after 104.6 s, tracking 3%,
+352 ms per trial-epoch (at 10 epochs a trial's fixed tracking, opening the store and recording its params, is most
+of it; benchmarks/replica_table.py isolates the per-epoch part: 108 ms before, 30 ms after, 3.6x). The full
+protocol was not rerun.
 """
 
 import argparse
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -74,7 +89,9 @@ def main():
     parser.add_argument("--signal", type=float, default=0.07, help="class signal of the synthetic features")
     parser.add_argument("--cpus", type=int, default=2, help="the local Ray's CPUs (one per trial)")
     parser.add_argument("--keep", help="a directory to keep the store, checkpoints and report in (default: temp)")
+    parser.add_argument("--before", help="another checkout: run the protocol with its tune_losses first, compare")
     args = parser.parse_args()
+    earlier = compare_before(args.before) if args.before else ""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     print(f"running the protocol: {args.values} values x {args.repeats} runs x {args.epochs} epochs ...", flush=True)
 
@@ -158,7 +175,9 @@ def main():
         "start-up (before the first trial, and each trial's set-up)": before + setup + outside,
         "other (tune.report, idle CPUs, the end)": ray_report + idle + after,
     }
-    print("shares: " + ", ".join(f"{k} {100 * v / slots:.0f}%" for k, v in share.items()))
+    shares = "shares: " + ", ".join(f"{k} {100 * v / slots:.0f}%" for k, v in share.items())
+    shares += f"; tracking per trial-epoch {1000 * tracked / max(1, len(runs) * args.epochs):.0f} ms"
+    print(shares)
     print(
         f"first trial running {first_start:.1f} s after the sweep's start; trial seconds, median: "
         f"{statistics.median(x.get('seconds_trial', 0) for x in m):.1f}"
@@ -176,6 +195,26 @@ def main():
     print(
         f"sweep status: {parent.data.tags.get('status')}, report error: {parent.data.tags.get('report_error', 'none')}"
     )
+    if args.before:
+        print(f"side by side: before ({args.before}): {earlier}")
+        print(f"              this checkout:  {wall:.1f} s; " + shares)
+    print(f"paper protocol: {wall:.1f} s")
+
+
+def compare_before(checkout: str) -> str:
+    """The same protocol (these arguments less ``--before``) with ``checkout``'s tune_losses: its wall time and
+    shares, as printed."""
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip or arg == "--before" or arg.startswith("--before="):
+            skip = arg == "--before"
+            continue
+        argv.append(arg)
+    env = {**os.environ, "PYTHONPATH": str(Path(checkout).resolve())}
+    done = subprocess.run([sys.executable, __file__, *argv], env=env, capture_output=True, text=True, check=True)
+    lines = done.stdout.splitlines()
+    total = next(line for line in lines if line.startswith("total wall time")).split(": ", 1)[1].split(" = ")[0]
+    return f"{total}; " + next(line for line in lines if line.startswith("shares: "))
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ def test_record_page_from_a_fake_fields_list():
     assert "### Metrics" in trial and "validation accuracy \\| mean over replicas" in trial
     assert "### Params" not in trial and "### Metrics" not in parent
     with pytest.raises(ValueError, match="kinds the page does not know"):
-        hook.record_page([field("trial", "artifact", "report/", "the report")])
+        hook.record_page([field("trial", "figure", "report/", "the report")])
 
 
 def test_record_page_of_this_version():

@@ -3,7 +3,7 @@
 - reference/cli.md: every command and option of `tune-losses`, from the argparse parser (tune_losses/cli.py);
 - reference/search-space.md: every field of a search space, from the pydantic models (tune_losses/spaces.py,
   tune_losses/training/config.py): type, default, allowed values, and the comment written beside the field;
-- reference/mlflow-record.md: every tag, param and metric of a parent and a trial run, from
+- reference/mlflow-record.md: every tag, param, metric and artifact of a parent and a trial run, from
   tune_losses/tracking/record.py (``FIELDS``), or a note while that module does not exist.
 
 Nothing generated is committed: the pages exist only in the built site. The renderers are plain functions of
@@ -255,12 +255,13 @@ def space_page() -> str:
 
 RECORD_SOURCE = "tune_losses/tracking/record.py"
 RUNS = {"parent": "The parent run (one per sweep)", "trial": "A trial run (one per trial, nested in its parent)"}
-KINDS = {"tag": "Tags", "param": "Params", "metric": "Metrics"}
+KINDS = {"tag": "Tags", "param": "Params", "metric": "Metrics", "artifact": "Artifacts"}
 
 
 def record_page(fields: list | None) -> str:
-    """Markdown for the MLflow record: a table per run and kind (tag, param, metric) of ``fields``, objects with
-    ``run``, ``kind``, ``name`` and ``meaning``; ``None`` while the module that names them does not exist."""
+    """Markdown for the MLflow record: a table per run and kind (tag, param, metric, artifact) of ``fields``,
+    objects with ``run``, ``kind``, ``name`` and ``meaning``; ``None`` while the module that names them
+    does not exist."""
     lines = ["# MLflow record", ""]
     if fields is None:
         return "\n".join(

@@ -3,10 +3,12 @@ per config and per seed, what the same sweep unfused records; a killed fused swe
 
 import math
 
+import pandas as pd
 import pytest
 
 from tune_losses import tracking
 from tune_losses.tracking.ledger import audit
+from tune_losses.tracking.replicas import read_table
 from tune_losses.tuning.runner import run_sweep
 
 from helpers import write_space
@@ -27,7 +29,8 @@ def _space(tmp_path, name, fuse):
 
 
 def _records(c, result) -> dict:
-    """Each trial's run by its swept value: params, metric histories (timings aside), status, artifacts."""
+    """Each trial's run by its swept value: params, metric histories (timings aside), status, artifacts, and its
+    replica table (every seed's values per epoch)."""
     exp = c.get_run(result.parent_run_id).info.experiment_id
     out = {}
     for run in tracking.trial_runs(c, result.parent_run_id, exp):
@@ -38,8 +41,9 @@ def _records(c, result) -> dict:
         }
         params = {k: v for k, v in run.data.params.items()}
         artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
+        table = read_table(c, run.info.run_id)
         value = run.data.params.get("swept.loss.a", "baseline")
-        out[value] = (params, histories, run.data.tags["status"], artifacts)
+        out[value] = (params, histories, run.data.tags["status"], artifacts, table)
     return out
 
 
@@ -51,15 +55,22 @@ def test_a_fused_sweep_records_what_the_unfused_sweep_records(tmp_path, ray_loca
     c = tracking.client(uri)
     got, want = _records(c, fused), _records(c, alone)
     assert sorted(got) == sorted(want) == sorted([*(str(a) for a in GRID), "baseline"])
-    for value, (params, histories, status, artifacts) in want.items():
-        f_params, f_histories, f_status, f_artifacts = got[value]
+    for value, (params, histories, status, artifacts, table) in want.items():
+        f_params, f_histories, f_status, f_artifacts, f_table = got[value]
         assert f_params == params and f_status == status == "completed"
         assert "confusion_matrix.json" in f_artifacts and f_artifacts >= artifacts - {"learning_curves.png"}
         assert f_histories.keys() == histories.keys()
-        for key, steps in histories.items():  # every epoch once, from 1, each replica's value to rounding
+        for key, steps in histories.items():  # every epoch once, from 1, each value to rounding
             assert [s for s, _ in f_histories[key]] == [s for s, _ in steps] == list(range(1, len(steps) + 1))
             for (_, a), (_, b) in zip(f_histories[key], steps):
                 assert math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6), (value, key, a, b)
+        # per seed: the replica tables, every (epoch, replica) once, each value to rounding
+        want_cells = [(e, r) for e in range(1, EPOCHS + 1) for r in range(2)]
+        assert (
+            list(zip(f_table["epoch"], f_table["replica"])) == list(zip(table["epoch"], table["replica"])) == want_cells
+        )
+        assert list(f_table.columns) == list(table.columns)
+        pd.testing.assert_frame_equal(f_table, table, rtol=1e-4, atol=1e-6)
     for result in (fused, alone):
         exp = c.get_run(result.parent_run_id).info.experiment_id
         assert audit(c, result.parent_run_id, exp, EPOCHS) == []

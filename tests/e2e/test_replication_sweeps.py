@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from tune_losses.reports.build import build_report
+from tune_losses.tracking.replicas import read_table
 from tune_losses.tuning.runner import run_sweep
 
 from helpers import write_space
@@ -107,11 +108,9 @@ def test_an_asha_sweeps_report_adds_the_table_at_a_common_epoch(tmp_path, ray_lo
     epoch = common.attrs["epoch"]
     assert epoch == min(int(e) for e in df.loc[df["stopped_early"], "epochs"])
     client = mlflow.MlflowClient(uri)
-    for lr, group in df.groupby("optimizer.lr"):  # each mean is the histories' mean at that epoch
-        at = [
-            {h.step: h.value for h in client.get_metric_history(rid, f"test_acc_r{r}")}[epoch]
-            for rid, r in zip(group["run_id"], group["replica"])
-        ]
+    for lr, group in df.groupby("optimizer.lr"):  # each mean is the replicas' mean at that epoch
+        tables = {rid: read_table(client, rid).set_index(["epoch", "replica"]) for rid in set(group["run_id"])}
+        at = [tables[rid].loc[(epoch, r), "test_acc"] for rid, r in zip(group["run_id"], group["replica"])]
         assert common.set_index("optimizer.lr").loc[lr, "mean_%"] == pytest.approx(100 * sum(at) / len(at))
     main = report.tables["lr_test_acc"].set_index("optimizer.lr")
     assert main["stopped_early"].to_dict() == df.groupby("optimizer.lr")["stopped_early"].any().to_dict()

@@ -1,4 +1,5 @@
-"""Reports rebuilt from MLflow: tables against the metric histories, figures, significance, best -> train."""
+"""Reports rebuilt from MLflow: tables against the replica tables and metric histories, figures, significance,
+best -> train."""
 
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from tune_losses import tracking
 from tune_losses.reports.best import best_trial, export
 from tune_losses.reports.build import build_report
 from tune_losses.reports.stats import versus_best
+from tune_losses.tracking.replicas import REPLICA_KEY, read_table
 from tune_losses.tuning.runner import run_sweep
 
 from helpers import free_port, start_mlflow_server, stop_server
@@ -61,7 +63,17 @@ def test_tables_equal_the_numbers_in_the_metric_histories(swept):
     parent = tracking.find_sweep(c, "report_e2e")
     for run in tracking.trial_runs(c, parent.info.run_id, parent.info.experiment_id):
         a = float(run.data.params["loss.params.a"])
-        finals = [c.get_metric_history(run.info.run_id, f"test_acc_r{k}")[-1].value for k in range(3)]
+        replicas = read_table(c, run.info.run_id)  # every replica's values, every epoch once
+        assert list(replicas["epoch"]) == [e for e in (1, 2, 3) for _ in range(3)]
+        assert not any(REPLICA_KEY.match(k) for k in run.data.metrics)  # not as metrics any more
+        for key in ("test_acc", "val_acc", "train_loss"):  # the table agrees with the per-epoch summary metrics
+            per_epoch = replicas.groupby("epoch")[key]
+            for stat, want in (("", per_epoch.mean()), ("_min", per_epoch.min()), ("_max", per_epoch.max())):
+                if stat and key == "train_loss":
+                    continue
+                got = {h.step: h.value for h in c.get_metric_history(run.info.run_id, key + stat)}
+                assert got == pytest.approx(want.to_dict(), rel=1e-6), key + stat
+        finals = list(replicas.loc[replicas["epoch"] == 3, "test_acc"])
         row = table[table["loss.a"] == a].iloc[0]
         assert row["mean_%"] == pytest.approx(100 * np.mean(finals))
         assert row["std_%"] == pytest.approx(100 * np.std(finals, ddof=1))

@@ -33,7 +33,7 @@ def best_trial(sweep: str, tracking_uri: str | None = None) -> dict:
             "with protocol: standard and a validation metric (e.g. --set protocol=standard --set "
             "search.metric=val_acc)"
         )
-    table = trial_table(runs, list(space["params"]))
+    table = trial_table(client, runs, list(space["params"]))
     means = ranked(table[table["baseline"] == ""], metric, mode)  # the baseline trial is a reference, not a choice
     if means.empty:
         raise ValueError(f"sweep={name!r}: no completed trial to choose from")

@@ -73,7 +73,7 @@ class Sweep:
 def compute(sweep: str, tracking_uri: str | None = None) -> Sweep:
     """Read the sweep back from MLflow: its runs, its resolved space and the per-replica table."""
     client, parent, runs, space = sweep_runs(sweep, tracking_uri)
-    df = trial_table(runs, list(space["params"]), sweep_names(client, runs))
+    df = trial_table(client, runs, list(space["params"]), sweep_names(client, runs))
     is_base = df["baseline"].astype(bool) if len(df) else pd.Series(dtype=bool)
     return Sweep(client, parent, runs, space, df[~is_base].reset_index(drop=True), df[is_base].reset_index(drop=True))
 

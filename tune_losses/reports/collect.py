@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 
 import pandas as pd
 
 from tune_losses import tracking
 from tune_losses.tracking import record
+from tune_losses.tracking.replicas import final_values
 from tune_losses.tracking.sweeps import earlier_runs, find
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -43,9 +43,10 @@ def sweep_runs(sweep: str, tracking_uri: str | None = None):
     return c, parent, runs, space
 
 
-def trial_table(runs, swept: list[str], sweeps: dict | None = None) -> pd.DataFrame:
-    """One row per (trial, replica): swept values, final metrics of that replica, status tags, and the sweep it
-    ran in (``from_sweep``: ``sweeps`` maps parent run ids to sweep names, see tracking.sweeps.sweep_names)."""
+def trial_table(client, runs, swept: list[str], sweeps: dict | None = None) -> pd.DataFrame:
+    """One row per (trial, replica): swept values, final metrics of that replica (its own values from the run's
+    replica table, or an older run's ``<metric>_r<i>`` metrics: tracking/replicas.py), status tags, and the sweep
+    it ran in (``from_sweep``: ``sweeps`` maps parent run ids to sweep names, see tracking.sweeps.sweep_names)."""
     rows = []
     for run in runs:
         m, tags = run.data.metrics, run.data.tags
@@ -54,14 +55,12 @@ def trial_table(runs, swept: list[str], sweeps: dict | None = None) -> pd.DataFr
             if "," in p and isinstance(values[p], list):  # a joint path: one column per part
                 for part, v in zip(p.split(","), values.pop(p)):
                     values[part] = v
-        found = sorted({int(x.group(1)) for k in m if (x := re.match(r"test_acc_r(\d+)$", k))})
-        replicas: list[int | None] = list(found) or [None]
-        for r in replicas:
-            suffix = "" if r is None else f"_r{r}"
+        own = final_values(client, run) or {0: {}}  # one replica: its values are the run's metrics
+        for r, mine in sorted(own.items()):
             row = {
                 "run_id": run.info.run_id,
                 "trial": run.info.run_name,
-                "replica": r or 0,
+                "replica": r,
                 **values,
                 "status": tags.get("status", ""),
                 "stopped_early": tags.get("stopped_early") == "true",
@@ -72,7 +71,7 @@ def trial_table(runs, swept: list[str], sweeps: dict | None = None) -> pd.DataFr
                 "sample": int(run.data.params.get("sample", 0)),  # the grid repeat: with replica, the seed
             }
             for key in FINAL:
-                row[key] = m.get(key + suffix, m.get(key))
+                row[key] = mine.get(key, m.get(key))
             rows.append(row)
     return pd.DataFrame(rows)
 

@@ -22,9 +22,13 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import time
+import urllib.parse
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
@@ -200,6 +204,7 @@ class Ledger:
         self.client = store.client(given) if isinstance(given, str) else given
         self.experiment_id, self.parent_run_id = experiment_id, parent_run_id
         self.retry_s = retry_s
+        self._artifact_dirs: dict[str, Path | None] = {}  # run id -> its local artifact directory (write_artifact)
         # time spent opening the store and in this ledger's calls (a trial logs it: tuning/trial.py)
         self.seconds = time.perf_counter() - start
 
@@ -336,6 +341,37 @@ class Ledger:
 
     def log_dict(self, run_id: str, value, path: str) -> None:
         self.call("log_dict", run_id, value, path)
+
+    def write_artifact(self, run_id: str, name: str, write) -> None:
+        """The artifact ``name`` of the run, replaced whole by the file that ``write(path)`` makes: in a local
+        artifact store, written beside the run's artifacts and renamed over the old one (a kill leaves the old
+        or the new, never a torn file); elsewhere uploaded as one object (object stores write an object whole)."""
+        start = time.perf_counter()
+        try:
+            target = self._local_artifacts(run_id)
+            if target is None:
+                with tempfile.TemporaryDirectory() as tmp:
+                    write(Path(tmp) / name)
+                    self.call("log_artifact", run_id, str(Path(tmp) / name))
+                return
+            target.mkdir(parents=True, exist_ok=True)
+            staged = target.parent / f".{name}.{uuid.uuid4().hex}.tmp"  # outside the listed artifacts
+            try:
+                write(staged)
+                os.replace(staged, target / name)
+            finally:
+                staged.unlink(missing_ok=True)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def _local_artifacts(self, run_id: str) -> Path | None:
+        """The run's artifact directory when the store keeps artifacts in a local directory, else None."""
+        if run_id not in self._artifact_dirs:
+            uri = self.call("get_run", run_id).info.artifact_uri
+            parsed = urllib.parse.urlparse(uri)
+            local = parsed.scheme in ("", "file")
+            self._artifact_dirs[run_id] = Path(urllib.request.url2pathname(parsed.path)) if local else None
+        return self._artifact_dirs[run_id]
 
     def set_status(self, run_id: str, status: str) -> None:
         if status == "RUNNING":

@@ -1,4 +1,4 @@
-"""The MLflow record of a sweep: every tag, param and metric that a parent run and a trial run carry.
+"""The MLflow record of a sweep: every tag, param, metric and artifact that a parent run and a trial run carry.
 
 This module is the one place that names them. The code that writes or reads a name imports its constant from
 here, and ``FIELDS`` documents each one (the docs' "MLflow record" reference page is generated from it). A name
@@ -70,6 +70,7 @@ FROM_SWEEP = "tune_losses.from_sweep"
 BASELINE = "tune_losses.baseline"  # a baseline trial (tuning/baseline.py): the baseline loss's name
 SWEPT = "swept."  # + path: the trial's value of a swept path, as JSON
 CONFUSION_ARTIFACT = "confusion_matrix.json"
+REPLICAS_ARTIFACT = "replicas.parquet"  # every replica's own values, a row per (epoch, replica): tracking/replicas.py
 
 
 def swept_param(path: str) -> str:
@@ -145,7 +146,16 @@ FIELDS: list[Field] = [
     Field("trial", "metric", "epoch", "the last epoch recorded (step = epoch)"),
     Field("trial", "metric", "<split>_<metric>", "val/test acc, f1, nmi: the mean over replicas, per epoch"),
     Field("trial", "metric", "<split>_<metric>_<std|min|max>", "their spread over replicas, per epoch"),
-    Field("trial", "metric", "<split>_<metric>_r<i>", "replica i's own value, per epoch"),
-    Field("trial", "metric", "train_loss, train_loss_r<i>", "the training loss, mean and per replica"),
+    Field("trial", "metric", "train_loss", "the training loss, mean over replicas, per epoch"),
     Field("trial", "metric", "seconds_<part>", "where the attempt's time went: trial, train, tracking, checkpoint"),
+    Field("trial", "artifact", CONFIG_ARTIFACT, "the trial's whole training config"),
+    Field("trial", "artifact", CONFUSION_ARTIFACT, "every replica's test confusion matrix at the last epoch"),
+    Field(
+        "trial",
+        "artifact",
+        REPLICAS_ARTIFACT,
+        "every replica's own values (train_loss, val/test acc, f1, nmi), a row per epoch and replica, with more "
+        "than one replica; rewritten whole as the trial goes, complete when it ends (sweeps before it: metrics "
+        "`<metric>_r<i>`, which reports still read)",
+    ),
 ]

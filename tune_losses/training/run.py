@@ -9,6 +9,7 @@ from mlflow.entities import Metric, Param
 from tune_losses import tracking
 from tune_losses.tracking import record
 from tune_losses.tracking.callback import flatten
+from tune_losses.tracking.replicas import ReplicaTable, split_replicas
 
 from .config import TrainConfig, weights_used
 from .loop import train
@@ -48,20 +49,25 @@ def train_and_record(
             bar.update(metrics["epoch"] - bar.n)
             bar.set_postfix_str(f"val_acc {metrics.get('val_acc', float('nan')):.4f}")
         ts = int(time.time() * 1000)
+        summary, own = split_replicas(metrics)  # each replica's own values: the table, as a trial's run has them
+        table.add(metrics["epoch"], own)
         client.log_batch(
             run_id,
             metrics=[
                 Metric(k, float(v), ts, metrics["epoch"])
-                for k, v in metrics.items()
+                for k, v in summary.items()
                 if isinstance(v, (int, float)) and k != "epoch"
             ],
         )
 
+    table = ReplicaTable()
     try:
         result = train(cfg, report=report, return_model=True)
     finally:
         if bar is not None:
             bar.close()
+        if len(table):
+            table.upload(client, run_id)
     model, example = result.pop("model", None), result.pop("input_example", None)
     if model is not None:
         import mlflow

@@ -3,7 +3,8 @@ model (training/group.py) in one Ray trial, each recorded in its own MLflow run 
 record it (the same key, params, per-epoch metrics, confusion matrix, status).
 
 Each member is a :class:`~tune_losses.tuning.trial.TrialAttempt` (its run found by its key, taken by its token,
-every epoch logged once); the group has one checkpoint (``<checkpoints>/group-<hash of the member keys>/``) that
+every epoch logged once, its replica table written before each of the group's checkpoints and when it ends);
+the group has one checkpoint (``<checkpoints>/group-<hash of the member keys>/``) that
 restores every member exactly, so a killed group resumes each member from it, and an epoch a member's run already
 holds is not logged again. Ray Tune sees one result per epoch: the best member's metric (the searcher is grid and
 the scheduler fifo: nothing is decided from it).
@@ -22,7 +23,7 @@ from tune_losses.spaces import Space
 from tune_losses.training.group import train_group
 
 from .fusion import group_key
-from .trial import CheckpointStore, TrialAttempt, TrialClock, prepare
+from .trial import TABLE_SHARE, Cadence, CheckpointStore, TrialAttempt, TrialClock, prepare
 
 
 def run_group(config: dict, space_json: dict, sweep: dict, data=None) -> None:
@@ -44,6 +45,7 @@ class FusedGroup:
         self.space, self.attempts = space, attempts
         self.checkpoints = CheckpointStore(checkpoints, group_key([a.key for a in attempts]))
         self.clock = TrialClock(started, attempts[0].ledger)
+        self.table_writes = Cadence(TABLE_SHARE)  # the members' replica tables, written together
         self.closed = {i for i, a in enumerate(attempts) if a.record.finished}  # runs that hold their end
         self.reported = False
         sign = 1.0 if space.search.mode == "max" else -1.0
@@ -73,8 +75,8 @@ class FusedGroup:
             self.replay()
 
     def report(self, entries: list[dict | None], state) -> None:
-        """After each epoch: each live member's metrics to its run (a diverged one closed at once), the group's
-        checkpoint, then one result to Ray Tune."""
+        """After each epoch: each live member's metrics to its run (a diverged one closed at once), the members'
+        replica tables when due, the group's checkpoint, then one result to Ray Tune."""
         self.clock.enter()
         epoch, values = 0, []
         for i, (attempt, entry) in enumerate(zip(self.attempts, entries)):
@@ -87,7 +89,13 @@ class FusedGroup:
             epoch = max(epoch, attempt.record_epoch(entry, attempt.clock.enter()))
             if isinstance(entry.get(self.space.search.metric), (int, float)):
                 values.append(float(entry[self.space.search.metric]))
-        if self.clock.checkpoint_due() or epoch >= self.space.train.epochs:
+        checkpoint = self.clock.checkpoint_due() or epoch >= self.space.train.epochs
+        if checkpoint or self.table_writes.due():
+            with self.table_writes.timed():  # before the checkpoint: a resume finds every table at its epoch
+                for i, attempt in enumerate(self.attempts):
+                    if i not in self.closed:
+                        attempt.write_table(force=True)
+        if checkpoint:
             with self.clock.checkpointing():
                 self.checkpoints.save(state())
         self.reported = True

@@ -3,15 +3,23 @@
 A trial finds its run in the sweep's ledger by its key (tracking/ledger.py) and its checkpoint under the sweep's
 checkpoint directory by the same key, so it continues where it stopped whether Ray Tune restarts it (a retry
 after a failure, a lost node) or a resumed sweep starts it anew. After each epoch, in this order:
-1. the epoch's metrics go to MLflow (skipped when the ledger already holds that epoch);
-2. the checkpoint is replaced atomically: after the first and the last epoch, at every epoch where the scheduler
+1. the epoch's metrics go to MLflow (skipped when the ledger already holds that epoch): the mean over replicas
+   and its std / min / max; each replica's own values go to the trial's replica table (tracking/replicas.py);
+2. the replica table (the artifact ``replicas.parquet``) is replaced atomically when a checkpoint follows, at the
+   last epoch, at every epoch where the scheduler may stop or pause the trial (ASHA's and halving's rungs), and
+   after any other once the time since its last write is at least ``1 / TABLE_SHARE - 1`` times what that write
+   took (at most ~2% of the trial's time);
+3. the checkpoint is replaced atomically: after the first and the last epoch, at every epoch where the scheduler
    may pause the trial (halving's rungs), and after any other once the time since the last write is at least
    ``1 / CHECKPOINT_SHARE - 1`` times what that write took (writes then cost at most ~5% of the trial's time:
    every epoch for a small model, every few for 60 replicas of a wide head);
-3. the result goes to Ray Tune (ASHA, the searcher, the progress display).
+4. the result goes to Ray Tune (ASHA, the searcher, the progress display), without the replicas' own values.
 A kill re-runs the epochs after the last checkpoint and does not log them again (the same numbers: the
-checkpoint holds every random state); a kill between 2 and 3 loses nothing. A trial the ledger holds as finished
-is not trained again: it reports its recorded final result once, so schedulers and searchers see it.
+checkpoint holds every random state); a kill between 3 and 4 loses nothing. The table is written before every
+checkpoint, so it always holds the checkpoint's epoch: a resumed attempt reads it back and adds only the epochs
+it re-runs that the table lacks (each epoch once; a kill between 1 and 2 is made up by the re-run). A trial the
+ledger holds as finished is not trained again: it reports its recorded final result once, so schedulers and
+searchers see it.
 
 With every epoch a trial logs where the time of this attempt went so far, as metrics of its run (so a trial
 a scheduler stops has them too): ``seconds_trial`` (all of it), ``seconds_train`` (inside ``train``: data
@@ -25,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -42,7 +51,8 @@ from ray import tune
 from tune_losses.spaces import Space, trial_config
 from tune_losses.tracking import outcome, record
 from tune_losses.tracking.callback import flatten, trial_name
-from tune_losses.tracking.ledger import Ledger, Superseded, TrialRecord, trial_key
+from tune_losses.tracking.ledger import Ledger, Superseded, TrialRecord, retrying, trial_key
+from tune_losses.tracking.replicas import ReplicaTable, recorded_table, split_replicas
 from tune_losses.training import save_checkpoint, train
 from tune_losses.training.checkpoint import FILENAME, load_checkpoint
 from tune_losses.training.config import weights_used
@@ -53,6 +63,8 @@ from .halving import pause_epochs
 log = logging.getLogger(__name__)
 #: the most of a trial's time that checkpoint writes may take (module docstring)
 CHECKPOINT_SHARE = 0.05
+#: the most of a trial's time that the replica table's writes may take, between the writes that must be made
+TABLE_SHARE = 0.02
 
 
 class CheckpointStore:
@@ -184,6 +196,9 @@ class TrialAttempt:
         self.last: dict = {}
         self.confusion_logged = False
         self.pauses = set(pause_epochs(space))  # a scheduler may end the process there: checkpoint then
+        self.stops = self.pauses | asha_rungs(space)  # a scheduler may end the trial there: its table complete
+        self.table = ReplicaTable()
+        self.table_writes = Cadence(TABLE_SHARE)
 
     def replay(self) -> None:
         """A trial the ledger holds as finished: its recorded result, once, for the scheduler and the searcher."""
@@ -217,6 +232,10 @@ class TrialAttempt:
         # what the run holds now: an attempt this one replaced may have logged an epoch since it was first read
         fresh = self.ledger.call("get_run", self.run_id)
         self.record.last_step = int(fresh.data.metrics.get("epoch", 0) or 0)
+        if self.record.last_step > 0:  # the epochs an earlier attempt wrote: not added again
+            held = retrying(recorded_table, self.ledger.client, self.run_id, dict(fresh.data.metrics))
+            if held is not None:
+                self.table.load(held)
         if self.record.status != "RUNNING":
             self.ledger.set_status(self.run_id, "RUNNING")
         for stale in (record.STOPPED_AT, record.REASON):  # an end recorded in part before a kill: it goes on
@@ -236,28 +255,39 @@ class TrialAttempt:
         """After each epoch, in this order: the metrics to MLflow, the checkpoint, the result to Ray Tune (module
         docstring); nothing at all once another attempt owns the run."""
         epoch = self.record_epoch(metrics, self.clock.enter())
-        if self.clock.checkpoint_due() or epoch >= self.cfg["epochs"] or epoch in self.pauses:
+        checkpoint = self.clock.checkpoint_due() or epoch >= self.cfg["epochs"] or epoch in self.pauses
+        self.write_table(force=checkpoint or epoch in self.stops)
+        if checkpoint:
             with self.clock.checkpointing():
                 self.checkpoints.save(state())
         with self.clock.reporting():
-            tune.report({**metrics, "node_id": self.node, "mlflow_run_id": self.run_id})
+            tune.report({**self.last, "node_id": self.node, "mlflow_run_id": self.run_id})
 
     def record_epoch(self, metrics: dict, entered: float) -> int:
         """An epoch's metrics to the trial's run (once: an epoch re-run from an older checkpoint is already
         there), and at the last epoch its confusion matrix (before the last checkpoint: a kill after it resumes
         with nothing to train, and nothing to log it from). Returns the epoch."""
         epoch = int(metrics["epoch"])
+        metrics, own = split_replicas(metrics)
         self.ledger.check_owner(self.run_id, self.token)
         if not self.last and metrics.get("device"):  # the device this attempt trains on (loop.py pick_device)
             self.ledger.set_tags(self.run_id, {record.DEVICE: metrics["device"]})
         if epoch > self.record.last_step:
             self.ledger.log_epoch(self.run_id, {**metrics, **self.clock.spent(entered)}, epoch)
+        self.table.add(epoch, own)
         if epoch >= self.cfg["epochs"] and metrics.get("test_confusion") is not None:
             self.ledger.log_dict(self.run_id, metrics["test_confusion"], record.CONFUSION_ARTIFACT)
             self.confusion_logged = True
         self.last.clear()
         self.last.update(metrics)
         return epoch
+
+    def write_table(self, force: bool) -> None:
+        """The replica table to the run when it holds epochs not written yet and ``force`` or its cadence says
+        so (module docstring)."""
+        if self.table.unwritten and (force or self.table_writes.due()):
+            with self.table_writes.timed():
+                self.table.write(self.ledger, self.run_id)
 
     def train(self, data) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
@@ -281,6 +311,7 @@ class TrialAttempt:
             final = {k: v for k, v in self.record.metrics.items() if k != "epoch"}
             tune.report({**final, "epoch": self.record.last_step, "node_id": self.node, "mlflow_run_id": self.run_id})
         self.ledger.check_owner(self.run_id, self.token)
+        self.write_table(force=True)  # complete before the run says it ended
         if self.last.get("test_confusion") is not None and not self.confusion_logged:  # ended before its last epoch
             self.ledger.log_dict(self.run_id, self.last["test_confusion"], record.CONFUSION_ARTIFACT)
         if result.get("status") == "diverged":
@@ -317,6 +348,36 @@ class TrialAttempt:
         self.ledger.set_status(self.run_id, "FINISHED")
         if tell_ray:
             tune.report({**final, "mlflow_run_id": self.run_id})
+
+
+def asha_rungs(space: Space) -> set[int]:
+    """The epochs where ASHA may stop a trial: those that reach one of its milestones, grace_period x
+    reduction_factor^k below max_t (Ray Tune's ASHAScheduler, one bracket)."""
+    s = space.search.scheduler
+    if s.name != "asha":
+        return set()
+    max_t = s.max_t or space.train.epochs
+    count = int(math.log(max_t / s.grace_period) / math.log(s.reduction_factor) + 1)
+    return {math.ceil(s.grace_period * s.reduction_factor**k) for k in range(count)}
+
+
+class Cadence:
+    """Writes that may take at most ``share`` of the time: one is due once the time since the last is at least
+    ``1 / share - 1`` times what that one took."""
+
+    def __init__(self, share: float):
+        self.share = share
+        self.done_at, self.took = float("-inf"), 0.0
+
+    def due(self) -> bool:
+        return time.perf_counter() - self.done_at >= self.took * (1 / self.share - 1)
+
+    @contextlib.contextmanager
+    def timed(self):
+        begun = time.perf_counter()
+        yield
+        self.done_at = time.perf_counter()
+        self.took = self.done_at - begun
 
 
 class TrialClock:
