@@ -84,7 +84,7 @@ def test_tables_equal_the_numbers_in_the_metric_histories(swept):
     assert pd.read_parquet(report.directory / "a_test_acc.parquet").shape == table.shape
     logged = {a.path for a in c.list_artifacts(parent.info.run_id, "report")}
     assert {"report/report.md", "report/a_test_acc.csv", "report/a_test_acc.parquet"} <= logged
-    assert "not the paper's data set" in report.markdown  # digits, not LabelMe: no published column
+    assert "not the data set of the paper's table" in report.markdown  # digits, not LabelMe: no published column
 
 
 def test_figures_are_valid_pngs(swept):

@@ -44,7 +44,9 @@ class Report:
         indexed = key.startswith("grid")
         self.tables[key] = table
         table.to_csv(self.directory / f"{key}.csv", index=indexed)
-        (table.reset_index() if indexed else table).to_parquet(self.directory / f"{key}.parquet")
+        flat = table.reset_index() if indexed else table
+        # a grid's columns are the second parameter's values: Parquet wants every column name a string
+        flat.set_axis([str(c) for c in flat.columns], axis=1).to_parquet(self.directory / f"{key}.parquet")
         self.lines.extend(
             [f"## {title}", ""] + ([note, ""] if note else []) + [table.to_markdown(index=indexed, floatfmt=".4g"), ""]
         )

@@ -48,8 +48,9 @@ def header(data, report) -> None:
         ]
     if not space.get("paper_dataset"):
         report.lines += [
-            f"These tables hold data set `{dataset}` with this space's protocol, not the paper's data set, "
-            "so the paper's published numbers are not set beside them (see Replication for the trend).",
+            f"These tables hold data set `{dataset}` with this space's protocol, not the data set of the paper's "
+            "table (the space sets no `paper_dataset`), so its published numbers are not set beside them (see "
+            "Replication for what the paper says about this data set, or the trend).",
             "",
         ]
     bad = pd.concat([df, data.baseline]).drop_duplicates("run_id")

@@ -97,13 +97,25 @@ def _render_verdict(report, verdict: Verdict, metric: str, fixed: str, note: str
         "",
         verdict.values.to_markdown(index=False, floatfmt=".4g"),
         "",
-        f"- Rank agreement with the paper's curve: Kendall's tau = {s['kendall_tau']:.3g}, bootstrap 95% CI "
-        f"{ci(s['kendall_tau_ci_low'], s['kendall_tau_ci_high'])}.",
+        _rank_line(verdict, ci),
         f"- Best value: paper {s['paper_best']}, ours {s['our_best']}: {s['best_verdict']}.",
         f"- Effect size (best minus worst mean): ours {s['effect_size_%']:.3g} points, 95% CI "
-        f"{ci(s['effect_size_ci_low_%'], s['effect_size_ci_high_%'])}; the paper's {s['paper_effect_size_%']:.3g}.",
+        f"{ci(s['effect_size_ci_low_%'], s['effect_size_ci_high_%'])}; the paper's "
+        + (f"{s['paper_effect_size_%']:.3g}." if np.isfinite(s["paper_effect_size_%"]) else "not given per value."),
         "",
     ]
+
+
+def _rank_line(verdict: Verdict, ci) -> str:
+    """Kendall's tau with its interval; or why there is none (no number per value in the paper for this data set:
+    the beta/gamma paper names its Fashion-MNIST choice only)."""
+    s = verdict.summary
+    if not np.isfinite(s["kendall_tau"]) and verdict.values["paper_%"].isna().all():
+        return "- Rank agreement with the paper's curve: none to compare (the paper gives no number per value here)."
+    return (
+        f"- Rank agreement with the paper's curve: Kendall's tau = {s['kendall_tau']:.3g}, bootstrap 95% CI "
+        f"{ci(s['kendall_tau_ci_low'], s['kendall_tau_ci_high'])}."
+    )
 
 
 def _config_runs(df: pd.DataFrame, params: list[str], metric: str, mode: str) -> tuple[list[str], list[str], str]:
