@@ -9,6 +9,7 @@ import pytest
 
 from tune_losses import tracking
 from tune_losses.spaces import SpaceError, load_space
+from tune_losses.tracking.replicas import read_table
 from tune_losses.tuning.runner import run_sweep
 
 from helpers import write_space
@@ -48,10 +49,13 @@ def test_grid_sweep_records_every_trial(tmp_path, ray_local):
         assert "val_acc" not in r.data.params and "loss.params.a" not in r.data.metrics
         history = c.get_metric_history(r.info.run_id, "val_acc")
         assert sorted(m.step for m in history) == [1, 2, 3]
-        for key in ("val_acc_r0", "val_acc_r1", "val_acc_std", "test_acc_min", "test_nmi", "train_loss"):
+        for key in ("val_acc", "val_acc_std", "test_acc_min", "test_nmi", "train_loss"):
             assert key in r.data.metrics
+        assert not any(k.endswith(("_r0", "_r1")) for k in r.data.metrics)  # each replica's values: the table
+        table = read_table(c, r.info.run_id)
+        assert sorted(set(zip(table["epoch"], table["replica"]))) == [(e, i) for e in (1, 2, 3) for i in (0, 1)]
         arts = {a.path for a in c.list_artifacts(r.info.run_id)}
-        assert {"confusion_matrix.json", "confusion_matrix.png", "learning_curves.png"} <= arts
+        assert {"confusion_matrix.json", "confusion_matrix.png", "learning_curves.png", "replicas.parquet"} <= arts
         confusion = json.loads(open(c.download_artifacts(r.info.run_id, "confusion_matrix.json", str(tmp_path))).read())
         assert [len(m) for m in confusion] == [10, 10]  # each replica's (replicas, C, C)
         assert all(sum(map(sum, m)) == 359 for m in confusion)
