@@ -45,10 +45,12 @@ def test_fault_messages_go_to_the_log_and_to_the_console_only_with_v(tmp_path, c
         assert FaultLog.active is log
         logging.getLogger("ray").handlers.clear()  # what ray.init(configure_logging=False) does
         fault(monkeypatch)
+        logging.getLogger("tune_losses.tracking.callback").error("could not record the end of trial t in MLflow")
         assert log.written
     shown = capfd.readouterr()
     console = shown.out + shown.err
     text = path.read_text()
+    assert "could not record the end of trial t" in console  # the package's own errors: always on the console
     for said in ("Connection refused", "MLflow call search_experiments failed", "Trial task failed", TRACEBACK):
         assert said in text, said
         assert (said in console) == (verbose >= 1), (said, console)

@@ -116,7 +116,8 @@ def test_search_fuse_takes_auto_or_off_only():
 
 def test_a_baseline_trains_as_a_group_of_its_own_beside_the_fused_grid():
     """`baseline: ce` trains another loss: it cannot share the swept configs' model, so it is one more group (one
-    per sample), with the config its unfused trial would have; the swept grid still fuses."""
+    per sample), with the config its unfused trial would have, and runs as that trial (as_trial); the swept grid
+    still fuses."""
     from tune_losses.tuning.baseline import baseline_config
 
     sp = parse_space(
@@ -130,10 +131,14 @@ def test_a_baseline_trains_as_a_group_of_its_own_beside_the_fused_grid():
         "plan.yaml",
     )
     plan = plan_fusion(sp)
-    assert plan.fused and [len(g) for g in plan.groups] == [6, 1, 1]
-    assert plan.groups[1:] == [
+    assert plan.fused and [len(g) for g in plan.groups] == [1, 1, 6]  # the reference first: no budget cuts it
+    assert plan.groups[:2] == [
         [{"params": {"baseline": "ce"}, "sample": 0}],
         [{"params": {"baseline": "ce"}, "sample": 1}],
     ]
+    from tune_losses.tracking.ledger import as_trial
+
+    assert as_trial({"group": plan.groups[0]}) == plan.groups[0][0]  # run, named, recorded as the unfused trial
+    assert as_trial({"group": plan.groups[2]}) == {"group": plan.groups[2]}
     cfg = baseline_config(trial_config(sp, {}), "ce")
     assert [c.loss.name for c in group_configs([cfg])] == ["ce"]  # the training side takes the baseline alone

@@ -15,7 +15,7 @@ from helpers import write_space
 
 
 def info(pid: int, address: str = "127.0.0.1:1") -> warm_ray.WarmRay:
-    return warm_ray.WarmRay(address, pid, 2, ["tune_losses.tuning.trial"], True, 1.0)
+    return warm_ray.WarmRay(address, pid, 2, ["tune_losses.tuning.trial"], True, 1.0, warm_ray.fingerprint())
 
 
 @pytest.fixture
@@ -66,9 +66,13 @@ def test_down_with_nothing_up_does_nothing(home):
     assert warm_ray.down() == (None, False)
 
 
-def test_a_keeper_whose_ray_does_not_answer_is_stale(home, keeper):
-    warm_ray.write(info(keeper.pid, "127.0.0.1:1"))
-    assert warm_ray.find() is None and not warm_ray.state_file().exists()
+def test_a_live_keeper_whose_ray_does_not_answer_is_not_joined_and_not_forgotten(home, keeper):
+    """A GCS slow to answer (a busy machine) is not a dead one: no sweep joins it now, but the file stays, so `up`
+    starts no second keeper and `down` still stops this one."""
+    slow = info(keeper.pid, "127.0.0.1:1")
+    warm_ray.write(slow)
+    assert warm_ray.find() is None and warm_ray.read() == slow
+    assert warm_ray.up() == (slow, True)
 
 
 def test_a_sweep_with_no_address_joins_the_warm_ray(home, keeper, tmp_path):
@@ -80,3 +84,15 @@ def test_a_sweep_with_no_address_joins_the_warm_ray(home, keeper, tmp_path):
     assert named.warm_ray == keeper  # its own address given: still this machine's warm Ray (a local store is fine)
     given = SweepOptions.resolve(space, address="10.0.0.5:6379", tracking_uri="http://m:5000", storage="/tmp/r")
     assert (given.address, given.warm_ray) == ("10.0.0.5:6379", None)  # an address given wins
+
+
+def test_a_sweep_with_other_settings_than_the_warm_rays_starts_its_own(home, keeper, tmp_path, monkeypatch, capsys):
+    """The warm Ray's workers run the code and the environment of `up`: a sweep whose own differ (here
+    TUNE_LOSSES_FUSED, which its trials read) does not join it, and says why and how to refresh it."""
+    space = write_space(tmp_path / "s.yaml")
+    monkeypatch.setenv("TUNE_LOSSES_FUSED", "0")
+    o = SweepOptions.resolve(space, tracking_uri=f"sqlite:///{tmp_path}/m.db", storage=str(tmp_path / "ray"))
+    assert (o.address, o.warm_ray) == (None, None)
+    assert "not joining the warm Ray" in capsys.readouterr().out and warm_ray.find() == keeper  # left as it is
+    monkeypatch.delenv("TUNE_LOSSES_FUSED")
+    assert SweepOptions.resolve(space, tracking_uri=f"sqlite:///{tmp_path}/m.db").warm_ray == keeper

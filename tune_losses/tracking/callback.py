@@ -16,7 +16,7 @@ from typing import Any
 from ray.tune import Callback
 
 from . import outcome, record
-from .ledger import Ledger, trial_key
+from .ledger import Ledger, as_trial, trial_key
 
 log = logging.getLogger(__name__)
 STOP = object()
@@ -69,12 +69,13 @@ class LedgerCallback(Callback):
         self._retries: dict[str, int] = {}
 
     def _run_id(self, trial) -> str | None:
-        if "group" in (trial.config or {}):
+        config = as_trial(trial.config or {})
+        if "group" in config:
             return None  # a fused group: each member's run is written by the group's trial (tuning/fused_trial.py)
         run_id = (trial.last_result or {}).get("mlflow_run_id")
         if run_id:
             return run_id
-        record = self.ledger.trials().get(trial_key(trial.config))  # it raised before its first report
+        record = self.ledger.trials().get(trial_key(config))  # it raised before its first report
         return record.run_id if record else None
 
     def _write(self, what: str, trial, fn) -> None:

@@ -356,12 +356,13 @@ class StoreWatch:
             {
                 **self.facts,
                 "store_down_since": since,
-                "store_error": STORE.last_error if since else "",
+                "store_error": store.redact(STORE.last_error) if since else "",  # never a URI's password
                 "wait_s": retry_seconds(),
                 "written": time.time(),
             }
         )
-        tmp = self.health.with_name(self.health.name + f".{os.getpid()}.part")
+        tmp = self.health.with_name(self.health.name + f".{uuid.uuid4().hex}.part")
+        tmp.touch(mode=0o600)  # only this user reads it (the lock directory may be readable by others)
         tmp.write_text(text)
         os.replace(tmp, self.health)
         self._written = since

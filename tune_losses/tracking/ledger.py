@@ -75,6 +75,13 @@ def trial_key(config: dict) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def as_trial(config: dict) -> dict:
+    """A Ray trial's config as what it trains: a group of one member (the baseline's: tuning/fusion.py
+    ``baseline_groups``) is that member's trial, run, recorded, named and checkpointed as the unfused trial is."""
+    group = config.get("group")
+    return group[0] if isinstance(group, list) and len(group) == 1 else config
+
+
 def transient(exc: BaseException | None) -> bool:
     """Whether a failed tracking call may succeed when tried again: the store unreachable, locked, busy or
     overloaded. A refused request (a bad value, a missing run) or a broken store (no such table, an unopenable

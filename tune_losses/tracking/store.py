@@ -308,12 +308,15 @@ def schema_template() -> Path | None:
     tmp = folder / f".{path.name}.{uuid.uuid4().hex}.creating"
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):  # (MLflow would retry its engine for a minute before it failed)
+            return None
         _build_schema(tmp)
         os.replace(tmp, path)  # whole or not at all, as the stores made from it
-    except OSError:
+    except Exception:  # a read-only home, a full disk: build each store from scratch instead
         return None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return path
 
 

@@ -86,15 +86,18 @@ class FaultLog:
 
     def write(self, text: str) -> None:
         """A message the cluster pushed to the driver (its own lines, as Ray would print them)."""
-        self.handler.emit(logging.LogRecord("ray.cluster", logging.ERROR, "", 0, text.rstrip(), None, None))
+        self.handler.handle(logging.LogRecord("ray.cluster", logging.ERROR, "", 0, text.rstrip(), None, None))
 
     def __enter__(self) -> FaultLog:
         root = logging.getLogger()
         self._add(root, self.handler)
-        if self.verbose >= 1:  # the console as Python's last resort gives it, now that root has a handler
-            console = logging.StreamHandler(sys.stderr)
+        console = logging.StreamHandler(sys.stderr)  # the last resort Python gave before root had a handler
+        if self.verbose >= 1:
             console.setLevel(logging.INFO if self.verbose > 1 else logging.WARNING)
-            self._add(root, console)
+        else:  # quiet, except the package's own errors (a trial's end not recorded): a user must see those
+            console.setLevel(logging.ERROR)
+            console.addFilter(lambda record: record.name.split(".")[0] == "tune_losses")
+        self._add(root, console)
         for name in OWN_HANDLERS:  # through root's handlers instead (ray.init clears the "ray" logger's own)
             logger = logging.getLogger(name)
             for handler in [h for h in logger.handlers if isinstance(h, logging.StreamHandler)]:

@@ -100,12 +100,13 @@ def plan_fusion(space: Space, cpus: float | None = None, gpus: float | None = No
     if n == len(todo):
         return FusionPlan([], f"{len(todo)} trial{'s' * (n > 1)}, all running at once (nothing to fuse)")
     bounds = [(i * len(todo)) // n for i in range(n + 1)]  # sizes differing by at most one
-    return FusionPlan([todo[bounds[i] : bounds[i + 1]] for i in range(n)] + baseline_groups(space))
+    # the baseline first: the reference of every gain starts at once, and no time budget cuts it before the grid
+    return FusionPlan(baseline_groups(space) + [todo[bounds[i] : bounds[i + 1]] for i in range(n)])
 
 
 def baseline_groups(space: Space) -> list[list[dict]]:
-    """The baseline's trials (tuning/baseline.py; one per sample), each a group of its own: it trains another
-    loss, so it shares no model with the swept configs, and it records what its unfused trial records."""
+    """The baseline's trials (tuning/baseline.py; one per sample), each a group of one: it trains another loss, so
+    it shares no model with the swept configs; tracking/ledger.py ``as_trial`` makes it the unfused trial it is."""
     if not space.baseline:
         return []
     point = {"params": {BASELINE_KEY: space.baseline}}

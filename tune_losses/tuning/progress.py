@@ -102,7 +102,9 @@ class SweepProgress(Callback):
     # --- what is shown ----------------------------------------------------------------------------------------
     def name(self, trial) -> str:
         if trial.trial_id not in self.names:
-            config = trial.config or {}
+            from tune_losses.tracking.ledger import as_trial
+
+            config = as_trial(trial.config or {})
             if "group" in config:  # a fused group (tuning/fusion.py): its members' values
                 members = [m.get("params", {}) for m in config["group"]]
                 values = {
@@ -401,13 +403,14 @@ def node_lost(node_id: str, timeout: float = 1.0) -> bool:
 def checkpoint_epoch(root: str, config: dict) -> int | None:
     """The epoch of the trial's (or fused group's) checkpoint under ``root``, 0 without one; None where it
     cannot be read from here (remote storage, an unreadable file)."""
-    from tune_losses.tracking.ledger import trial_key
+    from tune_losses.tracking.ledger import as_trial, trial_key
     from tune_losses.training.checkpoint import FILENAME, load_checkpoint
 
     from .fusion import group_key
 
     if not root or "://" in root:
         return None
+    config = as_trial(config)
     members = config.get("group")
     key = group_key([trial_key(m) for m in members]) if members else trial_key(config)
     if not (Path(root) / key / FILENAME).is_file():

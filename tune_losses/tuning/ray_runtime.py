@@ -33,6 +33,9 @@ PRELOAD_MODULES = ["tune_losses.tuning.trial"]
 def run_trial(config: dict, space_json: dict, sweep: dict, data=None) -> None:
     """The trainable the driver gives Ray Tune: tuning/trial.py's ``run_trial``, imported in the trial process
     (a prestarted worker has it already)."""
+    from tune_losses.tracking.ledger import as_trial
+
+    config = as_trial(config)  # a group of one (the baseline) runs as its unfused trial
     if "group" in config:  # a fused group of configs (tuning/fusion.py, fused_trial.py)
         from .fused_trial import run_group
 

@@ -429,10 +429,20 @@ def _has_checkpoint(root: str, key: str) -> bool:
 
 
 def _warm_ray():
-    """The warm local Ray of `tune-losses up` (tuning/warm_ray.py), or None (a stale record is removed)."""
-    from .warm_ray import find
+    """The warm local Ray of `tune-losses up` (tuning/warm_ray.py), or None (a stale record is removed); None as
+    well, with a line saying why, when its workers run other code or settings than this command has."""
+    from .warm_ray import TRIAL_ENV, find, fingerprint
 
-    return find()
+    warm = find()
+    if warm is not None and warm.fingerprint != fingerprint():
+        print(
+            "Ray: not joining the warm Ray of `tune-losses up`: its workers run the code and settings of when it "
+            f"started (tune_losses, or one of {', '.join(TRIAL_ENV[:3])}, ... changed since); "
+            "`tune-losses down && tune-losses up` refreshes it",
+            flush=True,
+        )
+        return None
+    return warm
 
 
 def _local_gpus() -> int:

@@ -352,13 +352,14 @@ class TrialAttempt:
 
 def asha_rungs(space: Space) -> set[int]:
     """The epochs where ASHA may stop a trial: those that reach one of its milestones, grace_period x
-    reduction_factor^k below max_t (Ray Tune's ASHAScheduler, one bracket)."""
+    reduction_factor^k below max_t (Ray Tune's ASHAScheduler, one bracket), and max_t itself, where it stops
+    every trial (a space may set max_t below train.epochs)."""
     s = space.search.scheduler
     if s.name != "asha":
         return set()
     max_t = s.max_t or space.train.epochs
     count = int(math.log(max_t / s.grace_period) / math.log(s.reduction_factor) + 1)
-    return {math.ceil(s.grace_period * s.reduction_factor**k) for k in range(count)}
+    return {math.ceil(s.grace_period * s.reduction_factor**k) for k in range(count)} | {max_t}
 
 
 class Cadence:

@@ -83,8 +83,13 @@ def _fusion(sweep):
     plan = plan_fusion(sweep.options.space, have.get("CPU"), have.get("GPU"))
     if sweep.options.progress:
         if plan.fused:
-            n = sum(len(g) for g in plan.groups)
-            print(f"Fused: {n} trials as {len(plan.groups)} vectorised groups (one MLflow run per trial)", flush=True)
+            fused = [g for g in plan.groups if len(g) > 1]  # a group of one (the baseline) is a plain trial
+            n, alone = sum(len(g) for g in fused), len(plan.groups) - len(fused)
+            print(
+                f"Fused: {n} trials as {len(fused)} vectorised groups (one MLflow run per trial)"
+                + (f", and {alone} baseline trial{'s' * (alone > 1)} alone" if alone else ""),
+                flush=True,
+            )
         else:
             print(f"Not fused: {plan.reason}", flush=True)
     return plan

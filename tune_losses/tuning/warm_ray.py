@@ -15,6 +15,7 @@ The address file, ``<TUNE_LOSSES_HOME>/warm-ray.json`` (``runs/`` by default), w
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -42,6 +43,7 @@ class WarmRay:
     preload: list[str]
     token_auth: bool  # whether a driver must send the token (~/.ray/auth_token) to join
     started: float  # epoch seconds
+    fingerprint: str = ""  # of the code and settings its workers run with (``fingerprint``)
 
     def describe(self) -> str:
         return f"address {self.address}, {self.num_cpus} CPUs, keeper pid {self.pid}"
@@ -59,6 +61,42 @@ def state_file() -> Path:
     from tune_losses.tracking import run_dir
 
     return run_dir() / FILENAME
+
+
+#: what a trial process reads from its environment: the warm Ray's workers have `up`'s values, not a sweep's
+TRIAL_ENV = (
+    "TUNE_LOSSES_FUSED",
+    "TUNE_LOSSES_STORE_WAIT_S",
+    "TUNE_LOSSES_MLFLOW_RETRY_S",
+    "TUNE_LOSSES_DATA",
+    "TUNE_LOSSES_FEATURES",
+    "TUNE_LOSSES_LOCK_DIR",
+    "TORCH_EXTENSIONS_DIR",
+    "CUDA_VISIBLE_DEVICES",
+    "OMP_NUM_THREADS",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_INSECURE_TLS",
+    "MLFLOW_TRACKING_SERVER_CERT_PATH",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+)
+
+
+def fingerprint() -> str:
+    """A hash of the package's code (its workers imported it at `up`) and of :data:`TRIAL_ENV` (values hashed,
+    never stored): a sweep joins the warm Ray only when its own is the same."""
+    import tune_losses
+
+    key = hashlib.sha256()
+    root = Path(tune_losses.__file__).parent
+    for source in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".cpp")):
+        key.update(str(source.relative_to(root)).encode() + b"\0" + source.read_bytes())
+    key.update(json.dumps({name: os.environ.get(name) for name in TRIAL_ENV}, sort_keys=True).encode())
+    return key.hexdigest()[:16]
 
 
 def read(path: Path | None = None) -> WarmRay | None:
@@ -101,10 +139,10 @@ def find(path: Path | None = None) -> WarmRay | None:
     info = read(path)
     if info is None:
         return None
-    if keeper_alive(info.pid) and _gcs_answers(info.address):
-        return info
-    _remove(path, info.pid)
-    return None
+    if not keeper_alive(info.pid):
+        _remove(path, info.pid)
+        return None
+    return info if _gcs_answers(info.address) else None  # alive but slow: not joined now, and not forgotten
 
 
 def _remove(path: Path, pid: int) -> None:
@@ -120,6 +158,9 @@ def up(num_cpus: int | None = None) -> tuple[WarmRay, bool]:
     found = find(path)
     if found is not None:
         return found, True
+    held = read(path)
+    if held is not None and keeper_alive(held.pid):  # up, its Ray slow to answer: never a second keeper
+        return held, True
     path.parent.mkdir(parents=True, exist_ok=True)
     log = path.with_suffix(".log")
     cmd = [sys.executable, "-m", KEEPER, str(path)] + ([str(num_cpus)] if num_cpus else [])
@@ -173,6 +214,22 @@ def idle_workers(session: int) -> int:
     return count
 
 
+def _rewarm(info: WarmRay, node: dict, own_job, ended: int) -> int:
+    """Once a job has ended and none runs, start preloaded workers for the CPUs that have none waiting (Ray ends
+    a job's workers with it). Returns how many jobs have ended."""
+    from tune_losses import _internals
+
+    jobs = {job: running for job, running in _internals.job_states().items() if job != own_job}
+    now_ended = sum(not running for running in jobs.values())
+    if now_ended > ended and not any(jobs.values()):
+        time.sleep(1.0)  # the ended job's workers exit
+        missing = info.num_cpus - idle_workers(os.getsid(0))
+        if missing > 0:
+            _internals.prestart_workers(node["NodeManagerAddress"], node["NodeManagerPort"], missing, KEEP_ALIVE_S)
+        return now_ended
+    return ended
+
+
 def keep(path: Path, num_cpus: int | None) -> None:
     """The keeper's life: start Ray, record it, keep its workers warm until SIGTERM."""
     import ray
@@ -191,6 +248,7 @@ def keep(path: Path, num_cpus: int | None) -> None:
         preload=list(PRELOAD_MODULES),
         token_auth=_internals.token_auth_enabled(),
         started=time.time(),
+        fingerprint=fingerprint(),
     )
     own_job = ray.get_runtime_context().get_job_id()
     try:
@@ -198,16 +256,11 @@ def keep(path: Path, num_cpus: int | None) -> None:
         ended = 0
         while True:
             time.sleep(POLL_S)
-            jobs = {job: running for job, running in _internals.job_states().items() if job != own_job}
-            now_ended = sum(not running for running in jobs.values())
-            if now_ended > ended and not any(jobs.values()):
-                time.sleep(1.0)  # the ended job's workers exit
-                missing = info.num_cpus - idle_workers(os.getsid(0))
-                if missing > 0:
-                    _internals.prestart_workers(
-                        node["NodeManagerAddress"], node["NodeManagerPort"], missing, KEEP_ALIVE_S
-                    )
-                ended = now_ended
+            try:
+                ended = _rewarm(info, node, own_job, ended)
+            except Exception as exc:  # a slow GCS, a timed-out call: the sweeps on this Ray go on; try again
+                print(f"keeping the workers warm failed ({exc!r}); trying again", file=sys.stderr, flush=True)
+                time.sleep(5 * POLL_S)
     finally:
         _remove(path, info.pid)
         ray.shutdown()
