@@ -389,7 +389,7 @@ class TrialClock:
         self.started, self.ledger = started, ledger
         self.seconds = {"checkpoint": 0.0, "tune_report": 0.0, "in_report": 0.0}
         self.train_start = self.train_end = 0.0
-        self.saved_at, self.save_took = float("-inf"), 0.0
+        self.saves = Cadence(CHECKPOINT_SHARE)
         self.first = True
 
     def train_started(self) -> None:
@@ -419,15 +419,13 @@ class TrialClock:
         return {f"seconds_{k}": v for k, v in parts.items()}
 
     def checkpoint_due(self) -> bool:
-        return time.perf_counter() - self.saved_at >= self.save_took * (1 / CHECKPOINT_SHARE - 1)
+        return self.saves.due()
 
     @contextlib.contextmanager
     def checkpointing(self):
-        begun = time.perf_counter()
-        yield
-        self.saved_at = time.perf_counter()
-        self.save_took = self.saved_at - begun
-        self.seconds["checkpoint"] += self.save_took
+        with self.saves.timed():
+            yield
+        self.seconds["checkpoint"] += self.saves.took
 
     @contextlib.contextmanager
     def reporting(self):
