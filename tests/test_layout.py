@@ -69,3 +69,13 @@ def test_no_import_circle():
         if module not in state:
             visit(module, [module])
     assert circles == [], [" -> ".join(c) for c in circles]
+
+
+def test_test_files_have_unique_names():
+    """tests/ has no __init__.py: pytest imports each test file by its name, so two files of one name in two
+    folders make the second fail to collect ("import file mismatch")."""
+    import collections
+    from pathlib import Path
+
+    names = collections.Counter(p.name for p in (Path(__file__).parent).rglob("test_*.py"))
+    assert [n for n, count in names.items() if count > 1] == []

@@ -95,4 +95,4 @@ def test_a_sweep_that_cannot_fuse_runs_as_before(tmp_path, ray_local, capsys, fu
     )
     out = capsys.readouterr().out
     assert "Not fused: scheduler asha stops configs one by one" in out
-    assert result.summary["trials"] == len(GRID)
+    assert result.summary["trials"] == len(GRID) + 1  # and the baseline

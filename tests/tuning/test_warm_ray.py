@@ -1,5 +1,5 @@
 """The warm Ray's address file (tuning/warm_ray.py): written atomically, a stale one found and removed, and a sweep
-with no address joins the recorded Ray. The real `up` -> sweep -> `down` is tests/e2e/test_warm_ray.py."""
+with no address joins the recorded Ray. The real `up` -> sweep -> `down` is tests/e2e/test_warm_ray_e2e.py."""
 
 import os
 import socket
@@ -28,7 +28,7 @@ def home(tmp_path, monkeypatch):
 @pytest.fixture
 def keeper(home):
     """A process whose command line names the keeper's module, and a port that answers as its GCS would: what
-    ``find`` checks (the file logic, not Ray: tests/e2e/test_warm_ray.py runs the real one)."""
+    ``find`` checks (the file logic, not Ray: tests/e2e/test_warm_ray_e2e.py runs the real one)."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen()
