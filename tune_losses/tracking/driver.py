@@ -239,7 +239,7 @@ def claim(client, parent, retrying) -> int:
 def _supersede(message: str) -> None:
     """What a driver does when another has claimed its sweep: stop at once, writing nothing more, as a kill
     would (its trials end with it; the new driver continues them from the ledger)."""
-    log.error(message)
+    log.warning(message)  # to the sweep's log file; the console gets the line below
     print(f"error: {message}", file=sys.stderr, flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 
