@@ -38,6 +38,26 @@ def test_a_store_outage_is_one_line_down_and_one_line_back(view):
     assert len(lines) == 2, lines
     assert lines[0].startswith("waiting for the tracking store since ") and lines[0].endswith("(trials paused)")
     assert lines[1] == "tracking store back after 0:00"
+    progress.on_experiment_end([])
+
+
+def test_the_outage_lines_come_while_the_loop_is_blocked(view):
+    """Ray Tune's loop can wait in a retried tracking call for the whole outage (a new user saw no line at all):
+    the store's health tells the live view itself, from whichever thread saw the change."""
+    import threading
+
+    progress, out = view
+    progress.setup(total_num_samples=5)
+    watch = threading.Thread(target=lambda: STORE.failed(ConnectionError("Connection refused")))
+    watch.start()
+    watch.join()
+    assert out.getvalue().startswith("waiting for the tracking store since ")  # no step has run since
+    STORE.reached()
+    assert out.getvalue().splitlines()[-1].startswith("tracking store back after ")
+    progress.on_experiment_end([])
+    STORE.failed(ConnectionError("after the sweep"))
+    STORE.reached()
+    assert "after the sweep" not in out.getvalue() and len(out.getvalue().splitlines()) == 4  # + the end lines
 
 
 def test_a_lost_trial_goes_on_from_its_checkpoints_epoch(tmp_path):

@@ -18,6 +18,7 @@ missing run) raises at once. ``TUNE_LOSSES_STORE_WAIT_S`` bounds the time one ca
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -142,14 +143,24 @@ class StoreHealth:
     def __init__(self) -> None:
         self.failing_since: float | None = None
         self.last_error = ""
+        # told at each change (the live view): a driver blocked in a retried call would only see it afterwards
+        self.listeners: list = []
 
     def failed(self, exc: BaseException | None) -> None:
+        self.last_error = str(exc)[:200]
         if self.failing_since is None:
             self.failing_since = time.time()
-        self.last_error = str(exc)[:200]
+            self._tell()
 
     def reached(self) -> None:
-        self.failing_since = None
+        if self.failing_since is not None:
+            self.failing_since = None
+            self._tell()
+
+    def _tell(self) -> None:
+        for listener in list(self.listeners):
+            with contextlib.suppress(Exception):  # a display must never fail a tracking call
+                listener()
 
 
 #: this process's view of the store

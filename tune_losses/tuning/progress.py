@@ -33,8 +33,10 @@ they run before Ray is imported).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -97,6 +99,7 @@ class SweepProgress(Callback):
         self.checkpoints = checkpoints  # the sweep's checkpoint root: the epoch a lost trial goes on from
         self.retried: set[str] = set()  # trials whose retry the recover line announced
         self.store_down: float | None = None  # since when the driver has not reached the store, as last shown
+        self.store_lock = threading.Lock()
         self.log_named = False
 
     # --- what is shown ----------------------------------------------------------------------------------------
@@ -204,6 +207,9 @@ class SweepProgress(Callback):
 
     # --- Ray Tune hooks ---------------------------------------------------------------------------------------
     def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
+        from tune_losses.tracking.ledger import STORE
+
+        STORE.listeners.append(self.show_store)  # until on_experiment_end
         self.total_trials = total_num_samples
         self.start = self.last_line = time.monotonic()
         if self.use_bar:
@@ -221,10 +227,15 @@ class SweepProgress(Callback):
         self.draw()
 
     def show_store(self) -> None:
-        """One line when the driver finds the store down, one when it answers again."""
+        """One line when the driver finds the store down, one when it answers again: called at each step and by
+        the store's health itself (``STORE.listeners``, from the store watch's thread), since the loop may be
+        blocked in a retried tracking call for the whole outage."""
         from tune_losses.tracking.ledger import STORE
 
-        since = STORE.failing_since
+        with self.store_lock:
+            self._show_store(STORE.failing_since)
+
+    def _show_store(self, since: float | None) -> None:
         if since == self.store_down:
             return
         if since is not None and self.store_down is None:
@@ -354,6 +365,10 @@ class SweepProgress(Callback):
         self.draw(force=True)
 
     def on_experiment_end(self, trials, **info):
+        from tune_losses.tracking.ledger import STORE
+
+        with contextlib.suppress(ValueError):
+            STORE.listeners.remove(self.show_store)
         self.draw(force=True, final=True)
         if self.bars:
             for bar in self.bars:
