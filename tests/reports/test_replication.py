@@ -181,3 +181,22 @@ def test_the_best_value_verdict_uses_the_welch_bh_test():
     assert replication.TIED.get(replication.best_verdict(tight, 9.0, "max")[0]) is None  # not run: no metric
     single = {1.0: np.array([0.9]), 2.0: np.array([0.8])}
     assert replication.TIED.get(replication.best_verdict(single, 2.0, "max")[0]) is None  # untested
+
+
+def test_a_trend_on_another_data_set_compares_no_numbers_and_intervals_stay_within_0_100():
+    """On another data set than the paper's, the paper's numbers are for the curve's shape only: no difference
+    and no 'in our interval' (a new user read 'diff -75.66' for digits against LabelMe). A t-interval of two
+    replicas can pass 0 or 100: a rate's interval is cut there."""
+    import numpy as np
+    import pandas as pd
+
+    from tune_losses.reports.replication import per_value
+
+    samples = {5.0: np.array([0.02, 0.30]), 10.0: np.array([0.97, 0.999])}
+    paper = pd.Series({5.0: 88.8, 10.0: 90.1})
+    trend = per_value(samples, paper, {}, "loss.a", on_paper=False)
+    assert trend["paper_%"].tolist() == [88.8, 90.1]
+    assert trend["diff_%"].isna().all() and trend["paper_in_ci"].isna().all()
+    assert trend["ci_low_%"].min() >= 0 and trend["ci_high_%"].max() <= 100
+    same = per_value(samples, paper, {}, "loss.a", on_paper=True)
+    assert same["diff_%"].round(2).tolist() == [-72.8, 8.35] and same["paper_in_ci"].tolist() == [True, True]
