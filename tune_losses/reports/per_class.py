@@ -50,7 +50,9 @@ def per_class_recall(best: np.ndarray, base: np.ndarray) -> pd.DataFrame:
         mean_r, low_r, high_r = np.clip(mean_ci(rr[:, c][~np.isnan(rr[:, c])]), 0, PERCENT)
         if len(rb) == len(rr):  # same seeds: the paired difference
             diff = rb[:, c] - rr[:, c]
-            gain, gain_low, gain_high = mean_ci(diff[~np.isnan(diff)])
+            gain, gain_low, gain_high = np.clip(
+                mean_ci(diff[~np.isnan(diff)]), -PERCENT, PERCENT
+            )  # a difference of rates
         else:
             gain, gain_low, gain_high = _welch_ci(rb[:, c], rr[:, c])
         rows.append(
