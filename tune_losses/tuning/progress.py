@@ -55,6 +55,11 @@ def _num(value) -> str:
     return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
 
 
+#: one store line at a time (the loop and the store watch both say them); module-level: Ray Tune pickles the
+#: callback, and a lock does not pickle
+_STORE_LINES = threading.Lock()
+
+
 class SweepProgress(Callback):
     """Progress of a sweep (``space``: a ``spaces.Space``) as Ray Tune runs it.
 
@@ -99,7 +104,6 @@ class SweepProgress(Callback):
         self.checkpoints = checkpoints  # the sweep's checkpoint root: the epoch a lost trial goes on from
         self.retried: set[str] = set()  # trials whose retry the recover line announced
         self.store_down: float | None = None  # since when the driver has not reached the store, as last shown
-        self.store_lock = threading.Lock()
         self.log_named = False
 
     # --- what is shown ----------------------------------------------------------------------------------------
@@ -232,7 +236,7 @@ class SweepProgress(Callback):
         blocked in a retried tracking call for the whole outage."""
         from tune_losses.tracking.ledger import STORE
 
-        with self.store_lock:
+        with _STORE_LINES:
             self._show_store(STORE.failing_since)
 
     def _show_store(self, since: float | None) -> None:
