@@ -20,6 +20,8 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
+from tune_losses.atomic import replacing
+
 from .registry import build_dataset, register
 from .splits import Split, Splits
 
@@ -157,12 +159,9 @@ def write_features(path, arrays: dict, meta: dict) -> Path:
             )
         )
     table = pa.concat_tables(tables).replace_schema_metadata({"tune_losses": json.dumps(meta, default=str)})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".part")
-    pq.write_table(table, tmp)
-    tmp.rename(path)
-    return path
+    with replacing(path) as staged:  # two processes caching the same features: each writes its own, one wins
+        pq.write_table(table, staged)
+    return Path(path)
 
 
 def load_features(path) -> Splits:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tune_losses.atomic import replacing
+
 from .registry import register
 from .splits import make_splits
 
@@ -46,9 +48,8 @@ def _stage_fashion_mnist(root: Path) -> None:
             for f in gz:
                 target = raw / f.name[:-3]
                 if not target.exists():
-                    with gzip.open(f) as fin, open(target.with_suffix(".part"), "wb") as fout:
+                    with gzip.open(f) as fin, replacing(target) as staged, open(staged, "wb") as fout:
                         shutil.copyfileobj(fin, fout)
-                    target.with_suffix(".part").rename(target)
             return
 
 

@@ -39,6 +39,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from tune_losses.atomic import replacing
+
 SOURCE = Path(__file__).with_name("csrc") / "fused.cpp"
 CFLAGS = ["-O3", "-fopenmp-simd"]
 #: measured: `time TORCH_EXTENSIONS_DIR=$(mktemp -d) python -c "from tune_losses.losses import fused; fused.build()"`
@@ -110,9 +112,8 @@ def _source_copy(directory: Path) -> Path:
     every checkout builds from one path and finds the build up to date."""
     copy = directory / SOURCE.name
     if not copy.is_file() or copy.read_bytes() != SOURCE.read_bytes():
-        tmp = directory / f".{SOURCE.name}.{os.getpid()}.tmp"
-        shutil.copyfile(SOURCE, tmp)
-        os.replace(tmp, copy)
+        with replacing(copy) as staged:
+            shutil.copyfile(SOURCE, staged)
     return copy
 
 

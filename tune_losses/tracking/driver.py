@@ -58,6 +58,8 @@ from pathlib import Path
 
 from mlflow.entities import RunTag
 
+from tune_losses import atomic
+
 from . import record, store
 from .ledger import STORE, retry_seconds
 
@@ -361,10 +363,7 @@ class StoreWatch:
                 "written": time.time(),
             }
         )
-        tmp = self.health.with_name(self.health.name + f".{uuid.uuid4().hex}.part")
-        tmp.touch(mode=0o600)  # only this user reads it (the lock directory may be readable by others)
-        tmp.write_text(text)
-        os.replace(tmp, self.health)
+        atomic.write_text(self.health, text, mode=0o600)  # only this user reads it (the lock directory may not)
         self._written = since
 
     def stop(self) -> None:

@@ -34,6 +34,8 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunTag
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
+from tune_losses.atomic import replacing
+
 from . import record, store
 from .outcome import SUPERSEDED
 
@@ -373,12 +375,8 @@ class Ledger:
                     self.call("log_artifact", run_id, str(Path(tmp) / name))
                 return
             target.mkdir(parents=True, exist_ok=True)
-            staged = target.parent / f".{name}.{uuid.uuid4().hex}.tmp"  # outside the listed artifacts
-            try:
+            with replacing(target / name, staging_dir=target.parent) as staged:  # outside the listed artifacts
                 write(staged)
-                os.replace(staged, target / name)
-            finally:
-                staged.unlink(missing_ok=True)
         finally:
             self.seconds = counted + time.perf_counter() - start
 

@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import socket
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
@@ -18,6 +17,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from tune_losses import _internals
+from tune_losses.atomic import replacing
 
 from . import record
 
@@ -276,20 +276,15 @@ def create_sqlite_store(db: Path) -> None:
     The schema is built once per MLflow version (about 1 s of migrations) and copied from then on."""
     if db.exists():
         return
-    # a name never used before: MLflow caches each store (and its open database) by URI
-    tmp = db.with_name(f".{db.name}.{uuid.uuid4().hex}.creating")
-    try:
+    # staged under a name never used before: MLflow caches each store (and its open database) by URI
+    with replacing(db, keep_existing=True) as staged:  # another process may make it meanwhile: keep the first
         template = schema_template()
         if template is None:
-            _build_schema(tmp)
+            _build_schema(staged)
         else:
-            shutil.copyfile(template, tmp)
+            shutil.copyfile(template, staged)
             # the copy's Default experiment (id 0) points where its template was built: beside this store instead
-            _internals.set_default_experiment_location(tmp, (db.resolve().parent / "mlartifacts" / "0").as_uri())
-        if not db.exists():  # another process may have made it meanwhile: both are whole, keep the first
-            os.replace(tmp, db)
-    finally:
-        tmp.unlink(missing_ok=True)
+            _internals.set_default_experiment_location(staged, (db.resolve().parent / "mlartifacts" / "0").as_uri())
 
 
 def _build_schema(db: Path) -> None:
@@ -305,18 +300,14 @@ def schema_template() -> Path | None:
     path = folder / f"mlflow-{mlflow.__version__}-sqlalchemy-{sqlalchemy.__version__}.db"
     if path.exists():
         return path
-    tmp = folder / f".{path.name}.{uuid.uuid4().hex}.creating"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         if not os.access(folder, os.W_OK):  # (MLflow would retry its engine for a minute before it failed)
             return None
-        _build_schema(tmp)
-        os.replace(tmp, path)  # whole or not at all, as the stores made from it
+        with replacing(path) as staged:  # whole or not at all, as the stores made from it
+            _build_schema(staged)
     except Exception:  # a read-only home, a full disk: build each store from scratch instead
         return None
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
     return path
 
 

@@ -8,24 +8,19 @@ groups have neither and restore as before. Written atomically, loaded with weigh
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
+
+from tune_losses.atomic import replacing
 
 FILENAME = "state.pt"
 
 
 def save_checkpoint(state: dict, directory) -> Path:
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / FILENAME
-    tmp = directory / (FILENAME + ".part")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())  # on disk before the rename makes it the checkpoint: a crash leaves the old or the new
-    os.replace(tmp, path)
+    path = Path(directory) / FILENAME
+    with replacing(path, durable=True) as staged:  # a crash leaves the old checkpoint or the new, on disk
+        torch.save(state, staged)
     return path
 
 

@@ -110,11 +110,9 @@ def read(path: Path | None = None) -> WarmRay | None:
 
 def write(info: WarmRay, path: Path | None = None) -> None:
     """Atomically: a reader sees the old file or the new one, never half of one."""
-    path = path or state_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(asdict(info), indent=2))
-    os.replace(tmp, path)
+    from tune_losses import atomic
+
+    atomic.write_text(path or state_file(), json.dumps(asdict(info), indent=2))
 
 
 def keeper_alive(pid: int) -> bool:

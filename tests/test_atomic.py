@@ -1,0 +1,67 @@
+"""tune_losses/atomic.py: a file replaced whole, whatever cuts the write."""
+
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from tune_losses import atomic
+
+KILLED_MID_WRITE = """
+import os, sys
+from tune_losses.atomic import replacing
+with replacing(sys.argv[1]) as staged:
+    staged.write_text("half of the new")
+    os._exit(9)  # a SIGKILL, a full disk: the block never ends
+"""
+
+
+def test_a_reader_sees_the_old_file_until_the_new_one_is_whole(tmp_path):
+    path = tmp_path / "f.json"
+    path.write_text("old")
+    with atomic.replacing(path) as staged:
+        staged.write_text("new")
+        assert path.read_text() == "old" and staged.parent == tmp_path and staged.name.startswith(".")
+    assert path.read_text() == "new" and os.listdir(tmp_path) == ["f.json"]
+
+
+def test_an_error_in_the_block_keeps_the_old_file_and_leaves_nothing(tmp_path):
+    path = tmp_path / "f"
+    path.write_text("old")
+    with pytest.raises(OSError), atomic.replacing(path) as staged:
+        staged.write_text("new")
+        raise OSError(28, "No space left on device")
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["f"]
+
+
+def test_a_killed_writer_leaves_the_old_file_and_the_next_write_works(tmp_path):
+    path = tmp_path / "state.pt"
+    path.write_text("old")
+    done = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(path)], capture_output=True, timeout=60)
+    assert done.returncode == 9 and path.read_text() == "old"
+    left = [p for p in tmp_path.iterdir() if p != path]
+    assert len(left) == 1 and left[0].name.startswith(".state.pt.")  # hidden; no later write reuses its name
+    atomic.write_text(path, "new", durable=True)
+    assert path.read_text() == "new"
+
+
+def test_mode_is_set_before_any_byte_is_written(tmp_path):
+    with atomic.replacing(tmp_path / "health.json", mode=0o600) as staged:
+        assert stat.S_IMODE(staged.stat().st_mode) == 0o600 and staged.read_text() == ""
+        staged.write_text("{}")
+    assert stat.S_IMODE((tmp_path / "health.json").stat().st_mode) == 0o600
+
+
+def test_staging_elsewhere_and_keeping_a_file_another_process_made(tmp_path):
+    listed, staging = tmp_path / "artifacts", tmp_path
+    with atomic.replacing(listed / "replicas.parquet", staging_dir=staging) as staged:
+        assert staged.parent == staging and listed.is_dir() and not list(listed.iterdir())
+        staged.write_text("table")
+    assert (listed / "replicas.parquet").read_text() == "table"
+    db = tmp_path / "mlflow.db"
+    with atomic.replacing(db, keep_existing=True) as staged:
+        staged.write_text("mine")
+        db.write_text("theirs")  # made meanwhile by another process
+    assert db.read_text() == "theirs" and not staged.exists()
