@@ -5,6 +5,7 @@ kernels, which need none: their vmap rule (public torch.library API) gives what 
 import inspect
 import logging
 import mmap
+import os
 from pathlib import Path
 
 import pytest
@@ -213,3 +214,38 @@ def test_what_the_warm_rays_keeper_uses_is_there():
     assert common_pb2.PYTHON is not None and runtime_environment_pb2.RuntimeEnvInfo(serialized_runtime_env="{}")
     assert callable(authentication_token_setup._enable_token_auth), changed("_enable_token_auth (gone)")
     assert callable(authentication_utils.is_token_auth_enabled), changed("is_token_auth_enabled (gone)")
+
+
+EXIT_SCRIPT = """
+import atexit, sys, threading, time
+from pathlib import Path
+from tune_losses._internals import exit_without_teardown
+
+out = Path(sys.argv[1])
+def late():  # a thread that is not a daemon, still writing when the command returns
+    time.sleep(0.3)
+    (out / "thread").write_text("done")
+threading.Thread(target=late).start()
+atexit.register(lambda: (out / "atexit").write_text("ran"))
+print("printed, not flushed", end="")
+exit_without_teardown(3)
+"""
+
+
+def test_the_commands_exit_joins_threads_runs_atexit_and_keeps_the_code(tmp_path):
+    """cli.run leaves through exit_without_teardown: Python's own exit steps (threading._shutdown,
+    atexit._run_exitfuncs, Python 3.11) must still be there, and do what the interpreter's exit does."""
+    import atexit
+    import subprocess
+    import sys
+    import threading
+
+    assert callable(getattr(threading, "_shutdown", None)) and callable(getattr(atexit, "_run_exitfuncs", None)), (
+        "Python no longer has threading._shutdown or atexit._run_exitfuncs: revisit _internals.exit_without_teardown"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout block-buffered, as piped
+    command = [sys.executable, "-c", EXIT_SCRIPT, str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "printed, not flushed"
+    assert (tmp_path / "thread").read_text() == "done" and (tmp_path / "atexit").read_text() == "ran"

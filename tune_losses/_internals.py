@@ -34,17 +34,27 @@
   (tracking/store.py ``create_sqlite_store``); the copy's Default experiment is pointed beside it
   (:func:`set_default_experiment_location`).
 
+* Python's own exit steps, ``threading._shutdown`` (joins the threads that are not daemons, and runs what
+  ``concurrent.futures`` registered to end its pools) and ``atexit._run_exitfuncs`` (Python 3.11): the
+  command runs both, in the interpreter's order, then leaves with ``os._exit``, skipping the teardown of every
+  module (1.9 s after importing torch, Ray and MLflow on the 2-CPU machine, measured with a script that imports
+  ``tune_losses.tuning.trial`` and exits either way): :func:`exit_without_teardown`.
+
 The fused loss kernels need no private interface: they are ``torch.library.custom_op`` operators with autograd
 and vmap rules (losses/fused.py).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
+import os
 import sqlite3
+import sys
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 #: The key of Ray's system config (RayConfig, C++) that lists the modules prestarted workers import.
 PRELOAD_CONFIG_KEY = "preload_python_modules"
@@ -174,3 +184,15 @@ def set_default_experiment_location(db: Path, location: str) -> None:
         ).rowcount
     if changed != 1:
         raise RuntimeError(f"{db}: no Default experiment (id 0) in this MLflow store's experiments table")
+
+
+def exit_without_teardown(code: int) -> NoReturn:
+    """Exit with ``code`` as the interpreter would, minus the teardown of its modules: non-daemon threads are
+    joined, the atexit handlers run (Ray's shutdown of the Ray a sweep started, MLflow's, logging's), the
+    standard streams are flushed; then ``os._exit``. Nothing a command wrote is left unwritten."""
+    threading._shutdown()  # type: ignore[attr-defined]
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed pipe (`... | head`): nothing left to show
+            stream.flush()
+    os._exit(code)

@@ -382,5 +382,14 @@ def main(argv=None) -> int:
         return 130
 
 
+def run() -> None:
+    """The `tune-losses` command (and ``python -m tune_losses.cli``): :func:`main`, then an exit that skips the
+    interpreter's teardown of torch, Ray and MLflow (seconds of every command; tune_losses/_internals.py)."""
+    code = main()
+    from tune_losses._internals import exit_without_teardown
+
+    exit_without_teardown(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
