@@ -18,8 +18,20 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray runtime (2 CPUs) shared by the sweep tests."""
+def plugin_dir(tmp_path_factory):
+    """Where a test writes the `train.plugins` modules of its space: on the import path of this process (the
+    driver imports a space's plugins to check it) and of the shared Ray's workers (each trial imports them)."""
+    import sys
+
+    folder = tmp_path_factory.mktemp("plugins")
+    sys.path.insert(0, str(folder))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def ray_local(plugin_dir):
+    """One local Ray runtime (2 CPUs) shared by the sweep tests; its workers import from ``plugin_dir`` too."""
     import ray
 
     from tune_losses.tuning.ray_runtime import init_ray

@@ -192,3 +192,17 @@ def driver_of(pid: int, **over) -> str:
     from tune_losses.tracking.driver import _stat, driver_tag
 
     return json.dumps({**json.loads(driver_tag()), "pid": pid, "start": _stat(pid)[1], **over})
+
+
+#: a plugin's guard: what it patches, it patches in a trial process only (the driver imports it too, to check)
+IN_TRIAL = "__import__('ray').get_runtime_context().get_actor_id() is not None"
+
+
+def write_plugin(plugin_dir, stem: str, text: str) -> str:
+    """A `train.plugins` module in ``plugin_dir`` (conftest.py), under a name no other test uses (this process
+    keeps every module it imported); returns the name."""
+    import uuid
+
+    name = f"{stem}_{uuid.uuid4().hex[:8]}"
+    (plugin_dir / f"{name}.py").write_text(text)
+    return name

@@ -15,7 +15,7 @@ import pytest
 from tune_losses import tracking
 from tune_losses.tracking.driver import local_driver
 
-from helpers import free_port, start_mlflow_server, stop_server, write_space
+from helpers import free_port, start_mlflow_server, stop_server, write_plugin, write_space
 
 pytestmark = pytest.mark.slow
 
@@ -42,31 +42,21 @@ class FlakyCE(CrossEntropyLoss):
 '''
 
 
-def run_cli(args, env_extra=None, timeout=600, **popen):
-    env = {**os.environ, "RAY_ADDRESS": "", **(env_extra or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "tune_losses.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        **popen,
-    )
-
-
 def steps(c, run_id, key="val_acc"):
     return sorted(m.step for m in c.get_metric_history(run_id, key))
 
 
-def test_a_trial_that_raises_once_is_retried_from_its_checkpoint(tmp_path):
+def test_a_trial_that_raises_once_is_retried_from_its_checkpoint(tmp_path, plugin_dir, ray_local, capsys):
+    from tune_losses.cli import main
+
     marker = tmp_path / "raised"
-    (tmp_path / "flaky_plugin.py").write_text(FLAKY_PLUGIN.format(fail_at=2, marker=str(marker)))
+    plugin = write_plugin(plugin_dir, "flaky", FLAKY_PLUGIN.format(fail_at=2, marker=str(marker)))
     space = write_space(
         tmp_path / "flaky.yaml",
         replace=("params",),
         name="flaky_e2e",
         train={
-            "plugins": ["flaky_plugin"],
+            "plugins": [plugin],
             "dataset": {"name": "digits"},
             "model": {"name": "mlp"},
             "loss": {"name": "flaky_ce"},
@@ -77,14 +67,11 @@ def test_a_trial_that_raises_once_is_retried_from_its_checkpoint(tmp_path):
         search={"searcher": "grid", "scheduler": {"name": "fifo"}, "max_failures": 1},
     )
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    proc = run_cli(
-        ["sweep", str(space), "--tracking-uri", uri, "--storage", str(tmp_path / "ray")],
-        {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert main(["sweep", str(space), "--tracking-uri", uri, "--storage", str(tmp_path / "ray")]) == 0
+    out = capsys.readouterr()
     assert marker.exists(), "the fault was not injected"
-    assert "2 completed" in proc.stdout and "0 failed" in proc.stdout
-    assert "snapshotting has been triggered" not in proc.stdout + proc.stderr  # local storage: no warning spam
+    assert "2 completed" in out.out and "0 failed" in out.out
+    assert "snapshotting has been triggered" not in out.out + out.err  # local storage: no warning spam
     c = tracking.client(uri)
     parent = tracking.find_sweep(c, "flaky_e2e")
     runs = {r.info.run_name: r for r in tracking.trial_runs(c, parent.info.run_id, parent.info.experiment_id)}

@@ -3,10 +3,6 @@ epoch's metrics and its table write (the worst point: the metrics say the epoch 
 hold it) is retried by Ray, resumes from its checkpoint and leaves a complete table, each epoch once, equal to
 the per-epoch metrics; the report reads it back. Unfused and fused (every member of the group killed at once)."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from tune_losses import tracking
@@ -14,7 +10,7 @@ from tune_losses.reports.build import build_report
 from tune_losses.tracking.ledger import audit
 from tune_losses.tracking.replicas import REPLICA_KEY, read_table
 
-from helpers import write_space
+from helpers import IN_TRIAL, write_plugin, write_space
 
 pytestmark = pytest.mark.slow
 EPOCHS, REPEATS, KILL_FROM = 4, 2, 3
@@ -39,33 +35,30 @@ def killing_write(self, ledger, run_id):
     write(self, ledger, run_id)
 
 
-replicas.ReplicaTable.write = killing_write
+if {in_trial}:
+    replicas.ReplicaTable.write = killing_write
 '''
 
 
 @pytest.mark.parametrize("fuse", ["off", "auto"])
-def test_a_trial_killed_between_metrics_and_table_leaves_a_complete_table(tmp_path, fuse):
+def test_a_trial_killed_between_metrics_and_table_leaves_a_complete_table(
+    tmp_path, plugin_dir, ray_local, monkeypatch, fuse
+):
+    from tune_losses.cli import main
+
     marker = tmp_path / "killed"
-    (tmp_path / "killer_plugin.py").write_text(KILLER_PLUGIN.format(kill_from=KILL_FROM, marker=str(marker)))
+    text = KILLER_PLUGIN.format(kill_from=KILL_FROM, marker=str(marker), in_trial=IN_TRIAL)
+    plugin = write_plugin(plugin_dir, "killer", text)
     space = write_space(
         tmp_path / "kill.yaml",
         name=f"table_kill_{fuse}",
-        train={"plugins": ["killer_plugin"], "epochs": EPOCHS, "repeats": REPEATS},
+        train={"plugins": [plugin], "epochs": EPOCHS, "repeats": REPEATS},
         params={"loss.a": {"grid": [3.0, 5.0, 10.0, 20.0]}},
         search={"fuse": fuse, "max_concurrent": 2, "max_failures": 1},
     )
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    env = {
-        **os.environ,
-        "RAY_ADDRESS": "",
-        "TUNE_LOSSES_HOME": str(tmp_path / "home"),
-        "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-    }
-    cmd = [sys.executable, "-m", "tune_losses.cli", "sweep", str(space), "--tracking-uri", uri]
-    proc = subprocess.run(
-        cmd + ["--storage", str(tmp_path / "ray")], capture_output=True, text=True, env=env, timeout=900
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    monkeypatch.setenv("TUNE_LOSSES_HOME", str(tmp_path / "home"))
+    assert main(["sweep", str(space), "--tracking-uri", uri, "--storage", str(tmp_path / "ray")]) == 0
     assert marker.read_text().startswith("killed before writing epoch"), "the kill was not injected"
     c = tracking.client(uri)
     parent = tracking.find_sweep(c, f"table_kill_{fuse}")

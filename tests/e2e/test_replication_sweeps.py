@@ -1,15 +1,13 @@
 """End to end: real sweeps (Ray, MLflow on SQLite, training on digits) whose reports carry the replication
 verdict, the per-class diagnostics, the baseline paired by seed, and the common-epoch table after ASHA."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
 
+from tune_losses.cli import main
 from tune_losses.reports.build import build_report
 from tune_losses.tracking.replicas import read_table
 from tune_losses.tuning.runner import run_sweep
@@ -17,23 +15,21 @@ from tune_losses.tuning.runner import run_sweep
 from helpers import write_space
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
 
 
-def _cli_sweep(home: Path, *extra: str) -> Path:
-    """The done-when command, in a home of its own; returns the report folder."""
-    cmd = [sys.executable, "-m", "tune_losses.cli", "sweep", "dal_a_table2", "--dataset", "digits"]
-    cmd += ["--set", "train.epochs=3", "--set", "train.repeats=3", *extra]
-    env = {**os.environ, "TUNE_LOSSES_HOME": str(home), "PYTHONPATH": str(ROOT)}
-    env.pop("MLFLOW_TRACKING_URI", None)  # the home's own store, whatever an earlier test left set
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200, check=False)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+def _cli_sweep(home: Path, monkeypatch, *extra: str) -> Path:
+    """The done-when command (the CLI's main, in this process: its Ray is the tests' shared one), in a home of its
+    own; returns the report folder."""
+    monkeypatch.setenv("TUNE_LOSSES_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the home's own store, whatever a test left set
+    args = ["sweep", "dal_a_table2", "--dataset", "digits", "--set", "train.epochs=3", "--set", "train.repeats=3"]
+    assert main([*args, *extra]) == 0
     return home / "reports" / "dal_a_table2"
 
 
 @pytest.mark.parametrize("baseline", [None, "ce"])
-def test_the_table2_sweep_on_digits_writes_the_verdict_and_per_class(tmp_path, baseline):
-    out = _cli_sweep(tmp_path, *(["--set", f"baseline={baseline}"] if baseline else []))
+def test_the_table2_sweep_on_digits_writes_the_verdict_and_per_class(tmp_path, monkeypatch, ray_local, baseline):
+    out = _cli_sweep(tmp_path, monkeypatch, *(["--set", f"baseline={baseline}"] if baseline else []))
     verdict = pd.read_csv(out / "replication.csv")
     values = verdict[verdict["row"] == "value"]
     assert sorted(values["value"].astype(float)) == [5.0, 8.0, 10.0, 11.0, 13.0, 15.0, 16.0, 20.0]

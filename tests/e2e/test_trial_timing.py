@@ -1,15 +1,11 @@
 """A trial's own record of where its time went, and checkpoints that are written only when they are cheap enough
 (tuning/trial.py), through a real sweep: real Ray, a real MLflow SQLite store, digits."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from tune_losses import tracking
 
-from helpers import write_space
+from helpers import IN_TRIAL, write_plugin, write_space
 
 pytestmark = pytest.mark.slow
 
@@ -21,11 +17,13 @@ from pathlib import Path
 
 import torch
 
-import tune_losses.tuning.trial as trial
 from tune_losses.losses.ce import CrossEntropyLoss
 from tune_losses.losses.registry import register
 
-trial.CHECKPOINT_SHARE = 1e-9  # a write may take a billionth of the time: only the first and last epochs
+if {in_trial}:
+    import tune_losses.tuning.trial as trial
+
+    trial.CHECKPOINT_SHARE = 1e-9  # a write may take a billionth of the time: only the first and last epochs
 
 
 @register("flaky_sparse_ce")
@@ -45,12 +43,12 @@ class FlakySparseCE(CrossEntropyLoss):
 """
 
 
-def run_cli(tmp_path, args, pythonpath=""):
-    env = {**os.environ, "RAY_ADDRESS": "", "TUNE_LOSSES_HOME": str(tmp_path / "home")}
-    if pythonpath:
-        env["PYTHONPATH"] = f"{pythonpath}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
-    cmd = [sys.executable, "-m", "tune_losses.cli", "sweep", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+def sweep_cli(tmp_path, monkeypatch, args) -> None:
+    """`tune-losses sweep ARGS` (the CLI's main, in this process: the tests' shared Ray)."""
+    from tune_losses.cli import main
+
+    monkeypatch.setenv("TUNE_LOSSES_HOME", str(tmp_path / "home"))
+    assert main(["sweep", *args]) == 0
 
 
 def steps(c, run_id, key):
@@ -77,25 +75,25 @@ def test_trial_runs_record_their_seconds(tmp_path, ray_local):
         assert steps(c, run.info.run_id, "epoch") == [1, 2, 3]  # the timings are not epochs
 
 
-def test_a_retry_after_skipped_checkpoints_re_runs_epochs_without_logging_them_again(tmp_path):
+def test_a_retry_after_skipped_checkpoints_re_runs_epochs_without_logging_them_again(
+    tmp_path, plugin_dir, ray_local, monkeypatch
+):
     """Checkpoints after epochs 1 and 5 only; the trial raises after epoch 3's training: the retry continues from
     epoch 1, re-runs epochs 2 and 3 without logging them again, and its history is that of the same training
     without a fault, epoch for epoch."""
     marker, storage = tmp_path / "raised", tmp_path / "ray"
-    (tmp_path / "sparse_plugin.py").write_text(
-        SPARSE_PLUGIN.format(fail_at=3, marker=str(marker), storage=str(storage))
-    )
+    text = SPARSE_PLUGIN.format(fail_at=3, marker=str(marker), storage=str(storage), in_trial=IN_TRIAL)
+    plugin = write_plugin(plugin_dir, "sparse", text)
     space = write_space(
         tmp_path / "sparse.yaml",
         replace=("params",),
         name="sparse",
-        train={"plugins": ["sparse_plugin"], "loss": {"name": "flaky_sparse_ce"}, "epochs": 5},
+        train={"plugins": [plugin], "loss": {"name": "flaky_sparse_ce"}, "epochs": 5},
         params={"loss.fail_at": {"grid": [3, 99]}},  # the same training; only fail_at=3 raises
         search={"searcher": "grid", "scheduler": {"name": "fifo"}, "max_failures": 1, "max_concurrent": 1},
     )
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    proc = run_cli(tmp_path, [str(space), "--tracking-uri", uri, "--storage", str(storage)], pythonpath=str(tmp_path))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep_cli(tmp_path, monkeypatch, [str(space), "--tracking-uri", uri, "--storage", str(storage)])
     found = marker.read_text().split(",")  # the other trial's last checkpoint (5) too, if it ran first
     assert "1" in found and set(found) <= {"1", "5"}, f"checkpoints at the fault: epochs {found}, expected 1"
     c = tracking.client(uri)
@@ -132,26 +130,29 @@ def report(metrics, *args, **kwargs):
     return _report(metrics, *args, **kwargs)
 
 
-ray.tune.report = report
+if {in_trial}:
+    ray.tune.report = report
 """
 
 
-def test_a_trial_stopped_after_its_last_checkpoint_keeps_its_confusion_matrix(tmp_path):
+def test_a_trial_stopped_after_its_last_checkpoint_keeps_its_confusion_matrix(
+    tmp_path, plugin_dir, ray_local, monkeypatch
+):
     """The trial stops right after writing its last epoch's checkpoint; the retry resumes from it with nothing
     left to train, so the confusion matrix must already be in its run (it is logged before that checkpoint)."""
     marker = tmp_path / "raised"
-    (tmp_path / "last_fault.py").write_text(LAST_REPORT_FAULT.format(marker=str(marker), epochs=3))
+    text = LAST_REPORT_FAULT.format(marker=str(marker), epochs=3, in_trial=IN_TRIAL)
+    plugin = write_plugin(plugin_dir, "last_fault", text)
     space = write_space(
         tmp_path / "last.yaml",
         replace=("params",),
         name="last",
-        train={"plugins": ["last_fault"], "epochs": 3},
+        train={"plugins": [plugin], "epochs": 3},
         params={"loss.a": {"grid": [5.0]}},
         search={"searcher": "grid", "scheduler": {"name": "fifo"}, "max_failures": 1, "max_concurrent": 1},
     )
     uri, storage = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "ray"
-    proc = run_cli(tmp_path, [str(space), "--tracking-uri", uri, "--storage", str(storage)], pythonpath=str(tmp_path))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep_cli(tmp_path, monkeypatch, [str(space), "--tracking-uri", uri, "--storage", str(storage)])
     assert marker.exists(), "the fault was not injected: the test tested nothing"
     c = tracking.client(uri)
     parent = tracking.find_sweep(c, "last")
