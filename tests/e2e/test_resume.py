@@ -47,14 +47,22 @@ def start_and_kill_when(directory: Path, name: str, finished: int, sig=signal.SI
     return driver, cmd, uri, log
 
 
-def resume(cmd, directory):
-    env = {**os.environ, "RAY_ADDRESS": "", "TUNE_LOSSES_HOME": str(directory / "home")}
-    return subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=900, env=env)
+def resume(cmd, directory, monkeypatch, capsys) -> tuple[int, str]:
+    """``cmd --resume``: the CLI's main in this process, on the tests' shared Ray (a fresh process resuming is
+    test_sweep.py's driver-killed test): (exit code, what it printed)."""
+    from tune_losses.cli import main
+
+    monkeypatch.setenv("TUNE_LOSSES_HOME", str(directory / "home"))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    capsys.readouterr()
+    code = main([*cmd[3:], "--resume"])
+    out = capsys.readouterr()
+    return code, out.out + out.err
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["torn Ray state", "storage deleted"])
-def test_killed_sweep_resumes_from_the_ledger(tmp_path, damage):
+def test_killed_sweep_resumes_from_the_ledger(tmp_path, damage, ray_local, monkeypatch, capsys):
     """SIGKILL once 2 of 4 trials have finished; tear Ray Tune's state files as a kill mid-write leaves them (or
     delete Ray's whole storage directory); --resume: the 2 finished trials are not trained again, the others end
     in their own runs, every epoch once, nothing RUNNING."""
@@ -71,14 +79,14 @@ def test_killed_sweep_resumes_from_the_ledger(tmp_path, damage):
             assert time.time() < deadline, "Ray's storage kept being written after the driver was killed"
     before = faults.finished_end_times(uri, "killed")
     assert len(before) >= 2
-    out = resume(cmd, tmp_path)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    code, out = resume(cmd, tmp_path, monkeypatch, capsys)
+    assert code == 0, out[-3000:]
     # a trial process can outlive the killed driver by a moment and finish: the resume keeps what it finds
-    kept = re.search(r"(\d+) finished trials kept", out.stdout)
-    assert kept and int(kept.group(1)) >= len(before), out.stdout[-3000:]
+    kept = re.search(r"(\d+) finished trials kept", out)
+    assert kept and int(kept.group(1)) >= len(before), out[-3000:]
     if damage == "storage deleted":
         # no checkpoint is left to continue from (a trial may have finished after the kill, or not yet started)
-        assert re.search(r"kept \(not trained again\), 0 continue from their checkpoints", out.stdout), out.stdout
+        assert re.search(r"kept \(not trained again\), 0 continue from their checkpoints", out), out
     assert faults.check(uri, "killed", 6, before) == []
     c = tracking.client(uri)
     parent = tracking.find_sweep(c, "killed")
@@ -88,7 +96,7 @@ def test_killed_sweep_resumes_from_the_ledger(tmp_path, damage):
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_cleanly_and_the_sweep_resumes(tmp_path):
+def test_ctrl_c_stops_cleanly_and_the_sweep_resumes(tmp_path, ray_local, monkeypatch, capsys):
     """Ctrl-C (SIGINT to the terminal's process group): trials stop with their checkpoints, the parent is tagged
     interrupted, one line says how to resume, exit code 130; --resume then completes the ledger."""
     # at the first logged epoch: at a finished trial, the signal could land after the 6-s sweep had ended
@@ -105,13 +113,13 @@ def test_ctrl_c_stops_cleanly_and_the_sweep_resumes(tmp_path):
     runs = tracking.trial_runs(c, parent.info.run_id, parent.info.experiment_id)
     assert all(r.info.status != "RUNNING" for r in runs)
     before = faults.finished_end_times(uri, "ctrlc")
-    out = resume(cmd, tmp_path)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    code, out = resume(cmd, tmp_path, monkeypatch, capsys)
+    assert code == 0, out[-3000:]
     assert faults.check(uri, "ctrlc", 6, before) == []
 
 
 @pytest.mark.slow
-def test_a_second_ctrl_c_exits_at_once(tmp_path):
+def test_a_second_ctrl_c_exits_at_once(tmp_path, ray_local, monkeypatch, capsys):
     driver, cmd, uri, log = start_and_kill_when(tmp_path, "twice", finished=0, sig=signal.SIGINT, group=False)
     time.sleep(0.3)
     os.kill(driver.pid, signal.SIGINT)
@@ -119,8 +127,8 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path):
     assert "Interrupted again: exiting now" in log.read_text()
     with contextlib.suppress(ProcessLookupError):
         os.killpg(driver.pid, signal.SIGKILL)  # what the driver's local Ray left behind
-    out = resume(cmd, tmp_path)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    code, out = resume(cmd, tmp_path, monkeypatch, capsys)
+    assert code == 0, out[-3000:]
     assert faults.check(uri, "twice", 6, {}) == []
 
 
