@@ -55,6 +55,15 @@ def token_cluster():
         shutil.rmtree(temp, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def server_uri(tmp_path_factory):
+    """An MLflow server (a store every node reaches: a local one is refused with --address), one for the module."""
+    folder, port = tmp_path_factory.mktemp("server"), free_port()
+    server = start_mlflow_server(f"sqlite:///{folder / 'mlflow.db'}", port, folder / "artifacts")
+    yield f"http://127.0.0.1:{port}"
+    stop_server(server, kill=True)
+
+
 class _driver_env:
     """The driver's Ray authentication environment, and no token file (HOME elsewhere)."""
 
@@ -84,24 +93,19 @@ class _driver_env:
     ],
     ids=["no-mode", "no-token", "wrong-token"],
 )
-def test_a_driver_without_the_clusters_token_is_one_line_exit_2(token_cluster, env, expected, tmp_path):
-    port = free_port()
-    server = start_mlflow_server(f"sqlite:///{tmp_path / 'mlflow.db'}", port, tmp_path / "artifacts")
-    try:
-        home = tmp_path / "home"
-        home.mkdir()
-        space = write_space(tmp_path / "auth.yaml", name="auth")
-        driver = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
-        start = time.monotonic()
-        done = subprocess.run(
-            [sys.executable, "-m", "tune_losses.cli", "sweep", str(space), "--address", token_cluster,
-             "--tracking-uri", f"http://127.0.0.1:{port}", "--storage", str(tmp_path / "storage")],
-            env={**driver, **env, "HOME": str(home), "PYTHONPATH": os.getcwd()}, capture_output=True, text=True,
-            timeout=120,
-        )  # fmt: skip
-        took = time.monotonic() - start
-    finally:
-        stop_server(server, kill=True)
+def test_a_driver_without_the_clusters_token_is_one_line_exit_2(token_cluster, server_uri, env, expected, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    space = write_space(tmp_path / "auth.yaml", name="auth")
+    driver = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "tune_losses.cli", "sweep", str(space), "--address", token_cluster,
+         "--tracking-uri", server_uri, "--storage", str(tmp_path / "storage")],
+        env={**driver, **env, "HOME": str(home), "PYTHONPATH": os.getcwd()}, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    took = time.monotonic() - start
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1, done.stdout + done.stderr
     assert expected in lines[0] and "RAY_AUTH_TOKEN" in lines[0] and "RAY_AUTH_MODE=token" in lines[0], lines
