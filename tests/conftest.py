@@ -39,3 +39,26 @@ def ray_local(plugin_dir):
     init_ray(num_cpus=2, verbose=0)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def token_cluster():
+    """A one-node Ray cluster (1 CPU) with token authentication, as `ray start --head` makes one, in a temp dir of
+    its own: (address, token). Killed with its process group (`ray stop` would stop every Ray on this machine)."""
+    from helpers import start_token_cluster, stop_token_cluster
+
+    head, address, token, temp = start_token_cluster()
+    yield address, token
+    stop_token_cluster(head, temp)
+
+
+@pytest.fixture(scope="session")
+def server_uri(tmp_path_factory):
+    """An MLflow server on SQLite (a store every node of a cluster reaches), for tests whose drivers stop before
+    writing anything; its URI."""
+    from helpers import free_port, start_mlflow_server, stop_server
+
+    folder, port = tmp_path_factory.mktemp("server"), free_port()
+    server = start_mlflow_server(f"sqlite:///{folder / 'mlflow.db'}", port, folder / "artifacts")
+    yield f"http://127.0.0.1:{port}"
+    stop_server(server, kill=True)

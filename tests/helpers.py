@@ -206,3 +206,78 @@ def write_plugin(plugin_dir, stem: str, text: str) -> str:
     name = f"{stem}_{uuid.uuid4().hex[:8]}"
     (plugin_dir / f"{name}.py").write_text(text)
     return name
+
+
+def start_token_cluster(timeout: float = 120.0):
+    """`ray start --head --num-cpus 1` with RAY_AUTH_MODE=token and a new token, in a session and a temp dir of its
+    own (Ray's socket paths must stay under 108 bytes): (process, address, token, temp dir), once a driver with
+    the token is let in."""
+    import os
+    import secrets
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from tune_losses.spaces import SpaceError
+    from tune_losses.tracking.store import reachable
+    from tune_losses.tuning import preflight
+
+    port, temp, token = free_port(), tempfile.mkdtemp(prefix="ray", dir="/tmp"), secrets.token_hex(32)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_ADDRESS": ""}
+    head = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port", str(port), "--num-cpus",
+         "1", "--node-ip-address", "127.0.0.1", "--include-dashboard=False", "--disable-usage-stats", "--temp-dir",
+         temp],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if head.poll() is not None:
+            raise RuntimeError("ray start --head exited")
+        try:
+            with driver_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token):
+                preflight.check_ray_auth(f"127.0.0.1:{port}")
+                if reachable("127.0.0.1", port, 1) is None:
+                    return head, f"127.0.0.1:{port}", token, temp
+        except SpaceError:
+            pass
+        time.sleep(1)
+    stop_token_cluster(head, temp)
+    raise RuntimeError(f"the token cluster did not answer within {timeout:g} s")
+
+
+def stop_token_cluster(head, temp) -> None:
+    import os
+    import shutil
+    import signal
+
+    os.killpg(head.pid, signal.SIGKILL)
+    head.wait()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+class driver_env:
+    """The driver's Ray authentication environment, and no token file (HOME elsewhere)."""
+
+    KEYS = ("HOME", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+    def __init__(self, **env):
+        import tempfile
+
+        self.env, self.saved = {"HOME": tempfile.mkdtemp(), **env}, {}
+
+    def __enter__(self):
+        import os
+
+        self.saved = {k: os.environ.pop(k, None) for k in self.KEYS}
+        os.environ.update(self.env)
+
+    def __exit__(self, *exc):
+        import os
+
+        for k, v in self.saved.items():
+            os.environ.pop(k, None)
+            if v is not None:
+                os.environ[k] = v

@@ -387,96 +387,28 @@ def test_mlflow_tracking_schemes_come_from_its_registry():
 
 
 @pytest.mark.slow
-def test_trial_larger_than_any_cluster_node(tmp_path):
-    """A real one-node cluster (`ray start --head --num-cpus 1`): a space asking 2 CPUs per trial is an error once
-    the driver has joined, at once and after a bounded wait (TUNE_LOSSES_RESOURCE_WAIT_S) for an autoscaler,
-    with no MLflow store and no Ray Tune directory written."""
-    import secrets
-    import shutil
-    import signal
-    import tempfile
-    import time
-    from pathlib import Path
-
+def test_trial_larger_than_any_cluster_node(tmp_path, token_cluster, server_uri):
+    """A real one-node cluster (`ray start --head --num-cpus 1`, conftest.py): a space asking 2 CPUs per trial is an
+    error once the driver has joined, at once and after a bounded wait (TUNE_LOSSES_RESOURCE_WAIT_S) for an
+    autoscaler, with no MLflow run and no Ray Tune directory written."""
     from tune_losses import tracking
 
-    from helpers import free_port, start_mlflow_server, stop_server
-
-    port = free_port()
-    env = {
-        **os.environ,
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": secrets.token_hex(32),
-        "RAY_ADDRESS": "",
-        "MLFLOW_TRACKING_URI": "",
-    }
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must stay under 108 bytes
-    server_dir = Path(tempfile.mkdtemp(prefix="mlflow"))  # a store every node reaches, outside tmp_path
-    server = None
-    head = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "ray"),
-            "start",
-            "--head",
-            "--block",
-            "--disable-usage-stats",
-            "--node-ip-address",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--num-cpus",
-            "1",
-            "--include-dashboard=False",
-            "--temp-dir",
-            temp,
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.time() + 120
-        while True:  # until the head's GCS answers
-            assert head.poll() is None and time.time() < deadline, "the Ray head did not start"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.5)
-        space = write_space(tmp_path / "space.yaml", resources={"cpu": 2, "gpu": 0})
-        mlflow_port = free_port()
-        server = start_mlflow_server(f"sqlite:///{server_dir}/m.db", mlflow_port, server_dir / "artifacts")
-        args = [
-            sys.executable,
-            "-m",
-            "tune_losses.cli",
-            "sweep",
-            str(space),
-            "--address",
-            f"127.0.0.1:{port}",
-            "--tracking-uri",
-            f"http://127.0.0.1:{mlflow_port}",
-            "--storage",
-            str(tmp_path / "ray"),
-        ]
-        for wait in ("0", "2"):
-            proc = subprocess.run(
-                args, capture_output=True, text=True, timeout=300, env={**env, "TUNE_LOSSES_RESOURCE_WAIT_S": wait}
-            )
-            assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
-            assert f"{space}: resources.cpu: 2 CPU per trial is more than the cluster has (1)" in proc.stderr
-            assert "allowed: > 0, up to 1" in proc.stderr
-            if wait != "0":
-                assert "waiting up to 2 s (TUNE_LOSSES_RESOURCE_WAIT_S) for an autoscaler" in proc.stdout
-                assert "(after waiting 2 s for one)" in proc.stderr
-            assert sorted(p.name for p in tmp_path.iterdir()) == ["space.yaml"], "something was written"
-        c = tracking.client(f"http://127.0.0.1:{mlflow_port}")
-        assert [r for e in c.search_experiments() for r in c.search_runs([e.experiment_id])] == [], "a run was written"
-    finally:
-        if server is not None:
-            stop_server(server)
-        shutil.rmtree(server_dir, ignore_errors=True)
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait()
-        shutil.rmtree(temp, ignore_errors=True)
+    address, token = token_cluster
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_ADDRESS": ""}
+    env["MLFLOW_TRACKING_URI"] = ""
+    space = write_space(tmp_path / "space.yaml", resources={"cpu": 2, "gpu": 0})
+    args = [sys.executable, "-m", "tune_losses.cli", "sweep", str(space), "--address", address]
+    args += ["--tracking-uri", server_uri, "--storage", str(tmp_path / "ray")]
+    for wait in ("0", "2"):
+        proc = subprocess.run(
+            args, capture_output=True, text=True, timeout=300, env={**env, "TUNE_LOSSES_RESOURCE_WAIT_S": wait}
+        )
+        assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+        assert f"{space}: resources.cpu: 2 CPU per trial is more than the cluster has (1)" in proc.stderr
+        assert "allowed: > 0, up to 1" in proc.stderr
+        if wait != "0":
+            assert "waiting up to 2 s (TUNE_LOSSES_RESOURCE_WAIT_S) for an autoscaler" in proc.stdout
+            assert "(after waiting 2 s for one)" in proc.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["space.yaml"], "something was written"
+    c = tracking.client(server_uri)
+    assert [r for e in c.search_experiments() for r in c.search_runs([e.experiment_id])] == [], "a run was written"
