@@ -4,6 +4,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -36,15 +37,19 @@ def test_an_error_in_the_block_keeps_the_old_file_and_leaves_nothing(tmp_path):
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["f"]
 
 
-def test_a_killed_writer_leaves_the_old_file_and_the_next_write_works(tmp_path):
+def test_a_killed_writer_leaves_the_old_file_and_its_leftover_goes_once_stale(tmp_path):
     path = tmp_path / "state.pt"
     path.write_text("old")
     done = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(path)], capture_output=True, timeout=60)
     assert done.returncode == 9 and path.read_text() == "old"
-    left = [p for p in tmp_path.iterdir() if p != path]
-    assert len(left) == 1 and left[0].name.startswith(".state.pt.")  # hidden; no later write reuses its name
+    (left,) = [p for p in tmp_path.iterdir() if p != path]
+    assert left.name.startswith(".state.pt.")  # hidden; no later write reuses its name
     atomic.write_text(path, "new", durable=True)
-    assert path.read_text() == "new"
+    assert path.read_text() == "new" and left.exists()  # it may be a live writer's: not yet stale
+    old = time.time() - atomic.STALE_S - 1
+    os.utime(left, (old, old))
+    atomic.write_text(path, "newer")
+    assert path.read_text() == "newer" and os.listdir(tmp_path) == ["state.pt"]  # one leftover per kill, not more
 
 
 def test_mode_is_set_before_any_byte_is_written(tmp_path):
@@ -65,3 +70,6 @@ def test_staging_elsewhere_and_keeping_a_file_another_process_made(tmp_path):
         staged.write_text("mine")
         db.write_text("theirs")  # made meanwhile by another process
     assert db.read_text() == "theirs" and not staged.exists()
+    with pytest.raises(FileNotFoundError), atomic.replacing(tmp_path / "gone" / "health", make_dirs=False) as staged:
+        staged.write_text("{}")  # a directory that must exist is never made here
+    assert not (tmp_path / "gone").exists()

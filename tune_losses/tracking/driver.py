@@ -363,7 +363,8 @@ class StoreWatch:
                 "written": time.time(),
             }
         )
-        atomic.write_text(self.health, text, mode=0o600)  # only this user reads it (the lock directory may not)
+        # only this user reads it (the lock directory may not); a lock directory gone is never made again here
+        atomic.write_text(self.health, text, mode=0o600, make_dirs=False)
         self._written = since
 
     def stop(self) -> None:

@@ -272,7 +272,7 @@ def create_sqlite_store(db: Path) -> None:
     """Make a new SQLite store whole or not at all. MLflow builds its schema in many migration steps, several
     committed apart: a process killed among them leaves a store that no later command can open ("duplicate column
     name"; found by benchmarks/faults.py). So the store is made in a file of its own beside ``db`` and renamed
-    into place in one step; a kill leaves at most that file (``.*.creating``), never a half-made store.
+    into place in one step (tune_losses/atomic.py); a kill leaves at most that hidden file, never a half-made store.
     The schema is built once per MLflow version (about 1 s of migrations) and copied from then on."""
     if db.exists():
         return
