@@ -23,10 +23,32 @@ def plugin_dir(tmp_path_factory):
     driver imports a space's plugins to check it) and of the shared Ray's workers (each trial imports them)."""
     import sys
 
-    folder = tmp_path_factory.mktemp("plugins")
+    folder, path = tmp_path_factory.mktemp("plugins"), os.environ.get("PYTHONPATH")
     sys.path.insert(0, str(folder))
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))
-    return folder
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder), path]))
+    yield folder
+    sys.path.remove(str(folder))
+    if path is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = path
+
+
+@pytest.fixture
+def plugin(plugin_dir):
+    """``plugin(stem, text)`` writes a `train.plugins` module for this test (helpers.write_plugin) and returns its
+    name; the losses and models it registers in this process are taken back after the test (the registries
+    outlive it, and other tests list their names)."""
+    from tune_losses.losses.registry import LOSSES
+    from tune_losses.models.registry import MODELS
+
+    from helpers import write_plugin
+
+    before = {registry: set(registry.names()) for registry in (LOSSES, MODELS)}
+    yield lambda stem, text: write_plugin(plugin_dir, stem, text)
+    for registry, names in before.items():
+        for name in set(registry.names()) - names:
+            registry.unregister(name)
 
 
 @pytest.fixture(scope="session")
@@ -39,26 +61,3 @@ def ray_local(plugin_dir):
     init_ray(num_cpus=2, verbose=0)
     yield ray
     ray.shutdown()
-
-
-@pytest.fixture(scope="session")
-def token_cluster():
-    """A one-node Ray cluster (1 CPU) with token authentication, as `ray start --head` makes one, in a temp dir of
-    its own: (address, token). Killed with its process group (`ray stop` would stop every Ray on this machine)."""
-    from helpers import start_token_cluster, stop_token_cluster
-
-    head, address, token, temp = start_token_cluster()
-    yield address, token
-    stop_token_cluster(head, temp)
-
-
-@pytest.fixture(scope="session")
-def server_uri(tmp_path_factory):
-    """An MLflow server on SQLite (a store every node of a cluster reaches), for tests whose drivers stop before
-    writing anything; its URI."""
-    from helpers import free_port, start_mlflow_server, stop_server
-
-    folder, port = tmp_path_factory.mktemp("server"), free_port()
-    server = start_mlflow_server(f"sqlite:///{folder / 'mlflow.db'}", port, folder / "artifacts")
-    yield f"http://127.0.0.1:{port}"
-    stop_server(server, kill=True)

@@ -201,10 +201,12 @@ IN_TRIAL = "__import__('ray').get_runtime_context().get_actor_id() is not None"
 def write_plugin(plugin_dir, stem: str, text: str) -> str:
     """A `train.plugins` module in ``plugin_dir`` (conftest.py), under a name no other test uses (this process
     keeps every module it imported); returns the name."""
+    import importlib
     import uuid
 
     name = f"{stem}_{uuid.uuid4().hex[:8]}"
     (plugin_dir / f"{name}.py").write_text(text)
+    importlib.invalidate_caches()  # the import system may have listed the folder already
     return name
 
 

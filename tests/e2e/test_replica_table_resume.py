@@ -10,7 +10,7 @@ from tune_losses.reports.build import build_report
 from tune_losses.tracking.ledger import audit
 from tune_losses.tracking.replicas import REPLICA_KEY, read_table
 
-from helpers import IN_TRIAL, write_plugin, write_space
+from helpers import IN_TRIAL, write_space
 
 pytestmark = pytest.mark.slow
 EPOCHS, REPEATS, KILL_FROM = 4, 2, 3
@@ -42,17 +42,17 @@ if {in_trial}:
 
 @pytest.mark.parametrize("fuse", ["off", "auto"])
 def test_a_trial_killed_between_metrics_and_table_leaves_a_complete_table(
-    tmp_path, plugin_dir, ray_local, monkeypatch, fuse
+    tmp_path, plugin, ray_local, monkeypatch, fuse
 ):
     from tune_losses.cli import main
 
     marker = tmp_path / "killed"
     text = KILLER_PLUGIN.format(kill_from=KILL_FROM, marker=str(marker), in_trial=IN_TRIAL)
-    plugin = write_plugin(plugin_dir, "killer", text)
+    name = plugin("killer", text)
     space = write_space(
         tmp_path / "kill.yaml",
         name=f"table_kill_{fuse}",
-        train={"plugins": [plugin], "epochs": EPOCHS, "repeats": REPEATS},
+        train={"plugins": [name], "epochs": EPOCHS, "repeats": REPEATS},
         params={"loss.a": {"grid": [3.0, 5.0, 10.0, 20.0]}},
         search={"fuse": fuse, "max_concurrent": 2, "max_failures": 1},
     )

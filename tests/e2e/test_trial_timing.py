@@ -5,7 +5,7 @@ import pytest
 
 from tune_losses import tracking
 
-from helpers import IN_TRIAL, write_plugin, write_space
+from helpers import IN_TRIAL, write_space
 
 pytestmark = pytest.mark.slow
 
@@ -76,19 +76,19 @@ def test_trial_runs_record_their_seconds(tmp_path, ray_local):
 
 
 def test_a_retry_after_skipped_checkpoints_re_runs_epochs_without_logging_them_again(
-    tmp_path, plugin_dir, ray_local, monkeypatch
+    tmp_path, plugin, ray_local, monkeypatch
 ):
     """Checkpoints after epochs 1 and 5 only; the trial raises after epoch 3's training: the retry continues from
     epoch 1, re-runs epochs 2 and 3 without logging them again, and its history is that of the same training
     without a fault, epoch for epoch."""
     marker, storage = tmp_path / "raised", tmp_path / "ray"
     text = SPARSE_PLUGIN.format(fail_at=3, marker=str(marker), storage=str(storage), in_trial=IN_TRIAL)
-    plugin = write_plugin(plugin_dir, "sparse", text)
+    name = plugin("sparse", text)
     space = write_space(
         tmp_path / "sparse.yaml",
         replace=("params",),
         name="sparse",
-        train={"plugins": [plugin], "loss": {"name": "flaky_sparse_ce"}, "epochs": 5},
+        train={"plugins": [name], "loss": {"name": "flaky_sparse_ce"}, "epochs": 5},
         params={"loss.fail_at": {"grid": [3, 99]}},  # the same training; only fail_at=3 raises
         search={"searcher": "grid", "scheduler": {"name": "fifo"}, "max_failures": 1, "max_concurrent": 1},
     )
@@ -135,19 +135,17 @@ if {in_trial}:
 """
 
 
-def test_a_trial_stopped_after_its_last_checkpoint_keeps_its_confusion_matrix(
-    tmp_path, plugin_dir, ray_local, monkeypatch
-):
+def test_a_trial_stopped_after_its_last_checkpoint_keeps_its_confusion_matrix(tmp_path, plugin, ray_local, monkeypatch):
     """The trial stops right after writing its last epoch's checkpoint; the retry resumes from it with nothing
     left to train, so the confusion matrix must already be in its run (it is logged before that checkpoint)."""
     marker = tmp_path / "raised"
     text = LAST_REPORT_FAULT.format(marker=str(marker), epochs=3, in_trial=IN_TRIAL)
-    plugin = write_plugin(plugin_dir, "last_fault", text)
+    name = plugin("last_fault", text)
     space = write_space(
         tmp_path / "last.yaml",
         replace=("params",),
         name="last",
-        train={"plugins": [plugin], "epochs": 3},
+        train={"plugins": [name], "epochs": 3},
         params={"loss.a": {"grid": [5.0]}},
         search={"searcher": "grid", "scheduler": {"name": "fifo"}, "max_failures": 1, "max_concurrent": 1},
     )
