@@ -19,16 +19,16 @@ in a fresh interpreter: the driver's imports, creating the store, starting Ray. 
 Its last line: `first trial: cold <s> s, warm <s> s` (medians, of the last tree given).
 
 Goal (issue 22): the first trial running <= 3 s after the command with a warm local Ray; cold no slower than
-before. Not met. `--rounds 3 --trees <this checkout>` on the 2-CPU development machine while other work loaded it
-(load average 8-10), once: cold 40.2 s (rounds 40.2, 36.7, 56.9), warm 16.6 s (16.6, 16.8, 15.3); `up` itself
-21.4 s. Where the warm command's time goes: its first line (the driver's imports and checks: torch for the space,
-MLflow, Ray) at 12.2 s of it, 5.6 CPU seconds in the driver, nothing in the warm workers (they had the trial code
-already); the 4.4 s from there to the trial's run are joining Ray, the parent run, importing Ray Tune and
-building the Tuner, and the trial taking its run. On that machine the driver's imports alone (each step below)
-took 3.5 s (torch) and 10.8 s (the runner: MLflow, Ray) wall time: 3 s would need a driver that is warm too, not
-only the trial processes. The cold figures then include ~12 CPU seconds of workers importing torch, which the
-warm Ray spends once, at `up` and after each sweep, while nothing else runs. (Issue 15, on the idle machine: cold
-12.3-14.1 s; cold is unchanged but for one missing-file check, not measured side by side with the old tree here.)
+before. Cold met, warm not. `--rounds 3 --no-steps --trees <worktree of 1095c04> <this checkout>` on the 2-CPU
+development machine, quiet (load average ~1), once: cold 18.46 s at 1095c04 (rounds 15.56, 18.46, 20.02) against
+17.13 s now (16.18, 17.19, 17.13); warm 5.46 s (5.10, 5.70, 5.46), `up` itself 6.1 s. A checkout without `up`
+is timed cold only. Where the warm command's time goes: its header (the driver's imports and checks: torch for
+the space, MLflow, Ray) at 4.30 s, 4.6 CPU seconds in the driver, nothing in the warm workers (they had the trial
+code already); the ~1.2 s from there to the trial's run are joining Ray, the parent run, building the Tuner and
+the trial taking its run. Timed alone (`--rounds 3` without `--no-steps`, same machine): importing the runner
+(MLflow, Ray; torch through the space) 3.27 s. 3 s would need a driver that is warm too, not only the trial
+processes. The cold figures include ~11 CPU seconds of workers importing torch and the trial code, which the warm
+Ray spends once, at `up` and after each sweep, while nothing else runs.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ import threading
 import time
 from pathlib import Path
 
-VENV_BIN = Path(sys.executable).parent
+#: the command as a user runs it, but through the module (what a tree on PYTHONPATH, old or new, has for sure)
+CLI = [sys.executable, "-m", "tune_losses.cli"]
 # How often the store is read. Not much more often: a reader of a SQLite store holds writers off while it reads,
 # and polling a new store every 20 ms held a trial's first epoch back by ~30 s.
 POLL_S = 0.2
@@ -136,7 +137,7 @@ def one_sweep(tmp: str, name: str, space: str, sets: list[str], timeout: float, 
     """One `tune-losses sweep` with its home in ``tmp`` (a warm Ray recorded there is joined), of the package in
     ``tree`` (a checkout, e.g. a git worktree of an earlier commit; None: the installed one)."""
     db = Path(tmp) / "mlflow.db"
-    cmd = [str(VENV_BIN / "tune-losses"), "sweep", space, "--tracking-uri", f"sqlite:///{db}"]
+    cmd = [*CLI, "sweep", space, "--tracking-uri", f"sqlite:///{db}"]
     cmd += ["--storage", f"{tmp}/ray", "--name", name] + [a for s in sets for a in ("--set", s)]
     start = time.time()
     proc = subprocess.Popen(
@@ -180,7 +181,7 @@ def one_sweep(tmp: str, name: str, space: str, sets: list[str], timeout: float, 
 def warm_up(tmp: str, tree: str | None) -> float:
     """`tune-losses up` in ``tmp``; the seconds it took."""
     start = time.time()
-    subprocess.run([str(VENV_BIN / "tune-losses"), "up"], cwd=tmp, env=environment(tmp, tree), check=True)
+    subprocess.run([*CLI, "up"], cwd=tmp, env=environment(tmp, tree), check=True)
     return time.time() - start
 
 
@@ -200,7 +201,7 @@ def wait_warm(tmp: str, timeout: float = 180) -> None:
 
 
 def warm_down(tmp: str, tree: str | None) -> None:
-    subprocess.run([str(VENV_BIN / "tune-losses"), "down"], cwd=tmp, env=environment(tmp, tree), check=True)
+    subprocess.run([*CLI, "down"], cwd=tmp, env=environment(tmp, tree), check=True)
 
 
 def timed(code: str, env: dict | None = None) -> float:
@@ -232,21 +233,32 @@ STEPS = {
 }
 
 
+def has_warm_ray(tree: str | None) -> bool:
+    """Whether the checkout (None: the installed package) has `tune-losses up` (an older one is timed cold only)."""
+    import importlib.util
+
+    root = Path(tree) / "tune_losses" if tree else Path(importlib.util.find_spec("tune_losses").origin).parent
+    return (root / "tuning" / "warm_ray.py").is_file()
+
+
 def run_rounds(args, sets: list[str]) -> dict[tuple, list[dict]]:
     """Each round, per tree: a cold sweep (its own Ray) in a fresh home, then a warm one in the home of one
     `tune-losses up` kept for all rounds; both in a store that exists. Cold and warm alternate, so that a change
     of the machine's load falls on both."""
     cases: dict[tuple, list[dict]] = {(tree, kind): [] for tree in args.trees for kind in ("cold", "warm")}
-    homes = {tree: tempfile.mkdtemp(prefix="startup-warm-") for tree in args.trees}
+    homes = {tree: tempfile.mkdtemp(prefix="startup-warm-") for tree in args.trees if has_warm_ray(tree)}
     try:
         for tree, home in homes.items():
             store(home)
             cases[tree, "up"] = [{"s": warm_up(home, tree)}]
         for i in range(args.rounds):
-            for tree, home in homes.items():
+            for tree in args.trees:
                 with tempfile.TemporaryDirectory() as tmp:
                     store(tmp)
                     cases[tree, "cold"].append(one_sweep(tmp, "cold", args.space, sets, args.timeout, tree))
+                home = homes.get(tree)
+                if home is None:
+                    continue
                 wait_warm(home)
                 cases[tree, "warm"].append(one_sweep(home, f"warm{i}", args.space, sets, args.timeout, tree))
     finally:
@@ -275,9 +287,12 @@ def main():
     med = statistics.median
     print(f"`tune-losses sweep {args.space}` in a store that exists, {os.cpu_count()} CPUs, median of {args.rounds}")
     for tree in args.trees:
-        print(f"{tree or 'installed package'}: `tune-losses up` took {cases[tree, 'up'][0]['s']:.1f} s")
+        up = cases.get((tree, "up"))
+        print(f"{tree or 'installed package'}: " + (f"`tune-losses up` took {up[0]['s']:.1f} s" if up else "no `up`"))
         for kind, what in (("cold", "its own Ray"), ("warm", "the warm Ray of `tune-losses up`")):
             runs = cases[tree, kind]
+            if not runs:
+                continue
             print(
                 f"  {kind} ({what}): first trial running {med(r['running'] for r in runs):.2f} s after the command "
                 f"started (goal <= 3 s warm; rounds: {', '.join(format(r['running'], '.2f') for r in runs)}); "
@@ -294,8 +309,10 @@ def main():
         print("each step alone, in a fresh interpreter (median):")
         for label, code in STEPS.items():
             print(f"  {label:<45} {med(timed(code) for _ in range(args.rounds)):6.2f} s")
-    cold, warm = (med(r["running"] for r in cases[args.trees[-1], kind]) for kind in ("cold", "warm"))
-    print(f"first trial: cold {cold:.2f} s, warm {warm:.2f} s")
+    last = args.trees[-1]
+    cold = med(r["running"] for r in cases[last, "cold"])
+    warm = f"{med(r['running'] for r in cases[last, 'warm']):.2f} s" if cases[last, "warm"] else "none (no `up`)"
+    print(f"first trial: cold {cold:.2f} s, warm {warm}")
 
 
 if __name__ == "__main__":
