@@ -90,6 +90,16 @@ def start_mlflow_server(backend_uri: str, port: int, artifacts, timeout: float =
     raise RuntimeError(f"mlflow server did not answer on port {port} within {timeout} s")
 
 
+def sqlite_mlflow_server(folder):
+    """An `mlflow server` on a SQLite store in ``folder`` for a fixture's life: yields its URI, then kills it."""
+    port = free_port()
+    proc = start_mlflow_server(f"sqlite:///{folder / 'mlflow.db'}", port, folder / "artifacts")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_server(proc, kill=True)
+
+
 def stop_server(proc, kill: bool = False) -> None:
     """Stop a server started with start_new_session (the server and its worker processes); ``kill``: at once,
     as a crash would (SIGKILL), not a graceful shutdown (which takes mlflow server seconds)."""

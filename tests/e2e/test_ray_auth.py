@@ -14,15 +14,7 @@ import pytest
 from tune_losses import tracking
 from tune_losses.tuning import preflight
 
-from helpers import (
-    driver_env,
-    free_port,
-    start_mlflow_server,
-    start_token_cluster,
-    stop_server,
-    stop_token_cluster,
-    write_space,
-)
+from helpers import driver_env, sqlite_mlflow_server, start_token_cluster, stop_token_cluster, write_space
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +29,7 @@ def token_cluster():
 @pytest.fixture(scope="module")
 def server_uri(tmp_path_factory):
     """An MLflow server on SQLite, a store every node reaches (a local one is refused with --address)."""
-    folder, port = tmp_path_factory.mktemp("server"), free_port()
-    server = start_mlflow_server(f"sqlite:///{folder / 'mlflow.db'}", port, folder / "artifacts")
-    yield f"http://127.0.0.1:{port}"
-    stop_server(server, kill=True)
+    yield from sqlite_mlflow_server(tmp_path_factory.mktemp("server"))
 
 
 def all_runs(uri: str) -> list[str]:

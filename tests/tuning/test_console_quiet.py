@@ -7,17 +7,14 @@ from mlflow.tracking import MlflowClient
 from tune_losses import tracking
 from tune_losses.tuning import console
 
-from helpers import free_port, start_mlflow_server, stop_server
+from helpers import sqlite_mlflow_server
 
 KEYS = ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "RAY_AIR_NEW_OUTPUT")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    tmp, port = tmp_path_factory.mktemp("mlflow"), free_port()
-    proc = start_mlflow_server(f"sqlite:///{tmp / 'mlflow.db'}", port, tmp / "artifacts")
-    yield f"http://127.0.0.1:{port}"
-    stop_server(proc, kill=True)
+    yield from sqlite_mlflow_server(tmp_path_factory.mktemp("mlflow"))
 
 
 @pytest.mark.slow
