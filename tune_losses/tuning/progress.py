@@ -66,10 +66,19 @@ class SweepProgress(Callback):
     ``bar``: redraw a two-line display in place (default: when stderr is a terminal); otherwise print a status
     line every ``interval`` seconds. ``budget``: the sweep's :class:`~tune_losses.tuning.budgets.Budget`, to tell
     trials stopped by it from those stopped by ASHA and to cap the ETA. ``out``: where event lines go (stdout).
+    ``configs``: how many trials the sweep has, as its header counts them, where fused groups (one Ray trial each,
+    tuning/fusion.py) make Ray's count smaller: every count and the epochs are of configs, as the header's.
     """
 
     def __init__(
-        self, space, budget=None, bar: bool | None = None, interval: float = 30.0, out=None, checkpoints: str = ""
+        self,
+        space,
+        budget=None,
+        bar: bool | None = None,
+        interval: float = 30.0,
+        out=None,
+        checkpoints: str = "",
+        configs: int | None = None,
     ):
         from tune_losses.tracking.callback import trial_name
 
@@ -81,6 +90,8 @@ class SweepProgress(Callback):
         self.out = out
         self.use_bar = sys.stderr.isatty() if bar is None else bar
         self.total_trials: int | None = None
+        self.configs = configs
+        self.sizes: dict[str, int] = {}  # trial id -> the configs it trains (a fused group's members; else 1)
         self.epochs_done: dict[str, int] = {}  # trial id -> epochs reported
         self.value: dict[str, float] = {}  # trial id -> last metric value
         self.names: dict[str, str] = {}
@@ -119,12 +130,16 @@ class SweepProgress(Callback):
                     for p in self.paths
                 }
                 self.names[trial.trial_id] = f"{self._trial_name(self.loss, values)} (fused, {len(members)})"
+                self.sizes[trial.trial_id] = len(members)
             else:
                 given = config.get("params", {})
                 values = {p: given[p] for p in self.paths if p in given}
                 base = given.get("baseline")  # the baseline trial (tuning/baseline.py)
                 self.names[trial.trial_id] = f"baseline {base}" if base else self._trial_name(self.loss, values)
         return self.names[trial.trial_id]
+
+    def size(self, tid: str) -> int:
+        return self.sizes.get(tid, 1)
 
     @property
     def total_epochs(self) -> int | None:
@@ -134,7 +149,7 @@ class SweepProgress(Callback):
 
     @property
     def done(self) -> int:
-        return sum(self.epochs_done.values())
+        return sum(epochs * self.size(tid) for tid, epochs in self.epochs_done.items())
 
     def eta(self, now: float) -> float | None:
         total, left = self.total_epochs, None
@@ -158,7 +173,8 @@ class SweepProgress(Callback):
             tid = pick(self.value, key=lambda t: self.value[t])
             best = f" | best {self.metric} {_num(self.value[tid])}: {self.names.get(tid, tid)}"
         pending = f"{self.pending} pending, " if self.pending else ""
-        return f"trials: {pending}{len(self.running)} running, {counts}{of}{best}{self.store_text()}"
+        running = sum(self.size(tid) for tid in self.running)
+        return f"trials: {pending}{running} running, {counts}{of}{best}{self.store_text()}"
 
     @staticmethod
     def store_text() -> str:
@@ -214,7 +230,7 @@ class SweepProgress(Callback):
         from tune_losses.tracking.ledger import STORE
 
         STORE.listeners.append(self.show_store)  # until on_experiment_end
-        self.total_trials = total_num_samples
+        self.total_trials = self.configs or total_num_samples
         self.start = self.last_line = time.monotonic()
         if self.use_bar:
             from tqdm import tqdm
@@ -226,7 +242,7 @@ class SweepProgress(Callback):
             self.draw(force=True)
 
     def on_step_end(self, iteration, trials, **info):
-        self.pending = sum(t.status == "PENDING" for t in trials)
+        self.pending = sum(members(t.config) for t in trials if t.status == "PENDING")
         self.show_store()
         self.draw()
 
@@ -269,10 +285,11 @@ class SweepProgress(Callback):
         self.draw(force=True)
 
     def on_trial_restore(self, iteration, trials, trial, **info):
+        self.name(trial)  # its name and size, for the counts
         self.running.add(trial.trial_id)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        tid = trial.trial_id
+        tid, _ = trial.trial_id, self.name(trial)
         epoch = int(result.get("epoch", 0) or 0)
         self.epochs_done[tid] = max(self.epochs_done.get(tid, 0), epoch)
         if self.first_epoch_at is None:
@@ -304,26 +321,28 @@ class SweepProgress(Callback):
         if ended.status == "superseded":
             pass  # another attempt of this trial goes on: it is counted there
         elif ended.status in ("not_started", "interrupted"):  # stopped while pending, or by Ctrl-C
-            self.unused_epochs += self.epochs - epoch
+            self.unused_epochs += (self.epochs - epoch) * self.size(tid)
         else:
-            self.unused_epochs += self.epochs - epoch
+            self.unused_epochs += (self.epochs - epoch) * self.size(tid)
             self.say(self._ended_line(tid, name, ended, epoch))
         self.draw(force=True)
 
     def _ended_line(self, tid: str, name: str, ended, epoch: int) -> str:
-        value = self.value.get(tid)
+        value, n = self.value.get(tid), self.size(tid)
         shown = f"{self.metric} {_num(value)}" if value is not None else f"no {self.metric}"
+        if n > 1:  # a fused group reports its best member's value (fused_trial.py); each member's is in its run
+            shown = f"best of the {n}: {shown}"
         had_best = self.best is not None
         best = " (best so far)" if self._is_best(tid) and had_best and self.selects else ""
         if ended.status == "diverged":
-            self.counts["diverged"] += 1
+            self.counts["diverged"] += n
             return f"{name}: diverged at epoch {epoch}: {ended.reason or ''}"
         if ended.stopped_early:
             by_budget = ended.stopped_by in ("time_budget", "plateau")
-            self.counts["stopped by the budget" if by_budget else self.stopped_key] += 1
+            self.counts["stopped by the budget" if by_budget else self.stopped_key] += n
             why = {"time_budget": "the time budget", "plateau": "the plateau stop"}.get(ended.stopped_by, self.stopper)
             return f"{name}: stopped by {why} at epoch {epoch}, {shown}{best}"
-        self.counts["finished"] += 1
+        self.counts["finished"] += n
         return f"{name}: finished {epoch} epochs, {shown}{best}"
 
     def on_trial_recover(self, iteration, trials, trial, **info):
@@ -390,6 +409,13 @@ class SweepProgress(Callback):
         state = dict(self.__dict__)
         state["bars"] = None
         return state
+
+
+def members(config: dict | None) -> int:
+    """How many configs a Ray trial trains: a fused group's members, else 1."""
+    from tune_losses.tracking.ledger import as_trial
+
+    return len(as_trial(config or {}).get("group") or [None])
 
 
 def lost_process(trial) -> bool:

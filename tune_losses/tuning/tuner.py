@@ -68,7 +68,9 @@ def _callbacks(sweep, ledger: Ledger, budget: Budget) -> list:
     callback.budget, callback.scheduler = budget, o.space.search.scheduler.name
     sweep.interrupt.budget = budget
     bar = None if o.verbose == 0 else False
-    extra = [SweepProgress(o.space, budget, bar=bar, checkpoints=sweep.checkpoints)] if o.progress else []
+    configs = sum(len(g) for g in sweep.fusion.groups) if sweep.fusion.fused else None  # the header's count
+    view = SweepProgress(o.space, budget, bar=bar, checkpoints=sweep.checkpoints, configs=configs)
+    extra = [view] if o.progress else []
     return [callback, sweep.interrupt.callback(), budget, *extra]
 
 
