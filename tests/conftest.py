@@ -1,4 +1,5 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,16 @@ def pytest_collection_modifyitems(config, items):
 
 
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+
+@pytest.fixture(autouse=True)
+def store_health_reset():
+    """The tracking store's health is this process's (tracking/ledger.py STORE): a test whose calls reached no store
+    must not leave the next test's live view saying that the store is down."""
+    yield
+    ledger = sys.modules.get("tune_losses.tracking.ledger")  # not imported: nothing to reset
+    if ledger is not None:
+        ledger.STORE.failing_since, ledger.STORE.last_error = None, ""
 
 
 @pytest.fixture(scope="session")

@@ -5,16 +5,8 @@ value shown is its best member's."""
 import io
 import types
 
-import pytest
-
 from tune_losses.spaces import load_space
-from tune_losses.tracking.ledger import STORE
 from tune_losses.tuning.progress import SweepProgress
-
-
-@pytest.fixture(autouse=True)
-def store_up(monkeypatch):
-    monkeypatch.setattr(STORE, "failing_since", None)  # the status line would say the store is down
 
 
 def trial(tid: str, config: dict, last: dict | None = None):
