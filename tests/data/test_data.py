@@ -54,22 +54,6 @@ def test_digits_splits_are_stratified_and_seeded():
     assert abs(len(half.test) - 1797 / 2) < 10
 
 
-def test_digits_are_scikit_learns_digits_read_without_importing_it():
-    import subprocess
-    import sys
-
-    from sklearn.datasets import load_digits
-
-    from tune_losses.data.bundled import digits_arrays
-
-    images, labels = digits_arrays()
-    reference = load_digits()
-    assert np.array_equal(images, reference.images) and np.array_equal(labels, reference.target)
-    code = "import sys; from tune_losses.data import build_dataset; build_dataset('digits')"
-    code += "; print('sklearn' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
-
-
 def test_mnist_5k_ships_offline():
     s = build_dataset("mnist_5k", max_per_class=20)
     assert s.input_shape == (1, 28, 28) and len(s.train) == 200 and s.train.x.dtype == torch.uint8
