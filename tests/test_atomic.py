@@ -73,3 +73,15 @@ def test_staging_elsewhere_and_keeping_a_file_another_process_made(tmp_path):
     with pytest.raises(FileNotFoundError), atomic.replacing(tmp_path / "gone" / "health", make_dirs=False) as staged:
         staged.write_text("{}")  # a directory that must exist is never made here
     assert not (tmp_path / "gone").exists()
+
+
+def test_keeping_an_existing_file_where_hard_links_fail(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")  # what a file system without hard links answers
+
+    monkeypatch.setattr(os, "link", no_links)
+    db = tmp_path / "mlflow.db"
+    atomic.write_text(db, "mine", keep_existing=True)
+    assert db.read_text() == "mine"
+    atomic.write_text(db, "another", keep_existing=True)
+    assert db.read_text() == "mine" and os.listdir(tmp_path) == ["mlflow.db"]

@@ -72,8 +72,13 @@ def _put_in_place(staged: Path, path: Path, keep_existing: bool) -> None:
     if not keep_existing:
         os.replace(staged, path)
         return
-    with contextlib.suppress(FileExistsError):  # one step: a file made meanwhile is never replaced
-        os.link(staged, path)
+    try:
+        os.link(staged, path)  # one step: a file made meanwhile is never replaced
+    except FileExistsError:
+        pass
+    except OSError:  # a file system without hard links: checked, then replaced (a narrow window, as before)
+        if not path.exists():
+            os.replace(staged, path)
 
 
 def _fsync(path: Path) -> None:
