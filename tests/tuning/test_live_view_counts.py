@@ -46,3 +46,19 @@ def test_without_fused_groups_the_counts_are_rays():
     assert view.status().startswith("trials: 1 running, 0 finished") and "(of 3)" in view.status()
     assert view.total_epochs == 6
     view.on_experiment_end([])
+
+
+def test_a_fused_groups_diverged_members_count_as_diverged():
+    space, _, _ = load_space("quickstart", {"train.epochs": 2})
+    out = io.StringIO()
+    view = SweepProgress(space, bar=False, out=out, configs=4)
+    view.setup(total_num_samples=1)
+    group = trial("g", {"group": [{"params": {"loss.a": a}} for a in (5.0, 10.0, 15.0, 20.0)]})
+    view.on_trial_start(0, [], group)
+    result = {"epoch": 2, "val_acc": 0.8, "fused": 4, "members_diverged": 1}  # what fused_trial.py reports
+    view.on_trial_result(0, [], group, result)
+    group.last_result = {**result, "done": True}
+    view.on_trial_complete(0, [], group)
+    assert view.status().startswith("trials: 0 running, 3 finished, 0 stopped by ASHA, 1 diverged, 0 failed (of 4)")
+    assert out.getvalue().splitlines()[-1].endswith("best of the 4: val_acc 0.8, 1 diverged")
+    view.on_experiment_end([])

@@ -47,6 +47,7 @@ class FusedGroup:
         self.clock = TrialClock(started, attempts[0].ledger)
         self.table_writes = Cadence(TABLE_SHARE)  # the members' replica tables, written together
         self.closed = {i for i, a in enumerate(attempts) if a.record.finished}  # runs that hold their end
+        self.diverged = 0  # members that diverged in this attempt: the live view counts them apart
         self.reported = False
         sign = 1.0 if space.search.mode == "max" else -1.0
         self.best = lambda values: max(values, key=lambda v: sign * v) if values else sign * float("-inf")
@@ -85,6 +86,7 @@ class FusedGroup:
             if entry.get("status") == "diverged":
                 attempt.finish(entry, tell_ray=False)
                 self.closed.add(i)
+                self.diverged += 1
                 continue
             epoch = max(epoch, attempt.record_epoch(entry, attempt.clock.enter()))
             if isinstance(entry.get(self.space.search.metric), (int, float)):
@@ -100,4 +102,5 @@ class FusedGroup:
                 self.checkpoints.save(state())
         self.reported = True
         with self.clock.reporting():
-            tune.report({self.space.search.metric: self.best(values), "epoch": epoch, "fused": len(self.attempts)})
+            result = {self.space.search.metric: self.best(values), "epoch": epoch, "fused": len(self.attempts)}
+            tune.report({**result, "members_diverged": self.diverged})

@@ -124,18 +124,18 @@ class SweepProgress(Callback):
 
             config = as_trial(trial.config or {})
             if "group" in config:  # a fused group (tuning/fusion.py): its members' values
-                members = [m.get("params", {}) for m in config["group"]]
+                params = [m.get("params", {}) for m in config["group"]]
                 values = {
-                    p: ",".join(f"{m[p]:g}" if isinstance(m.get(p), float) else str(m.get(p)) for m in members)
+                    p: ",".join(f"{m[p]:g}" if isinstance(m.get(p), float) else str(m.get(p)) for m in params)
                     for p in self.paths
                 }
-                self.names[trial.trial_id] = f"{self._trial_name(self.loss, values)} (fused, {len(members)})"
-                self.sizes[trial.trial_id] = len(members)
+                self.names[trial.trial_id] = f"{self._trial_name(self.loss, values)} (fused, {len(params)})"
             else:
                 given = config.get("params", {})
                 values = {p: given[p] for p in self.paths if p in given}
                 base = given.get("baseline")  # the baseline trial (tuning/baseline.py)
                 self.names[trial.trial_id] = f"baseline {base}" if base else self._trial_name(self.loss, values)
+            self.sizes[trial.trial_id] = members(trial.config)
         return self.names[trial.trial_id]
 
     def size(self, tid: str) -> int:
@@ -289,7 +289,8 @@ class SweepProgress(Callback):
         self.running.add(trial.trial_id)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        tid, _ = trial.trial_id, self.name(trial)
+        self.name(trial)  # its name and size, for the counts
+        tid = trial.trial_id
         epoch = int(result.get("epoch", 0) or 0)
         self.epochs_done[tid] = max(self.epochs_done.get(tid, 0), epoch)
         if self.first_epoch_at is None:
@@ -324,14 +325,18 @@ class SweepProgress(Callback):
             self.unused_epochs += (self.epochs - epoch) * self.size(tid)
         else:
             self.unused_epochs += (self.epochs - epoch) * self.size(tid)
-            self.say(self._ended_line(tid, name, ended, epoch))
+            self.say(self._ended_line(tid, name, ended, epoch, int(last.get("members_diverged", 0) or 0)))
         self.draw(force=True)
 
-    def _ended_line(self, tid: str, name: str, ended, epoch: int) -> str:
+    def _ended_line(self, tid: str, name: str, ended, epoch: int, diverged: int = 0) -> str:
+        """The line of a trial's end; a fused group's members that diverged before it ended (``diverged``) are
+        counted as diverged, the others as the group ended."""
         value, n = self.value.get(tid), self.size(tid)
         shown = f"{self.metric} {_num(value)}" if value is not None else f"no {self.metric}"
         if n > 1:  # a fused group reports its best member's value (fused_trial.py); each member's is in its run
-            shown = f"best of the {n}: {shown}"
+            shown = f"best of the {n}: {shown}" + (f", {diverged} diverged" if diverged else "")
+            self.counts["diverged"] += diverged
+            n -= diverged
         had_best = self.best is not None
         best = " (best so far)" if self._is_best(tid) and had_best and self.selects else ""
         if ended.status == "diverged":
