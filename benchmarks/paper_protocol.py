@@ -154,6 +154,19 @@ def main():
         runs = tracking.trial_runs(c, result.parent_run_id, tracking.experiment_id(c))
         parent = c.get_run(result.parent_run_id)
 
+    shares = time_shares(args, runs, wall, wall_start, len(grid), made)
+    print_accuracy(args, runs)
+    print(
+        f"sweep status: {parent.data.tags.get('status')}, report error: {parent.data.tags.get('report_error', 'none')}"
+    )
+    if args.before:
+        print(f"side by side: before ({args.before}): {earlier}")
+        print(f"              this checkout:  {wall:.1f} s; " + shares)
+    print(f"paper protocol: {wall:.1f} s")
+
+
+def time_shares(args, runs, wall: float, wall_start: float, values: int, made: float) -> str:
+    """Print where the CPUs' time went (per Ray trial: ``ray_trials``); return the one-line shares."""
     slots = args.cpus * wall
     m = ray_trials(runs)
     total = lambda key: sum(x.get(key, 0.0) for x in m)  # noqa: E731
@@ -182,7 +195,7 @@ def main():
         ("after the last trial (summary, report)", after),
     ]
     print(
-        f"DAL Table II protocol: {len(grid)} values of a x {args.repeats} runs x {args.epochs} epochs, 32-unit head "
+        f"DAL Table II protocol: {values} values of a x {args.repeats} runs x {args.epochs} epochs, 32-unit head "
         f"on {CLASSES * PER_CLASS // 2} + {CLASSES * PER_CLASS // 2} rows of {int(np.prod(SHAPE))} synthetic "
         f"features (signal {args.signal}), SGD lr 0.001 momentum 0.9, batch 32, {args.cpus} CPUs"
     )
@@ -208,6 +221,10 @@ def main():
         f"first trial running {first_start:.1f} s after the sweep's start; trial seconds, median: "
         f"{statistics.median(x.get('seconds_trial', 0) for x in m):.1f}"
     )
+    return shares
+
+
+def print_accuracy(args, runs) -> None:
     print(f"\ntest accuracy at epoch {args.epochs} (%), over {args.repeats} runs per value:")
     print(f"  {'a':>5}  {'mean':>7} {'std':>6} {'min':>7} {'max':>7}")
     by_a = sorted(runs, key=lambda r: float(r.data.params["loss.params.a"]))
@@ -218,13 +235,6 @@ def main():
             f"{100 * x.get('test_acc_std', 0):6.2f} {100 * x.get('test_acc_min', x['test_acc']):7.2f} "
             f"{100 * x.get('test_acc_max', x['test_acc']):7.2f}"
         )
-    print(
-        f"sweep status: {parent.data.tags.get('status')}, report error: {parent.data.tags.get('report_error', 'none')}"
-    )
-    if args.before:
-        print(f"side by side: before ({args.before}): {earlier}")
-        print(f"              this checkout:  {wall:.1f} s; " + shares)
-    print(f"paper protocol: {wall:.1f} s")
 
 
 def compare_before(checkout: str) -> str:
