@@ -377,15 +377,16 @@ ALLOWED = {
     "_internals": set(),
     "yaml_io": set(),
     "atomic": set(),
+    "home": set(),
     "losses": {"registry", "_internals", "atomic"},
     "models": {"registry"},
     "data": {"registry", "models", "atomic"},
     "training": {"data", "losses", "models", "tracking", "atomic"},
     "spaces": {"training", "losses", "models", "yaml_io"},
-    "tracking": {"spaces", "training", "_internals", "atomic"},
-    "tuning": {"spaces", "training", "tracking", "data", "losses", "reports", "_internals", "atomic"},
+    "tracking": {"spaces", "training", "_internals", "atomic", "home"},
+    "tuning": {"spaces", "training", "tracking", "data", "losses", "reports", "_internals", "atomic", "home"},
     "reports": {"tracking"},
-    "cli": {"__init__", "data", "reports", "spaces", "training", "tuning", "tracking", "yaml_io", "_internals"},
+    "cli": {"__init__", "data", "reports", "spaces", "training", "tuning", "tracking", "yaml_io", "_internals", "home"},
     "__init__": {"tuning"},
 }
 PACKAGE = Path(__file__).resolve().parents[1] / "tune_losses"
@@ -420,3 +421,37 @@ def test_parts_import_only_what_architecture_md_lists():
         part = parts[0] if len(parts) > 1 else path.stem
         extra = imported_parts(path) - ALLOWED[part] - {part}
         assert not extra, f"{path.relative_to(PACKAGE)} imports {sorted(extra)}: not allowed by ARCHITECTURE.md"
+
+
+def _import_time_nodes(tree: ast.Module):
+    """The nodes a module evaluates when imported: its statements outside function bodies, plus the defaults and
+    decorators of its functions (class bodies run at import too)."""
+    stack = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            stack += [*node.decorator_list, *node.args.defaults, *filter(None, node.args.kw_defaults)]
+        elif isinstance(node, ast.Lambda):
+            stack += node.args.defaults
+        else:
+            yield node
+            stack += ast.iter_child_nodes(node)
+
+
+def _sets_a_default(node) -> bool:
+    call = node.value if isinstance(node, ast.Expr) else None
+    return isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "setdefault"
+
+
+def test_no_module_reads_the_environment_when_imported():
+    """The warm driver (tuning/warm_driver.py) imports the package before it takes a command's environment: a value
+    read at import would be `up`'s, not the command's. Setting a default (``os.environ.setdefault``) is allowed:
+    the driver applies again what the imports set."""
+    for path in sorted(p for p in PACKAGE.rglob("*.py") if "csrc" not in p.parts):
+        tree = ast.parse(path.read_text())
+        defaults = {id(n) for stmt in ast.walk(tree) if _sets_a_default(stmt) for n in ast.walk(stmt)}
+        for node in _import_time_nodes(tree):
+            reads = isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "environb")
+            assert not reads or id(node) in defaults, (
+                f"{path.relative_to(PACKAGE)}:{node.lineno} reads the environment when imported; read it in a function"
+            )

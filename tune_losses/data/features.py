@@ -25,7 +25,12 @@ from tune_losses.atomic import replacing
 from .registry import build_dataset, register
 from .splits import Split, Splits
 
-DEFAULT_CACHE = Path(os.environ.get("TUNE_LOSSES_FEATURES", Path.home() / ".cache" / "tune_losses" / "features"))
+
+def default_cache() -> Path:
+    """TUNE_LOSSES_FEATURES, read when used (a warm driver imported this module before the command's environment)."""
+    return Path(os.environ.get("TUNE_LOSSES_FEATURES", Path.home() / ".cache" / "tune_losses" / "features"))
+
+
 SPLIT_DEFAULTS = {"val_fraction": None, "split": "ratios", "max_per_class": None}  # make_splits' defaults
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -103,7 +108,7 @@ def compute_features(
 
     weights = resolve_weights(backbone, weights, random_init)
     key = cache_key(dataset, {**options, "seed": seed}, backbone, weights, image_size)
-    path = Path(cache_dir or DEFAULT_CACHE) / f"{dataset}-{backbone}-{key}.parquet"
+    path = Path(cache_dir or default_cache()) / f"{dataset}-{backbone}-{key}.parquet"
     if path.exists():
         return path
     splits = build_dataset(dataset, root=root, seed=seed, **options)

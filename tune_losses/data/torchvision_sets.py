@@ -21,11 +21,15 @@ from .registry import register
 from .splits import make_splits
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-DEFAULT_ROOT = Path(os.environ.get("TUNE_LOSSES_DATA", Path.home() / ".cache" / "tune_losses" / "data"))
+
+
+def default_root() -> Path:
+    """TUNE_LOSSES_DATA, read when used (a warm driver imported this module before the command's environment)."""
+    return Path(os.environ.get("TUNE_LOSSES_DATA", Path.home() / ".cache" / "tune_losses" / "data"))
 
 
 def _root(root) -> Path:
-    return Path(root) if root else DEFAULT_ROOT
+    return Path(root) if root else default_root()
 
 
 def _missing(name: str, cls, root: Path, files: list[str]) -> ValueError:

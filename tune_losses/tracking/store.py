@@ -18,14 +18,11 @@ from mlflow.tracking import MlflowClient
 
 from tune_losses import _internals
 from tune_losses.atomic import replacing
+from tune_losses.home import run_dir
 
 from . import record
 
 EXPERIMENT = "tune_losses"
-
-
-def run_dir() -> Path:
-    return Path(os.environ.get("TUNE_LOSSES_HOME", "runs")).resolve()
 
 
 def default_tracking_uri() -> str:
