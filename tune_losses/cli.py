@@ -101,12 +101,17 @@ def cmd_up(args) -> int:
 
     if args.num_cpus is not None and args.num_cpus < 1:
         raise ValueError(f"--num-cpus={args.num_cpus} is not allowed; allowed: an integer >= 1")
-    info, already = warm_ray.up(args.num_cpus)
+    info, already = warm_ray.up(args.num_cpus, driver_entry="tune_losses.cli:main")
     print(
         f"A warm Ray is {'already ' if already else ''}up: {info.describe()}.\n"
         f"Its {info.num_cpus} worker processes preload {', '.join(info.preload)} (torch, Ray Tune, MLflow); "
-        f"`tune-losses sweep` joins it when no --address is given.\n"
-        f"Stop it with `tune-losses down` (recorded in {warm_ray.state_file()})."
+        f"`tune-losses sweep` joins it when no --address is given"
+        + (
+            f", its driver forked from a warm one (pid {info.driver_pid}) that has imported them too.\n"
+            if info.driver_socket
+            else ".\n"
+        )
+        + f"Stop it with `tune-losses down` (recorded in {warm_ray.state_file()})."
     )
     return 0
 
@@ -383,9 +388,14 @@ def main(argv=None) -> int:
 
 
 def run() -> None:
-    """The `tune-losses` command (and ``python -m tune_losses.cli``): :func:`main`, then an exit that skips the
-    interpreter's teardown of torch, Ray and MLflow (seconds of every command; tune_losses/_internals.py)."""
-    code = main()
+    """The `tune-losses` command (and ``python -m tune_losses.cli``): handed to the warm driver of `tune-losses up`
+    when one takes it (tuning/warm_driver.py), else :func:`main`; then an exit that skips the interpreter's teardown
+    of torch, Ray and MLflow (seconds of every command; tune_losses/_internals.py)."""
+    from tune_losses.tuning.warm_driver import hand_over
+
+    code = hand_over(sys.argv[1:])
+    if code is None:
+        code = main()
     from tune_losses._internals import exit_without_teardown
 
     exit_without_teardown(code)

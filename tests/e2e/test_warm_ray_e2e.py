@@ -1,5 +1,6 @@
 """`tune-losses up` -> sweeps -> `down` through the real CLI and a real Ray (tuning/warm_ray.py): sweeps with no
---address join the warm Ray (their header says so) with a local SQLite store, a Ctrl-C stops a sweep's trials and
+--address join the warm Ray and are forked from its warm driver (their header says both) with a local SQLite
+store, a Ctrl-C (passed on to the forked driver) stops a sweep's trials and
 leaves the warm Ray up, and a warm Ray killed without `down` (a reboot) leaves a file that is found stale."""
 
 import os
@@ -73,6 +74,7 @@ def test_up_sweeps_ctrl_c_and_down(home):
         out = cli(home, "sweep", str(space), "--name", name)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         assert f"{WARM_HEADER} (address {info.address}" in out.stdout
+        assert f"driver: forked from the warm driver of `tune-losses up` (pid {info.driver_pid})" in out.stdout
         assert "Sweep '" + name + "': 2 trials: 2 completed" in out.stdout
         assert len(list((home / "ray" / name).glob("*/tune"))) == 1  # Ray Tune's files under its parent run id
     long = write_space(home / "long.yaml", train={"epochs": 200, "repeats": 1})
@@ -84,6 +86,7 @@ def test_up_sweeps_ctrl_c_and_down(home):
     down = cli(home, "down")
     assert down.returncode == 0 and "Stopped the warm Ray" in down.stdout
     assert not warm_ray.keeper_alive(info.pid) and not warm_ray.state_file().exists()
+    assert not os.path.exists(f"/proc/{info.driver_pid}") and not os.path.exists(info.driver_socket)
     assert "No warm Ray is up (nothing to stop)" in cli(home, "down").stdout
 
 

@@ -36,7 +36,7 @@ from tune_losses.tracking.driver import DriverLock, claim, running_driver
 from tune_losses.tracking.ledger import Ledger, TrialRecord, retrying
 from tune_losses.tracking.parent import ParentRun, SweepNameTaken, checkpoint_root, legacy_checkpoint_root
 
-from . import preflight, search
+from . import preflight, search, warm_driver
 from .interrupt import Interrupt, SweepInterrupted
 from .resume import check_resumable, parent_params, resume_command
 
@@ -196,6 +196,8 @@ class Sweep:
             print(header(o.space, o.name, o.resume), flush=True)  # Ray takes seconds to start
             if o.warm_ray is not None:
                 print(f"Ray: warm local runtime from `tune-losses up` ({o.warm_ray.describe()})", flush=True)
+            if warm_driver.FORKED_FROM is not None:
+                print(f"driver: forked from the warm driver of `tune-losses up` (pid {warm_driver.FORKED_FROM})")
             self._kernel_notice()
         self.ray.wait()  # the cluster (or the local Ray) may lack what the trials need: known before the store opens
         where = "cluster" if o.address and o.warm_ray is None else "local Ray"

@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ START_TIMEOUT_S = 120.0  # Ray's start on a loaded 2-CPU machine takes 10-20 s
 STOP_TIMEOUT_S = 30.0
 POLL_S = 0.5
 KEEP_ALIVE_S = 10 * 365 * 86400  # a prestarted worker stays until a job takes it (or `down`)
+MAX_SOCKET_PATH = 100  # a Unix socket's address holds 108 bytes
 
 
 @dataclass
@@ -44,6 +46,8 @@ class WarmRay:
     token_auth: bool  # whether a driver must send the token (~/.ray/auth_token) to join
     started: float  # epoch seconds
     fingerprint: str = ""  # of the code and settings its workers run with (``fingerprint``)
+    driver_socket: str = ""  # where its warm driver listens (tuning/warm_driver.py); "" when it has none
+    driver_pid: int = 0
 
     def describe(self) -> str:
         return f"address {self.address}, {self.num_cpus} CPUs, keeper pid {self.pid}"
@@ -58,7 +62,7 @@ class WarmRay:
 
 
 def state_file() -> Path:
-    from tune_losses.tracking import run_dir
+    from tune_losses.home import run_dir
 
     return run_dir() / FILENAME
 
@@ -86,15 +90,35 @@ TRIAL_ENV = (
 )
 
 
-def fingerprint() -> str:
-    """A hash of the package's code (its workers imported it at `up`) and of :data:`TRIAL_ENV` (values hashed,
-    never stored): a sweep joins the warm Ray only when its own is the same."""
+def driver_socket(home: Path) -> Path:
+    """Where the warm driver (tuning/warm_driver.py) of the warm Ray in ``home`` listens: in ``home`` when the path
+    fits a socket's address, else in a private folder of the temp directory named by ``home``'s hash."""
+    path = home / "warm-driver.sock"
+    if len(os.fsencode(path)) <= MAX_SOCKET_PATH:
+        return path
+    folder = Path(tempfile.gettempdir()) / f"tune-losses-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    mode = folder.lstat()
+    if mode.st_uid != os.getuid() or mode.st_mode & 0o077 or folder.is_symlink():
+        raise PermissionError(f"{folder} is not a private folder of this user: the warm driver does not listen there")
+    return folder / f"{hashlib.sha256(os.fsencode(home)).hexdigest()[:16]}.sock"
+
+
+def code_fingerprint() -> str:
+    """A hash of the package's code: what the warm Ray's workers and its driver imported at `up`."""
     import tune_losses
 
     key = hashlib.sha256()
     root = Path(tune_losses.__file__).parent
     for source in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".cpp")):
         key.update(str(source.relative_to(root)).encode() + b"\0" + source.read_bytes())
+    return key.hexdigest()[:16]
+
+
+def fingerprint() -> str:
+    """:func:`code_fingerprint` and :data:`TRIAL_ENV` (values hashed, never stored): a sweep joins the warm Ray
+    only when its own is the same."""
+    key = hashlib.sha256(code_fingerprint().encode())
     key.update(json.dumps({name: os.environ.get(name) for name in TRIAL_ENV}, sort_keys=True).encode())
     return key.hexdigest()[:16]
 
@@ -150,8 +174,10 @@ def _remove(path: Path, pid: int) -> None:
         path.unlink(missing_ok=True)
 
 
-def up(num_cpus: int | None = None) -> tuple[WarmRay, bool]:
-    """Start the keeper and wait for its address file: (the warm Ray, whether one was already up)."""
+def up(num_cpus: int | None = None, driver_entry: str = "") -> tuple[WarmRay, bool]:
+    """Start the keeper and wait for its address file: (the warm Ray, whether one was already up). With a
+    ``driver_entry`` (``module:function``, the command's ``main``), the keeper also starts a warm driver that
+    forks that command (tuning/warm_driver.py)."""
     path = state_file()
     found = find(path)
     if found is not None:
@@ -161,7 +187,7 @@ def up(num_cpus: int | None = None) -> tuple[WarmRay, bool]:
         return held, True
     path.parent.mkdir(parents=True, exist_ok=True)
     log = path.with_suffix(".log")
-    cmd = [sys.executable, "-m", KEEPER, str(path)] + ([str(num_cpus)] if num_cpus else [])
+    cmd = [sys.executable, "-m", KEEPER, str(path), str(num_cpus or 0), driver_entry]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a Ray of its own, never a joined one
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -228,27 +254,46 @@ def _rewarm(info: WarmRay, node: dict, own_job, ended: int) -> int:
     return ended
 
 
-def keep(path: Path, num_cpus: int | None) -> None:
-    """The keeper's life: start Ray, record it, keep its workers warm until SIGTERM."""
+def keep(path: Path, num_cpus: int | None, driver_entry: str = "") -> None:
+    """The keeper's life: start Ray (and the warm driver), record it, keep its workers warm until SIGTERM."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    # before this process imports Ray (which sets variables): the driver has `up`'s environment
+    try:
+        driver = _start_driver(path, driver_entry) if driver_entry else None
+    except OSError as exc:  # no place for its socket: sweeps start their own driver, as without `up`
+        print(f"the warm driver did not start: {exc}", file=sys.stderr, flush=True)
+        driver = None
+    try:
+        import ray
+
+        from tune_losses import _internals
+
+        from .ray_runtime import PRELOAD_MODULES, init_ray
+
+        init_ray("local", num_cpus, verbose=0)
+        node = next(n for n in ray.nodes() if n.get("Alive"))
+        info = WarmRay(
+            address=ray.get_runtime_context().gcs_address,
+            pid=os.getpid(),
+            num_cpus=int(ray.cluster_resources().get("CPU", 0)),
+            preload=list(PRELOAD_MODULES),
+            token_auth=_internals.token_auth_enabled(),
+            started=time.time(),
+            fingerprint=fingerprint(),
+            driver_socket=_driver_ready(driver, path) if driver else "",
+            driver_pid=driver.pid if driver else 0,
+        )
+        own_job = ray.get_runtime_context().get_job_id()
+        _keep_warm(path, info, node, own_job)
+    finally:
+        if driver is not None:  # it removes its socket; forked sweeps run on in their own sessions
+            driver.terminate()
+            driver.wait(timeout=STOP_TIMEOUT_S / 2)
+
+
+def _keep_warm(path: Path, info: WarmRay, node: dict, own_job) -> None:
     import ray
 
-    from tune_losses import _internals
-
-    from .ray_runtime import PRELOAD_MODULES, init_ray
-
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    init_ray("local", num_cpus, verbose=0)
-    node = next(n for n in ray.nodes() if n.get("Alive"))
-    info = WarmRay(
-        address=ray.get_runtime_context().gcs_address,
-        pid=os.getpid(),
-        num_cpus=int(ray.cluster_resources().get("CPU", 0)),
-        preload=list(PRELOAD_MODULES),
-        token_auth=_internals.token_auth_enabled(),
-        started=time.time(),
-        fingerprint=fingerprint(),
-    )
-    own_job = ray.get_runtime_context().get_job_id()
     try:
         write(info, path)
         ended = 0
@@ -264,5 +309,30 @@ def keep(path: Path, num_cpus: int | None) -> None:
         ray.shutdown()
 
 
+def _start_driver(path: Path, entry: str) -> subprocess.Popen:
+    """The warm driver (tuning/warm_driver.py), in the keeper's session: `down` stops it with the keeper."""
+    sock = driver_socket(path.parent)
+    sock.unlink(missing_ok=True)
+    with open(path.with_name("warm-driver.log"), "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tune_losses.tuning.warm_driver", str(sock), entry],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _driver_ready(driver: subprocess.Popen, path: Path) -> str:
+    """The driver's socket once it listens; "" (sweeps start their own driver) if it failed: its log says why."""
+    sock = driver_socket(path.parent)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline and driver.poll() is None:
+        if sock.exists():
+            return str(sock)
+        time.sleep(POLL_S / 5)
+    print(f"the warm driver did not start; see {path.with_name('warm-driver.log')}", file=sys.stderr, flush=True)
+    return ""
+
+
 if __name__ == "__main__":
-    keep(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else None)
+    keep(Path(sys.argv[1]), int(sys.argv[2]) or None, sys.argv[3])
