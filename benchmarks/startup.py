@@ -54,6 +54,7 @@ CLI = [sys.executable, "-m", "tune_losses.cli"]
 POLL_S = 0.2
 TICK = os.sysconf("SC_CLK_TCK")
 KINDS = [  # (kind, what its command line holds), first match wins
+    ("driver", "tune_losses.tuning.warm_driver"),  # a sweep forked from the warm driver of `up`
     ("driver", "tune_losses.cli"),
     ("driver", "tune-losses"),
     ("ray: python services", "ray::DashboardAgent"),
@@ -66,18 +67,24 @@ KINDS = [  # (kind, what its command line holds), first match wins
 ]
 
 
-def session_cpu(sid: int) -> tuple[dict[str, float], dict[str, int]]:
-    """CPU seconds (user + system) so far of every process in session ``sid``, and their number, by kind."""
+def session_cpu(sid: int, forked_by: int = 0) -> tuple[dict[str, float], dict[str, int]]:
+    """CPU seconds (user + system) so far of every process in session ``sid``, and their number, by kind; with
+    ``forked_by`` (the warm driver's pid), also of the sessions its children lead (a forked sweep's own)."""
     out: dict[str, float] = {}
     count: dict[str, int] = {}
+    stats = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            stats[pid] = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[3]) != sid:  # fields after the name: state ppid pgrp session ...
+    sessions = {sid} | {int(pid) for pid, fields in stats.items() if forked_by and int(fields[1]) == forked_by}
+    for pid, fields in stats.items():
+        if int(fields[3]) not in sessions:  # fields after the name: state ppid pgrp session ...
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
             continue
         kind = next((k for k, needle in KINDS if needle in cmd), "other")
         out[kind] = out.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / TICK
@@ -158,7 +165,7 @@ def one_sweep(tmp: str, name: str, space: str, sets: list[str], timeout: float, 
             if running is None:
                 running, _ = first_trial(db, name)
                 if running is not None:
-                    cpu, count = session_cpu(proc.pid)
+                    cpu, count = session_cpu(proc.pid, warm_driver_pid(tmp))
             else:
                 _, epoch = first_trial(db, name)
                 if epoch is not None:
@@ -176,6 +183,14 @@ def one_sweep(tmp: str, name: str, space: str, sets: list[str], timeout: float, 
         "cpu": cpu,
         "n": count,
     }
+
+
+def warm_driver_pid(tmp: str) -> int:
+    """The pid of the warm driver of the `up` in ``tmp`` (0: none): a warm sweep's driver is its child."""
+    try:
+        return int(json.loads((Path(tmp) / "warm-ray.json").read_text()).get("driver_pid", 0))
+    except (OSError, ValueError):
+        return 0
 
 
 def warm_up(tmp: str, tree: str | None) -> float:

@@ -94,8 +94,11 @@ def hand_over(argv: list[str]) -> int | None:
             conn.sendall(frame[4:])
             conn.settimeout(ANSWER_TIMEOUT_S)
             answer = _receive(conn)
-        except OSError:
-            return None  # the driver went away: nothing was forked that outlives this connection
+        except (OSError, ValueError):
+            return None  # no answer: a child forked meanwhile dies with this connection; the command runs here
+        except KeyboardInterrupt:  # Ctrl-C before the child started: it dies with this connection
+            print("\ninterrupted", file=sys.stderr)
+            return 130
         if "declined" in answer:
             print(f"driver: not forked from `tune-losses up`'s warm driver ({answer['declined']})", flush=True)
             return None
@@ -259,7 +262,12 @@ def _accept(listener, children, start_env: dict, defaults: dict, expected: dict,
     for fd in fds:
         os.close(fd)
     conn.settimeout(None)
-    children[child] = conn if _send_quietly(conn, {"pid": child}) else None
+    if _send_quietly(conn, {"pid": child}):
+        children[child] = conn
+    else:  # the command gave up waiting (or died): it runs itself, or not at all; never twice
+        _forward(child, signal.SIGKILL)
+        conn.close()
+        children[child] = None
 
 
 def why_declined(request: dict | None, start_env: dict, expected: dict) -> str:
@@ -328,23 +336,21 @@ def _become(request: dict, fds: list[int], defaults: dict, sockets: list, main) 
             if isinstance(stream, io.TextIOWrapper):
                 stream.reconfigure(line_buffering=lines)
         _reseed()
-        code = _run_command(main, request["argv"][1:])
+        code = main(request["argv"][1:])
+    except SystemExit as exit:  # argparse's errors, `sys.exit` in a command: as the interpreter ends on one
+        code = exit.code if isinstance(exit.code, int) else 0 if exit.code is None else 1
+        if isinstance(exit.code, str):
+            print(exit.code, file=sys.stderr)
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException:  # as the interpreter reports an uncaught exception
+        import traceback
+
+        traceback.print_exc()
     finally:
         from tune_losses._internals import exit_without_teardown
 
         exit_without_teardown(code)
-
-
-def _run_command(main, args: list[str]) -> int:
-    import traceback
-
-    try:
-        return main(args)
-    except SystemExit as exit:  # argparse's errors, `sys.exit` in a command
-        return exit.code if isinstance(exit.code, int) else 0 if exit.code is None else 1
-    except BaseException:  # as the interpreter reports an uncaught exception
-        traceback.print_exc()
-        return 1
 
 
 def _reseed() -> None:
