@@ -389,9 +389,9 @@ def main(argv=None) -> int:
 
 def run() -> None:
     """The `tune-losses` command (and ``python -m tune_losses.cli``): handed to the warm driver of `tune-losses up`
-    when one takes it (tuning/warm_driver.py), else :func:`main`; then an exit that skips the interpreter's teardown
+    when one takes it (tuning/warm_command.py), else :func:`main`; then an exit that skips the interpreter's teardown
     of torch, Ray and MLflow (seconds of every command; tune_losses/_internals.py)."""
-    from tune_losses.tuning.warm_driver import hand_over
+    from tune_losses.tuning.warm_command import hand_over
 
     code = hand_over(sys.argv[1:])
     if code is None:

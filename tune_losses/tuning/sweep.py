@@ -197,7 +197,10 @@ class Sweep:
             if o.warm_ray is not None:
                 print(f"Ray: warm local runtime from `tune-losses up` ({o.warm_ray.describe()})", flush=True)
             if warm_driver.FORKED_FROM is not None:
-                print(f"driver: forked from the warm driver of `tune-losses up` (pid {warm_driver.FORKED_FROM})")
+                print(
+                    f"driver: forked from the warm driver of `tune-losses up` (pid {warm_driver.FORKED_FROM})",
+                    flush=True,
+                )
             self._kernel_notice()
         self.ray.wait()  # the cluster (or the local Ray) may lack what the trials need: known before the store opens
         where = "cluster" if o.address and o.warm_ray is None else "local Ray"

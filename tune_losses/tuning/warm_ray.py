@@ -15,6 +15,7 @@ The address file, ``<TUNE_LOSSES_HOME>/warm-ray.json`` (``runs/`` by default), w
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -104,14 +105,25 @@ def driver_socket(home: Path) -> Path:
     return folder / f"{hashlib.sha256(os.fsencode(home)).hexdigest()[:16]}.sock"
 
 
+#: the libraries whose installation `code_fingerprint` notices (reinstalled: their folder is new)
+LIBRARIES = ("torch", "torchvision", "ray", "mlflow", "optuna")
+
+
 def code_fingerprint() -> str:
-    """A hash of the package's code: what the warm Ray's workers and its driver imported at `up`."""
+    """A hash of the package's code and of where and when its main libraries were installed: what the warm Ray's
+    workers and its driver imported at `up`."""
+    import importlib.util
+
     import tune_losses
 
     key = hashlib.sha256()
     root = Path(tune_losses.__file__).parent
     for source in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".cpp")):
         key.update(str(source.relative_to(root)).encode() + b"\0" + source.read_bytes())
+    for name in LIBRARIES:
+        spec = importlib.util.find_spec(name)
+        for folder in (spec and spec.submodule_search_locations) or []:
+            key.update(f"{folder}\0{os.stat(folder).st_mtime_ns}".encode())
     return key.hexdigest()[:16]
 
 
@@ -286,9 +298,10 @@ def keep(path: Path, num_cpus: int | None, driver_entry: str = "") -> None:
         own_job = ray.get_runtime_context().get_job_id()
         _keep_warm(path, info, node, own_job)
     finally:
-        if driver is not None:  # it removes its socket; forked sweeps run on in their own sessions
+        if driver is not None:  # it stops listening at once, and ends once the sweeps forked from it have
             driver.terminate()
-            driver.wait(timeout=STOP_TIMEOUT_S / 2)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                driver.wait(timeout=STOP_TIMEOUT_S / 2)
 
 
 def _keep_warm(path: Path, info: WarmRay, node: dict, own_job) -> None:
