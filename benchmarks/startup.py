@@ -19,16 +19,17 @@ in a fresh interpreter: the driver's imports, creating the store, starting Ray. 
 Its last line: `first trial: cold <s> s, warm <s> s` (medians, of the last tree given).
 
 Goal (issue 22): the first trial running <= 3 s after the command with a warm local Ray; cold no slower than
-before. Cold met, warm not. `--rounds 3 --no-steps --trees <worktree of 1095c04> <this checkout>` on the 2-CPU
-development machine, quiet (load average ~1), once: cold 18.46 s at 1095c04 (rounds 15.56, 18.46, 20.02) against
-17.13 s now (16.18, 17.19, 17.13); warm 5.46 s (5.10, 5.70, 5.46), `up` itself 6.1 s. A checkout without `up`
-is timed cold only. Where the warm command's time goes: its header (the driver's imports and checks: torch for
-the space, MLflow, Ray) at 4.30 s, 4.6 CPU seconds in the driver, nothing in the warm workers (they had the trial
-code already); the ~1.2 s from there to the trial's run are joining Ray, the parent run, building the Tuner and
-the trial taking its run. Timed alone (`--rounds 3` without `--no-steps`, same machine): importing the runner
-(MLflow, Ray; torch through the space) 3.27 s. 3 s would need a driver that is warm too, not only the trial
-processes. The cold figures include ~11 CPU seconds of workers importing torch and the trial code, which the warm
-Ray spends once, at `up` and after each sweep, while nothing else runs.
+before. Both met. On the 2-CPU development machine, quiet (load average ~1):
+- `--rounds 5 --no-steps` (this code, the warm driver of `up` forking each sweep, tuning/warm_driver.py): cold
+  16.12 s (rounds 14.30-16.19), warm 2.04 s (1.99, 2.04, 2.04, 2.06, 2.06): the warm sweep's header at 1.08 s, its
+  first epoch recorded at 2.48 s, 1.2 CPU seconds in its processes (the command and the forked driver); `up` 5.1 s.
+- `--rounds 3 --no-steps --trees <worktree of 8ee2fcd, before the warm driver> <this checkout>`, side by side:
+  cold 16.17 s vs 16.41 s; warm 4.65 s (header at 3.70 s: the driver's own imports, 4.0 CPU seconds) vs 2.08 s
+  (rounds 5.75, 2.02, 2.08; the first round's outlier did not come back in the 5 rounds above).
+- Earlier (session 10), `--trees <worktree of 1095c04> ...`: cold 18.46 s at 1095c04.
+The cold figures include ~8.6 CPU seconds of workers importing torch and the trial code, which the warm Ray
+spends once, at `up` and after each sweep, while nothing else runs; and ~4.8 CPU seconds of the driver's imports,
+which the warm driver spent once, at `up`.
 """
 
 from __future__ import annotations
