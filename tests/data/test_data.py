@@ -114,16 +114,17 @@ def test_image_folder_half_split(tmp_path):
     assert s.train.x[0].float().mean() > 0
 
 
-@pytest.mark.slow  # VGG16 features of 1797 images (pytest --durations: 24 s on 2 CPUs)
+@pytest.mark.slow  # VGG16 features of 450 images (at most 20 per class and split; all 1797 took 24-32 s)
 def test_feature_cache_refuses_random_init_unless_asked(tmp_path):
     with pytest.raises(ValueError, match="--random-init"):
-        compute_features("digits", backbone="vgg16", image_size=32, cache_dir=tmp_path)
-    path = compute_features("digits", backbone="vgg16", random_init=True, image_size=32, cache_dir=tmp_path)
+        compute_features("digits", backbone="vgg16", image_size=32, cache_dir=tmp_path, max_per_class=20)
+    kw = {"backbone": "vgg16", "random_init": True, "image_size": 32, "cache_dir": tmp_path, "max_per_class": 20}
+    path = compute_features("digits", **kw)
     assert path.suffix == ".parquet"
-    assert compute_features("digits", backbone="vgg16", random_init=True, image_size=32, cache_dir=tmp_path) == path
-    s = load_features(path)
+    assert compute_features("digits", **kw) == path
+    s, images = load_features(path), build_dataset("digits", max_per_class=20)
     assert s.input_shape == (512,) and s.info["weights"] == "random-init"
-    assert len(s.train) + len(s.val) + len(s.test) == 1797
+    assert [len(s.train), len(s.val), len(s.test)] == [len(images.train), len(images.val), len(images.test)]
     result = train(
         {
             "dataset": {"name": "features", "options": {"path": str(path)}},
