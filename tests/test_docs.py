@@ -246,8 +246,13 @@ def test_every_command_of_the_tutorial_runs(tutorial, tmp_path):
             pytest.fail("Fashion-MNIST is missing (make setup installs dataset-fashion-mnist)")
         pytest.skip("needs Fashion-MNIST (Debian's dataset-fashion-mnist)")
     work, env = reader(tmp_path)
-    for language, block in blocks:
-        run_block(language, textwrap.dedent(block), work, env)
+    try:
+        for language, block in blocks:
+            run_block(language, textwrap.dedent(block), work, env)
+    finally:
+        if (work / "runs" / "warm-ray.json").exists():  # a tutorial that failed between its `up` and its `down`
+            down = [sys.executable, "-m", "tune_losses.cli", "down"]
+            subprocess.run(down, cwd=work, env=env, capture_output=True, timeout=120)
 
 
 # ------------------------------------------------------------------------------------- in a browser
