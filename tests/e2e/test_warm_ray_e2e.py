@@ -75,6 +75,7 @@ def test_up_sweeps_ctrl_c_and_down(home):
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         assert f"{WARM_HEADER} (address {info.address}" in out.stdout
         assert f"driver: forked from the warm driver of `tune-losses up` (pid {info.driver_pid})" in out.stdout
+        assert "at a time). Joining the warm Ray..." in out.stdout
         assert "Sweep '" + name + "': 2 trials: 2 completed" in out.stdout
         assert len(list((home / "ray" / name).glob("*/tune"))) == 1  # Ray Tune's files under its parent run id
     long = write_space(home / "long.yaml", train={"epochs": 200, "repeats": 1})

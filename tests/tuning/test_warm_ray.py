@@ -15,7 +15,10 @@ from helpers import write_space
 
 
 def info(pid: int, address: str = "127.0.0.1:1") -> warm_ray.WarmRay:
-    return warm_ray.WarmRay(address, pid, 2, ["tune_losses.tuning.trial"], True, 1.0, warm_ray.fingerprint())
+    recorded = warm_ray.settings()
+    return warm_ray.WarmRay(
+        address, pid, 2, ["tune_losses.tuning.trial"], True, 1.0, warm_ray.fingerprint(recorded), settings=recorded
+    )
 
 
 @pytest.fixture
@@ -93,6 +96,8 @@ def test_a_sweep_with_other_settings_than_the_warm_rays_starts_its_own(home, kee
     monkeypatch.setenv("TUNE_LOSSES_FUSED", "0")
     o = SweepOptions.resolve(space, tracking_uri=f"sqlite:///{tmp_path}/m.db", storage=str(tmp_path / "ray"))
     assert (o.address, o.warm_ray) == (None, None)
-    assert "not joining the warm Ray" in capsys.readouterr().out and warm_ray.find() == keeper  # left as it is
+    said = capsys.readouterr().out
+    assert "not joining the warm Ray" in said and "this command's differ (TUNE_LOSSES_FUSED)" in said, said
+    assert warm_ray.find() == keeper  # left as it is
     monkeypatch.delenv("TUNE_LOSSES_FUSED")
     assert SweepOptions.resolve(space, tracking_uri=f"sqlite:///{tmp_path}/m.db").warm_ray == keeper

@@ -41,14 +41,15 @@ def quiet(verbose: int) -> None:
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
 
-def header(space, name: str, resume: bool = False) -> str:
-    """The line a sweep starts with, before Ray is up (which takes seconds)."""
+def header(space, name: str, resume: bool = False, warm: bool = False) -> str:
+    """The line a sweep starts with, before Ray is up (which takes seconds; joining the warm Ray of `up`, less)."""
     from .search import max_trials
 
     s = space.search
     n = max_trials(space)  # the baseline trial included
     budget = f", time budget {s.time_budget_s:g} s" if s.time_budget_s else ""
     budget += f", plateau stop after {s.plateau.patience} trials" if s.plateau else ""
+    starting = "Joining the warm Ray" if warm else "Starting Ray"
     cap = s.scheduler.max_t if s.scheduler.name != "fifo" else None
     capped = (
         f"\nNote: search.scheduler.max_t is {cap}, below train.epochs {space.train.epochs}: no trial trains past "
@@ -60,7 +61,7 @@ def header(space, name: str, resume: bool = False) -> str:
     return (
         f"Sweep {name!r}: {'up to ' if s.searcher == 'optuna' or budget else ''}{n} trials of {space.train.epochs} "
         f"epochs ({space.train.loss.name} on {space.train.dataset.name}, {space.train.model.name}; "
-        f"{s.searcher}, {s.scheduler.name}; {s.max_concurrent} at a time{budget}). Starting Ray...{capped}"
+        f"{s.searcher}, {s.scheduler.name}; {s.max_concurrent} at a time{budget}). {starting}...{capped}"
     )
 
 

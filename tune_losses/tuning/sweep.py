@@ -193,7 +193,7 @@ class Sweep:
         self.found = tracking.find_sweep(self.client, o.name) if self.client is not None else None
         self._check_name()
         if o.progress:
-            print(header(o.space, o.name, o.resume), flush=True)  # Ray takes seconds to start
+            print(header(o.space, o.name, o.resume, o.warm_ray is not None), flush=True)  # Ray takes seconds
             if o.warm_ray is not None:
                 print(f"Ray: warm local runtime from `tune-losses up` ({o.warm_ray.describe()})", flush=True)
             if warm_driver.FORKED_FROM is not None:
@@ -436,14 +436,15 @@ def _has_checkpoint(root: str, key: str) -> bool:
 def _warm_ray():
     """The warm local Ray of `tune-losses up` (tuning/warm_ray.py), or None (a stale record is removed); None as
     well, with a line saying why, when its workers run other code or settings than this command has."""
-    from .warm_ray import TRIAL_ENV, find, fingerprint
+    from .warm_ray import TRIAL_ENV, differences, find, fingerprint
 
     warm = find()
     if warm is not None and warm.fingerprint != fingerprint():
+        changed = differences(warm.settings) if warm.settings else []  # an older `up` recorded one hash only
+        what = ", ".join(changed) or f"the code, or one of {', '.join(TRIAL_ENV[:3])}, ..."
         print(
             "Ray: not joining the warm Ray of `tune-losses up`: its workers run the code and settings of when it "
-            f"started (tune_losses, or one of {', '.join(TRIAL_ENV[:3])}, ... changed since); "
-            "`tune-losses down && tune-losses up` refreshes it",
+            f"started, and this command's differ ({what}); `tune-losses down && tune-losses up` refreshes it",
             flush=True,
         )
         return None

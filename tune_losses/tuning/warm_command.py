@@ -67,7 +67,7 @@ def _connect(path: str) -> socket.socket | None:
     try:
         conn.connect(path)
         uid = peer_uid(conn)
-    except OSError:  # no driver (a stale file, `down` meanwhile): run here
+    except (OSError, TypeError, ValueError):  # no driver (a stale or garbled file, `down` meanwhile): run here
         conn.close()
         return None
     if uid != os.getuid():  # never hand this environment (credentials) to another user's process

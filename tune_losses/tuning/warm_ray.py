@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 FILENAME = "warm-ray.json"
@@ -49,6 +49,7 @@ class WarmRay:
     fingerprint: str = ""  # of the code and settings its workers run with (``fingerprint``)
     driver_socket: str = ""  # where its warm driver listens (tuning/warm_driver.py); "" when it has none
     driver_pid: int = 0
+    settings: dict = field(default_factory=dict)  # the same, one hash each (``settings``): what differs is named
 
     def describe(self) -> str:
         return f"address {self.address}, {self.num_cpus} CPUs, keeper pid {self.pid}"
@@ -127,12 +128,25 @@ def code_fingerprint() -> str:
     return key.hexdigest()[:16]
 
 
-def fingerprint() -> str:
-    """:func:`code_fingerprint` and :data:`TRIAL_ENV` (values hashed, never stored): a sweep joins the warm Ray
-    only when its own is the same."""
-    key = hashlib.sha256(code_fingerprint().encode())
-    key.update(json.dumps({name: os.environ.get(name) for name in TRIAL_ENV}, sort_keys=True).encode())
-    return key.hexdigest()[:16]
+CODE = "the code of tune_losses or its libraries"
+
+
+def settings() -> dict[str, str]:
+    """What the warm Ray's workers run with, each hashed (a value is never stored): :func:`code_fingerprint`
+    and each variable of :data:`TRIAL_ENV`."""
+    hashed = {name: hashlib.sha256(json.dumps(os.environ.get(name)).encode()).hexdigest()[:12] for name in TRIAL_ENV}
+    return {CODE: code_fingerprint(), **hashed}
+
+
+def fingerprint(values: dict[str, str] | None = None) -> str:
+    """All of :func:`settings` in one hash: a sweep joins the warm Ray only when its own is the same."""
+    return hashlib.sha256(json.dumps(values or settings(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def differences(recorded: dict[str, str]) -> list[str]:
+    """What this process runs with that differs from the warm Ray's recorded :func:`settings`."""
+    now = settings()
+    return [name for name in now if recorded.get(name) != now[name]]
 
 
 def read(path: Path | None = None) -> WarmRay | None:
@@ -291,7 +305,8 @@ def keep(path: Path, num_cpus: int | None, driver_entry: str = "") -> None:
             preload=list(PRELOAD_MODULES),
             token_auth=_internals.token_auth_enabled(),
             started=time.time(),
-            fingerprint=fingerprint(),
+            fingerprint=fingerprint(recorded := settings()),
+            settings=recorded,
             driver_socket=_driver_ready(driver, path) if driver else "",
             driver_pid=driver.pid if driver else 0,
         )
