@@ -27,6 +27,11 @@ on the 2-CPU development machine shared with other sessions (load average 8-11; 
 244.0 s, medians 2.6x, records equal; CC-Loss grid fused 44.4 / 22.4 s, unfused 35.4 / 184.9 s, 3.3x, records
 equal. With one round (the fused sweep first, paying the workers' first imports) the same machine gave 0.6x and
 0.7x. Measure on an idle machine, ``--rounds 3`` or more, before quoting a ratio.
+
+Quiet (load average 0.1 before, 1.8 after), ``PYTHONPATH=. .venv/bin/python benchmarks/fused.py --rounds 3`` at
+6234ec3: DAL grid fused 6.7 / 7.2 / 7.6 s, unfused 11.2 / 10.6 / 11.3 s, medians 1.6x, records equal; CC-Loss grid
+fused 6.5 / 5.9 / 5.9 s, unfused 6.4 / 6.5 / 6.5 s, 1.1x, records equal. Issue 22's goal (4x on 2 CPUs) is not met:
+the CPUs train the same replicas either way, and at 3 epochs a sweep's fixed costs are most of its time.
 """
 
 import argparse
