@@ -199,9 +199,10 @@ def driver_of(pid: int, **over) -> str:
     """A driver tag for process ``pid`` of this machine (as that process would write it)."""
     import json
 
-    from tune_losses.tracking.driver import _stat, driver_tag
+    from tune_losses import process
+    from tune_losses.tracking.driver import driver_tag
 
-    return json.dumps({**json.loads(driver_tag()), "pid": pid, "start": _stat(pid)[1], **over})
+    return json.dumps({**json.loads(driver_tag()), "pid": pid, "start": process.stat(pid)[1], **over})
 
 
 #: a plugin's guard: what it patches, it patches in a trial process only (the driver imports it too, to check)

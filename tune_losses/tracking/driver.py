@@ -58,7 +58,7 @@ from pathlib import Path
 
 from mlflow.entities import RunTag
 
-from tune_losses import atomic
+from tune_losses import atomic, process
 
 from . import record, store
 from .ledger import STORE, retry_seconds
@@ -84,15 +84,6 @@ def _read(path: str) -> str:
         return ""
 
 
-def _stat(pid: int) -> tuple[str, str] | None:
-    """(state, start in clock ticks since boot) of process ``pid`` from /proc (Linux), None when it is gone."""
-    text = _read(f"/proc/{pid}/stat")
-    if not text:
-        return None
-    fields = text.rsplit(")", 1)[1].split()  # after the command, which may hold spaces and parentheses
-    return fields[0], fields[19]  # fields 3 and 22 of proc(5)
-
-
 def _pid_namespace() -> str:
     try:
         return "".join(re.findall(r"\d+", os.readlink("/proc/self/ns/pid")))
@@ -102,7 +93,7 @@ def _pid_namespace() -> str:
 
 def driver_tag() -> str:
     """This process as a sweep's driver (the value of :data:`DRIVER_TAG`)."""
-    stat = _stat(os.getpid())
+    stat = process.stat(os.getpid())
     return json.dumps(
         {
             "host": socket.gethostname(),
@@ -163,7 +154,7 @@ def _alive_here(d: dict | None) -> bool | None:
     """Whether the process of driver tag ``d`` lives (None: not of this machine)."""
     if d is None or not _here(d):
         return None
-    stat = _stat(int(d["pid"]))
+    stat = process.stat(int(d["pid"]))
     if stat is None or stat[0] in ("Z", "X"):  # gone, or dead and not yet reaped by its parent
         return False
     return not d.get("start") or stat[1] == d["start"]  # a later process that reuses the pid is not the driver

@@ -10,7 +10,8 @@ import signal
 import socket
 import sys
 import time
-from pathlib import Path
+
+from tune_losses import process
 
 from .warm_driver import (
     CONNECT_TIMEOUT_S,
@@ -168,7 +169,5 @@ def _wait(conn: socket.socket, child: Forwarder) -> int:
 
 
 def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
+    found = process.stat(pid)
+    return found is None or found[0] == "Z"

@@ -34,6 +34,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tune_losses import process
+
 SERVED = ("sweep",)  # the commands handed over: a sweep's first trial is what the wait is measured on
 #: what the driver imports before it forks: what a sweep's driver imports, from its start to its report
 PRELOAD = (
@@ -309,11 +311,9 @@ def read_request(conn: socket.socket) -> tuple[dict | None, list[int]]:
 
 
 def start_time(pid: int) -> str:
-    """The process's start (clock ticks since boot, /proc): with its pid, what names it even after pid reuse."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
+    """The process's start (tune_losses/process.py): with its pid, what names it even after the pid is reused."""
+    found = process.stat(pid)
+    return found[1] if found else ""
 
 
 # --- the child ---------------------------------------------------------------------------------------------------

@@ -307,7 +307,7 @@ def keep(path: Path, num_cpus: int | None, driver_entry: str = "") -> None:
             started=time.time(),
             fingerprint=fingerprint(recorded := settings()),
             settings=recorded,
-            driver_socket=_driver_ready(driver, path) if driver else "",
+            driver_socket=_driver_ready(driver, driver_socket(path.parent), path) if driver else "",
             driver_pid=driver.pid if driver else 0,
         )
         own_job = ray.get_runtime_context().get_job_id()
@@ -350,9 +350,8 @@ def _start_driver(path: Path, entry: str) -> subprocess.Popen:
         )
 
 
-def _driver_ready(driver: subprocess.Popen, path: Path) -> str:
+def _driver_ready(driver: subprocess.Popen, sock: Path, path: Path) -> str:
     """The driver's socket once it listens; "" (sweeps start their own driver) if it failed: its log says why."""
-    sock = driver_socket(path.parent)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline and driver.poll() is None:
         if sock.exists():
